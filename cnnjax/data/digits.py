@@ -1,0 +1,76 @@
+"""``digits``: the UCI handwritten digits (1,797 8x8 grayscale images, 10 classes), bundled with the package.
+
+The data is ``assets/digits.npz`` (``images`` uint8 ``(1797, 8, 8)`` with values 0..16 = "on" pixels counted in
+4x4 blocks, ``labels`` uint8 ``(1797,)``); provenance and licence in ``assets/README.md``.
+
+* Split: stratified 80/20 (1,438 train / 359 val), from a fixed seed that does not depend on the run seed.
+* Pixels: raw = count / 16 in ``[0, 1]``; upsampled bilinearly (half-pixel centres, like
+  ``jax.image.resize(method="linear")``) from 8x8 to ``image_size`` (default 32) when a batch is made.
+* Channels: 1 by default; ``digits:channels=3`` repeats the gray channel (for RGB-only architectures).
+* Normalisation: the train split's mean/std at 32x32 (the same constants for every ``image_size``).
+* Train augmentation: random translation by pad-and-crop with zeros (pad 2 pixels at 32x32, ``image_size // 16``
+  in general). No flips: a mirrored digit is a different glyph.
+
+Spec options: ``digits:channels=3,image_size=64``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from cnnjax.data.base import ArraySource, DatasetInfo, channel_stats, parse_options, resize_images, resolve_image_size
+
+ASSET = Path(__file__).parent / "assets" / "digits.npz"
+NUM_EXAMPLES = 1797
+VAL_FRACTION = 0.2
+SPLIT_SEED = 1797  # fixed: the split must not change with the run seed
+DEFAULT_SIZE = 32
+
+
+@functools.lru_cache(maxsize=1)
+def load_raw() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled arrays: images uint8 ``(1797, 8, 8)`` in 0..16 and labels int64 ``(1797,)`` in 0..9."""
+    with np.load(ASSET) as z:
+        images, labels = z["images"], z["labels"].astype(np.int64)
+    if images.shape != (NUM_EXAMPLES, 8, 8) or labels.shape != (NUM_EXAMPLES,):
+        raise RuntimeError(f"corrupt digits asset {ASSET}: shapes {images.shape}, {labels.shape}")
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def split_indices() -> tuple[np.ndarray, np.ndarray]:
+    """Sorted int64 (train, val) indices: per class, ``round(0.2 * n_class)`` examples go to val."""
+    _, labels = load_raw()
+    rng = np.random.default_rng(SPLIT_SEED)
+    val = []
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        val.append(rng.permutation(members)[: int(round(VAL_FRACTION * len(members)))])
+    val_idx = np.sort(np.concatenate(val))
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+def load_digits(options: str = "", *, image_size: int | None = None, seed: int = 0) -> ArraySource:
+    """Build the ``digits`` source; ``options`` is the text after ``digits:`` (see the module docstring)."""
+    opts = parse_options("digits", options, {"channels": int, "image_size": int})
+    channels = opts.get("channels", 1)
+    if channels not in (1, 3):
+        raise ValueError(f"digits: channels must be 1 or 3, got {channels}")
+    size = resolve_image_size("digits", opts.get("image_size"), image_size, DEFAULT_SIZE)
+    images, labels = load_raw()
+    stored = images[..., None]  # (N, 8, 8, 1) uint8 counts; raw = counts / 16 in [0, 1]
+    train_idx, val_idx = split_indices()
+    mean, std = channel_stats(resize_images(stored[train_idx] / np.float32(16.0), DEFAULT_SIZE))
+    if channels == 3:
+        stored = np.repeat(stored, 3, axis=-1)
+        mean, std = mean * 3, std * 3
+    info = DatasetInfo(name="digits", num_classes=10, image_size=size, channels=channels,
+                       num_train=len(train_idx), num_val=len(val_idx), class_names=[str(d) for d in range(10)],
+                       mean=mean, std=std)
+    return ArraySource(info, stored[train_idx], labels[train_idx], stored[val_idx], labels[val_idx],
+                       pad=max(1, size // 16), flip=False, seed=seed, scale=1 / 16)

@@ -1,0 +1,119 @@
+"""tf.data image transforms shared by ``folder:`` and ``tfds:`` (TensorFlow is imported lazily, only here).
+
+All randomness is *stateless*: each example gets the seed ``(base, position)`` where ``base`` is a function of
+(seed, epoch) and ``position`` is the example's row in the epoch (``batch * global_batch_size + row``), so an
+augmented example does not depend on the pipeline's parallelism, on sharding or on where iteration started.
+
+Transforms, on uint8 ``(h, w, C)`` images, ending in float32 ``(S, S, C)`` normalised with ``(x / 255 - mean) / std``:
+
+* train, ``S > 64``: random-resized-crop (area 8-100 %, aspect ratio 3/4-4/3, up to 10 tries then the whole
+  image) resized bilinearly with antialiasing to ``S x S``, then a horizontal flip with probability 1/2;
+* train, ``S <= 64``: resize to ``S x S`` (no-op when the image already is), pad ``S // 8`` pixels of zeros per side
+  (4 at 32x32), random crop ``S x S``, horizontal flip;
+* val, ``S > 64`` (torchvision's eval transform): resize the shorter side to ``round(S / 0.875)`` (256 for 224)
+  bilinearly with antialiasing, centre crop ``S x S``;
+* val, ``S <= 64``: resize to ``S x S``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import numpy as np
+
+from cnnjax.data.base import TAG_TF, make_rng
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SMALL = 64  # image sizes up to this use pad-and-crop instead of random-resized-crop
+EVAL_CROP_FRACTION = 0.875
+
+
+def import_tf() -> Any:
+    """Import TensorFlow for tf.data only: no GPU for TF (the accelerator belongs to JAX), no GCE metadata probe."""
+    os.environ.setdefault("NO_GCE_CHECK", "true")
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ImportError("the folder: and tfds: datasets need TensorFlow for tf.data: "
+                          "pip install 'cnnjax[data]' (tensorflow-cpu, tensorflow-datasets)") from e
+
+    with contextlib.suppress(RuntimeError, ValueError):  # raises once TF has initialised its devices
+        tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
+def epoch_base_seed(seed: int, epoch: int) -> int:
+    """The first word of every example's stateless seed in ``epoch``."""
+    return int(make_rng(seed, epoch, TAG_TF).integers(0, 2**62))
+
+
+def channel_constants(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet mean/std for RGB; their averages for grayscale."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (round(float(np.mean(IMAGENET_MEAN)), 4),) * channels, (round(float(np.mean(IMAGENET_STD)), 4),) * channels
+
+
+def _resize(tf, image, hw):
+    return tf.image.resize(image, hw, method="bilinear", antialias=True)
+
+
+def train_transform(tf, image, seed, size: int):
+    """uint8 ``(h, w, C)`` + int64 seed ``(2,)`` -> float32 ``(size, size, C)`` in 0..255 (augmented)."""
+    channels = image.shape[-1]
+    s_crop = tf.stack([seed[0], seed[1] * 4])
+    s_flip = tf.stack([seed[0], seed[1] * 4 + 1])
+    if size <= SMALL:
+        x = _resize(tf, image, [size, size])
+        pad = size // 8
+        x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]])
+        x = tf.image.stateless_random_crop(x, [size, size, channels], seed=s_crop)
+    else:
+        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=s_crop,
+            min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+            use_image_if_no_bounding_boxes=True)
+        x = _resize(tf, tf.slice(image, begin, extent), [size, size])
+    x = tf.image.stateless_random_flip_left_right(x, seed=s_flip)
+    return tf.ensure_shape(x, [size, size, channels])
+
+
+def eval_transform(tf, image, size: int):
+    """uint8 ``(h, w, C)`` -> float32 ``(size, size, C)`` in 0..255 (deterministic)."""
+    channels = image.shape[-1]
+    if size <= SMALL:
+        return tf.ensure_shape(_resize(tf, image, [size, size]), [size, size, channels])
+    short = int(round(size / EVAL_CROP_FRACTION))
+    hw = tf.cast(tf.shape(image)[:2], tf.float64)
+    h, w = hw[0], hw[1]
+    # torchvision Resize(short): the shorter side becomes `short`, the other int(short * long / short_side).
+    new_h = tf.where(h <= w, tf.constant(short, tf.float64), tf.floor(short * h / w))
+    new_w = tf.where(h <= w, tf.floor(short * w / h), tf.constant(short, tf.float64))
+    new_hw = tf.cast(tf.stack([new_h, new_w]), tf.int32)
+    x = _resize(tf, image, new_hw)
+    top = tf.cast(tf.round(tf.cast(new_hw[0] - size, tf.float64) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_hw[1] - size, tf.float64) / 2.0), tf.int32)
+    x = tf.slice(x, tf.stack([top, left, 0]), [size, size, channels])
+    return tf.ensure_shape(x, [size, size, channels])
+
+
+def normalise(tf, x, mean, std):
+    """float32 0..255 -> ``(x / 255 - mean) / std``."""
+    return (x / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def finish(tf, ds, local: int):
+    """Batch ``local`` rows, prefetch, fix the options for determinism."""
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def numpy_batches(ds):
+    """Iterate a batched ``{'image', 'label', 'mask'}`` dataset as dicts of NumPy arrays with the interface's dtypes."""
+    for item in ds.as_numpy_iterator():
+        yield {"image": np.asarray(item["image"], np.float32), "label": np.asarray(item["label"], np.int32),
+               "mask": np.asarray(item["mask"], bool)}

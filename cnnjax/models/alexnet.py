@@ -1,0 +1,49 @@
+"""AlexNet (Krizhevsky et al. 2012) as torchvision builds it (the one-GPU "OWT" variant).
+
+Parameter tree (torchvision key): ``conv1``..``conv5`` (``features.0/3/6/8/10``), ``fc6`` (``classifier.1``),
+``fc7`` (``classifier.4``), ``head`` (``classifier.6``). NHWC input (N, H, W, 3) -> logits (N, num_classes);
+``features`` -> (N, 6, 6, 256) at 224x224 (before the adaptive pooling). The flatten is in PyTorch's
+(C, H, W) order so torchvision's ``fc6`` weights drop in.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+
+from cnnjax import nn as cnn
+from cnnjax.models.base import ImageClassifier
+from cnnjax.models.layers import flatten_nchw
+from cnnjax.models.registry import register
+
+
+class AlexNet(ImageClassifier):
+    """torchvision ``alexnet``: 5 convs, 3 max-pools, adaptive average pool to 6x6, 3 linear layers."""
+
+    dropout: float = 0.5
+
+    @nn.compact
+    def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
+        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl)
+        dense = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.relu(conv(64, 11, 4, 2, name="conv1")(x))
+        x = cnn.MaxPool2d(3, 2, name="pool1")(x)
+        x = nn.relu(conv(192, 5, 1, 2, name="conv2")(x))
+        x = cnn.MaxPool2d(3, 2, name="pool2")(x)
+        x = nn.relu(conv(384, 3, 1, 1, name="conv3")(x))
+        x = nn.relu(conv(256, 3, 1, 1, name="conv4")(x))
+        x = nn.relu(conv(256, 3, 1, 1, name="conv5")(x))
+        x = cnn.MaxPool2d(3, 2, name="pool5")(x)
+        if features_only:
+            return x
+        x = flatten_nchw(cnn.AdaptiveAvgPool2d((6, 6), name="avgpool")(x))
+        x = cnn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.relu(dense(4096, name="fc6")(x))
+        x = cnn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.relu(dense(4096, name="fc7")(x))
+        return dense(self.num_classes, name="head")(x)
+
+
+register("alexnet", AlexNet)

@@ -1,0 +1,92 @@
+"""CIFAR ResNets (He et al. 2015, section 4.2): ResNet-20/32/44/56/110 for 32x32 inputs, and their "plain"
+counterparts without shortcuts (``skip=False``, registered as ``resnet20_plain`` ...).
+
+3x3 conv 16 -> three stages of n basic blocks with 16, 32, 64 channels (stride 2 at the first block of
+stages 2 and 3) -> global average pool -> ``head``; depth = 6n + 2. Shortcut option ``'A'`` (the paper's
+CIFAR choice: identity, with stride-2 subsampling and zero-padded channels when the shape changes, no
+parameters) or ``'B'`` (1x1 conv + BN projection when the shape changes). Parameter counts with option A
+and 10 classes: 0.27M (20), 0.46M (32), 0.66M (44), 0.85M (56), 1.7M (110).
+Parameter tree: ``stem/{conv,bn}``, ``stage{s}_block{b}/{conv1,bn1,conv2,bn2[,downsample]}``, ``head``.
+NHWC (N, 32, 32, C) -> logits; ``features`` -> (N, 8, 8, 64).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnjax import nn as cnn
+from cnnjax.models.base import ImageClassifier
+from cnnjax.models.layers import ConvNormAct, ModuleDef
+from cnnjax.models.registry import register
+from cnnjax.models.resnet import Downsample
+
+
+class CifarBasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a shortcut (option A or B) unless ``skip`` is False."""
+
+    features: int
+    stride: int
+    conv: ModuleDef
+    norm: ModuleDef
+    skip: bool = True
+    shortcut: str = "A"
+    zero_init_last: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.relu(self.norm(name="bn1")(self.conv(self.features, 3, self.stride, 1, use_bias=False,
+                                                    name="conv1")(x)))
+        y = self.conv(self.features, 3, 1, 1, use_bias=False, name="conv2")(y)
+        y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_last else
+                      nn.initializers.ones)(y)
+        if not self.skip:
+            return nn.relu(y)
+        if self.stride == 1 and x.shape[-1] == self.features:
+            return nn.relu(y + x)
+        if self.shortcut == "B":
+            return nn.relu(y + Downsample(self.features, self.stride, self.conv, self.norm, name="downsample")(x))
+        sc = x[:, :: self.stride, :: self.stride, :]
+        extra = self.features - x.shape[-1]
+        sc = jnp.pad(sc, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+        return nn.relu(y + sc)
+
+
+class CifarResNet(ImageClassifier):
+    """ResNet-(6n+2) for CIFAR-sized inputs; ``depth`` in {20, 32, 44, 56, 110, ...}."""
+
+    num_classes: int = 10
+    depth: int = 20
+    skip: bool = True
+    shortcut: str = "A"
+    zero_init_last_bn: bool = False
+
+    @nn.compact
+    def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
+        if (self.depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110, ...), got {self.depth}")
+        if self.shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
+        n = (self.depth - 2) // 6
+        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
+                                 kernel_init=cnn.init.kaiming_normal_fan_out)
+        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+        x = ConvNormAct(16, 3, conv, norm, name="stem")(x)
+        for s, width in enumerate((16, 32, 64)):
+            for b in range(n):
+                x = CifarBasicBlock(width, 2 if s > 0 and b == 0 else 1, conv, norm, skip=self.skip,
+                                    shortcut=self.shortcut, zero_init_last=self.zero_init_last_bn,
+                                    name=f"stage{s + 1}_block{b}")(x)
+        if features_only:
+            return x
+        x = cnn.global_avg_pool(x)
+        return cnn.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+
+
+for _depth in (20, 32, 44, 56, 110):
+    register(f"resnet{_depth}", functools.partial(CifarResNet, depth=_depth))
+    register(f"resnet{_depth}_plain", functools.partial(CifarResNet, depth=_depth, skip=False))

@@ -1,0 +1,181 @@
+"""EfficientNet B0-B7 (Tan & Le 2019) and EfficientNetV2 S/M/L (Tan & Le 2021), exactly as torchvision builds them.
+
+NHWC throughout: input (N, H, W, 3) -> logits (N, num_classes); ``features`` gives (N, H/32, W/32, C) with
+C = 4 x (last stage width) for B0-B7 (1280 for B0) and 1280 for V2.
+
+torchvision's BatchNorm differs by variant and is copied here: B0-B4 use PyTorch's defaults (eps 1e-5, momentum
+0.1); B5-B7 use eps 1e-3 and torch momentum 0.01 (flax 0.99); V2 uses eps 1e-3 with the default momentum.
+
+Parameter tree (``params``; BN statistics under the same paths in ``batch_stats`` as ``mean``/``var``) and the
+torchvision ``state_dict`` keys it corresponds to. Conv kernels are HWIO (torch OIHW transposed by (2, 3, 1, 0)),
+the head kernel (in, out); BN ``scale``/``bias``/``mean``/``var`` are torch ``weight``/``bias``/
+``running_mean``/``running_var``. Stages are numbered like their ``features`` index (1..7, or 1..6 for V2-S),
+blocks from 0::
+
+    stem/{conv,bn}                          features.0.{0,1}
+    stage{i}_block{j}/expand/{conv,bn}      features.{i}.{j}.block.0.{0,1}   (absent when expand ratio is 1)
+    stage{i}_block{j}/depthwise/{conv,bn}   features.{i}.{j}.block.{k}.{0,1}
+    stage{i}_block{j}/se/{fc1,fc2}          features.{i}.{j}.block.{k}.{fc1,fc2}   (conv with bias)
+    stage{i}_block{j}/project/{conv,bn}     features.{i}.{j}.block.{k}.{0,1}
+    last_conv/{conv,bn}                     features.{n_stages + 1}.{0,1}
+    head                                    classifier.1
+
+Fused-MBConv blocks (the first V2 stages) have ``expand`` (the kxk conv, or the only conv when the ratio is 1,
+``features.{i}.{j}.block.0``) and ``project`` (``block.1``) only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+from cnnjax import nn as cnn
+from cnnjax.models.base import ImageClassifier
+from cnnjax.models.layers import ConvNormAct, ModuleDef
+from cnnjax.models.mobilenet import SqueezeExcitation, make_divisible
+from cnnjax.models.registry import register
+
+
+class MBConv(nn.Module):
+    """1x1 expand-BN-SiLU -> kxk depthwise-BN-SiLU -> SE (input // 4 squeeze) -> 1x1 project-BN, with a
+    stochastic-depth residual when stride is 1 and channels are kept."""
+
+    expand_ratio: float
+    kernel_size: int
+    stride: int
+    features: int
+    drop_rate: float
+    conv: ModuleDef
+    norm: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        cin = x.shape[-1]
+        expanded = make_divisible(cin * self.expand_ratio, 8)
+        y = x
+        if expanded != cin:
+            y = ConvNormAct(expanded, 1, self.conv, self.norm, act=nn.silu, name="expand")(y)
+        y = ConvNormAct(expanded, self.kernel_size, self.conv, self.norm, stride=self.stride, groups=expanded,
+                        act=nn.silu, name="depthwise")(y)
+        y = SqueezeExcitation(max(1, cin // 4), self.conv, nn.silu, nn.sigmoid, name="se")(y)
+        y = ConvNormAct(self.features, 1, self.conv, self.norm, act=None, name="project")(y)
+        if self.stride == 1 and cin == self.features:
+            return cnn.StochasticDepth(self.drop_rate)(y, deterministic=not train) + x
+        return y
+
+
+class FusedMBConv(nn.Module):
+    """kxk expand-BN-SiLU -> 1x1 project-BN (or a single kxk conv-BN-SiLU when the ratio is 1), with a
+    stochastic-depth residual when stride is 1 and channels are kept."""
+
+    expand_ratio: float
+    kernel_size: int
+    stride: int
+    features: int
+    drop_rate: float
+    conv: ModuleDef
+    norm: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        cin = x.shape[-1]
+        expanded = make_divisible(cin * self.expand_ratio, 8)
+        if expanded != cin:
+            y = ConvNormAct(expanded, self.kernel_size, self.conv, self.norm, stride=self.stride, act=nn.silu,
+                            name="expand")(x)
+            y = ConvNormAct(self.features, 1, self.conv, self.norm, act=None, name="project")(y)
+        else:
+            y = ConvNormAct(self.features, self.kernel_size, self.conv, self.norm, stride=self.stride, act=nn.silu,
+                            name="expand")(x)
+        if self.stride == 1 and cin == self.features:
+            return cnn.StochasticDepth(self.drop_rate)(y, deterministic=not train) + x
+        return y
+
+
+#: Stage settings (block type, expand ratio, kernel, stride, input channels, output channels, layers).
+B_SETTING = (("mb", 1, 3, 1, 32, 16, 1), ("mb", 6, 3, 2, 16, 24, 2), ("mb", 6, 5, 2, 24, 40, 2),
+             ("mb", 6, 3, 2, 40, 80, 3), ("mb", 6, 5, 1, 80, 112, 3), ("mb", 6, 5, 2, 112, 192, 4),
+             ("mb", 6, 3, 1, 192, 320, 1))
+V2_S_SETTING = (("fused", 1, 3, 1, 24, 24, 2), ("fused", 4, 3, 2, 24, 48, 4), ("fused", 4, 3, 2, 48, 64, 4),
+                ("mb", 4, 3, 2, 64, 128, 6), ("mb", 6, 3, 1, 128, 160, 9), ("mb", 6, 3, 2, 160, 256, 15))
+V2_M_SETTING = (("fused", 1, 3, 1, 24, 24, 3), ("fused", 4, 3, 2, 24, 48, 5), ("fused", 4, 3, 2, 48, 80, 5),
+                ("mb", 4, 3, 2, 80, 160, 7), ("mb", 6, 3, 1, 160, 176, 14), ("mb", 6, 3, 2, 176, 304, 18),
+                ("mb", 6, 3, 1, 304, 512, 5))
+V2_L_SETTING = (("fused", 1, 3, 1, 32, 32, 4), ("fused", 4, 3, 2, 32, 64, 7), ("fused", 4, 3, 2, 64, 96, 7),
+                ("mb", 4, 3, 2, 96, 192, 10), ("mb", 6, 3, 1, 192, 224, 19), ("mb", 6, 3, 2, 224, 384, 25),
+                ("mb", 6, 3, 1, 384, 640, 7))
+
+
+class EfficientNet(ImageClassifier):
+    """torchvision's ``EfficientNet`` on NHWC input.
+
+    ``width_mult``/``depth_mult`` scale the MBConv stages (B1-B7; torchvision ignores them for the fused V2
+    settings, and so does this); block ``b`` of ``total`` drops its residual branch with probability
+    ``stochastic_depth_prob * b / total`` in training. ``last_channel=None`` means 4 x the last stage width.
+    """
+
+    setting: Sequence[tuple] = B_SETTING
+    width_mult: float = 1.0
+    depth_mult: float = 1.0
+    dropout: float = 0.2
+    stochastic_depth_prob: float = 0.2
+    last_channel: int | None = None
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.9
+
+    def _stages(self) -> list[tuple]:
+        out = []
+        for kind, t, k, s, cin, cout, n in self.setting:
+            if kind == "mb":
+                cin, cout = make_divisible(cin * self.width_mult, 8), make_divisible(cout * self.width_mult, 8)
+                n = int(math.ceil(n * self.depth_mult))
+            out.append((kind, t, k, s, cin, cout, n))
+        return out
+
+    @nn.compact
+    def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
+        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
+                                 kernel_init=cnn.init.kaiming_normal_fan_out)
+        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, epsilon=self.bn_eps,
+                                 momentum=self.bn_momentum, dtype=self.dtype, param_dtype=self.param_dtype)
+        stages = self._stages()
+        x = ConvNormAct(stages[0][4], 3, conv, norm, stride=2, act=nn.silu, name="stem")(x)
+        total = sum(st[-1] for st in stages)
+        block_id = 0
+        for i, (kind, t, k, s, _, cout, n) in enumerate(stages, start=1):
+            block = MBConv if kind == "mb" else FusedMBConv
+            for j in range(n):
+                rate = self.stochastic_depth_prob * float(block_id) / total
+                x = block(t, k, s if j == 0 else 1, cout, rate, conv, norm, name=f"stage{i}_block{j}")(x, train)
+                block_id += 1
+        last = self.last_channel if self.last_channel is not None else 4 * stages[-1][5]
+        x = ConvNormAct(last, 1, conv, norm, act=nn.silu, name="last_conv")(x)
+        if features_only:
+            return x
+        x = cnn.global_avg_pool(x)
+        x = cnn.Dropout(self.dropout)(x, deterministic=not train)
+        bound = 1.0 / math.sqrt(self.num_classes)
+        return cnn.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                          kernel_init=cnn.init.uniform_symmetric(bound), bias_init=cnn.init.zeros, name="head")(x)
+
+
+_B_BN = dict(bn_eps=1e-3, bn_momentum=0.99)  # torchvision's B5-B7: BatchNorm2d(eps=1e-3, momentum=0.01)
+_VARIANTS = {
+    "efficientnet_b0": dict(width_mult=1.0, depth_mult=1.0, dropout=0.2),
+    "efficientnet_b1": dict(width_mult=1.0, depth_mult=1.1, dropout=0.2),
+    "efficientnet_b2": dict(width_mult=1.1, depth_mult=1.2, dropout=0.3),
+    "efficientnet_b3": dict(width_mult=1.2, depth_mult=1.4, dropout=0.3),
+    "efficientnet_b4": dict(width_mult=1.4, depth_mult=1.8, dropout=0.4),
+    "efficientnet_b5": dict(width_mult=1.6, depth_mult=2.2, dropout=0.4, **_B_BN),
+    "efficientnet_b6": dict(width_mult=1.8, depth_mult=2.6, dropout=0.5, **_B_BN),
+    "efficientnet_b7": dict(width_mult=2.0, depth_mult=3.1, dropout=0.5, **_B_BN),
+    "efficientnet_v2_s": dict(setting=V2_S_SETTING, last_channel=1280, dropout=0.2, bn_eps=1e-3),
+    "efficientnet_v2_m": dict(setting=V2_M_SETTING, last_channel=1280, dropout=0.3, bn_eps=1e-3),
+    "efficientnet_v2_l": dict(setting=V2_L_SETTING, last_channel=1280, dropout=0.4, bn_eps=1e-3),
+}
+for _name, _kw in _VARIANTS.items():
+    register(_name, functools.partial(EfficientNet, **_kw))

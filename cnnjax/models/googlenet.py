@@ -1,0 +1,164 @@
+"""GoogLeNet / Inception v1 (Szegedy et al. 2015), exactly as torchvision builds it.
+
+NHWC throughout: input (N, H, W, 3); at 224x224 the feature map after ``inception5b`` is (N, 7, 7, 1024).
+The smallest accepted input is 15x15 (as torchvision's ``min_size``).
+
+Parameter tree (torchvision key in brackets; conv kernels are HWIO = torch (O, I, kh, kw) transposed to
+(kh, kw, I, O), linear kernels are torch (O, I) transposed; BN ``scale``/``bias`` = ``weight``/``bias``,
+batch_stats ``mean``/``var`` = ``running_mean``/``running_var``)::
+
+    conv1/{conv,bn}, conv2/{conv,bn}, conv3/{conv,bn}        [conv1.conv, conv1.bn, ...]  BasicConv2d
+    inception{3a,3b,4a,...,4e,5a,5b}/
+        branch1/{conv,bn}                                     [inception3a.branch1.{conv,bn}]
+        branch2_0/{conv,bn}, branch2_1/{conv,bn}              [inception3a.branch2.{0,1}.{conv,bn}]
+        branch3_0/{conv,bn}, branch3_1/{conv,bn}              [inception3a.branch3.{0,1}.{conv,bn}]
+        branch4_1/{conv,bn}                                   [inception3a.branch4.1.{conv,bn}] (4_0 is the pool)
+    aux1/{conv/{conv,bn}, fc1, fc2}, aux2/...                 [aux1.conv.{conv,bn}, aux1.fc1, aux1.fc2]
+    head                                                      [fc]
+
+i.e. a torchvision key maps over by replacing ``.`` with ``/``, ``branchK.I`` with ``branchK_I`` and ``fc``
+with ``head``. The aux heads exist only with ``aux_logits=True``; they are created at ``init`` even when
+initialising in eval mode, so the parameter tree is always complete. Their fc1 flattens the (N, 4, 4, 128)
+map in PyTorch's (C, H, W) order, so torchvision weights drop in unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnjax import nn as cnn
+from cnnjax.models.base import ImageClassifier
+from cnnjax.models.layers import ConvNormAct, ModuleDef, flatten_nchw
+from cnnjax.models.registry import register
+
+
+class GoogLeNetOutputs(NamedTuple):
+    """Training-mode output with auxiliary heads, in torchvision's order."""
+
+    logits: jax.Array
+    aux_logits2: jax.Array
+    aux_logits1: jax.Array
+
+
+class Inception(nn.Module):
+    """Four parallel branches concatenated on channels: 1x1 | 1x1->3x3 | 1x1->3x3 | maxpool 3/1->1x1.
+
+    The third branch is nominally "5x5" but, as in torchvision (a long-standing quirk kept for weight
+    compatibility), uses a 3x3 conv. Output channels ``ch1x1 + ch3x3 + ch5x5 + pool_proj``.
+    """
+
+    ch1x1: int
+    ch3x3red: int
+    ch3x3: int
+    ch5x5red: int
+    ch5x5: int
+    pool_proj: int
+    conv: ModuleDef
+    norm: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        block = functools.partial(ConvNormAct, conv=self.conv, norm=self.norm)
+        b1 = block(self.ch1x1, 1, name="branch1")(x)
+        b2 = block(self.ch3x3red, 1, name="branch2_0")(x)
+        b2 = block(self.ch3x3, 3, padding=1, name="branch2_1")(b2)
+        b3 = block(self.ch5x5red, 1, name="branch3_0")(x)
+        b3 = block(self.ch5x5, 3, padding=1, name="branch3_1")(b3)
+        b4 = cnn.MaxPool2d(3, 1, 1, ceil_mode=True, name="branch4_0")(x)
+        b4 = block(self.pool_proj, 1, name="branch4_1")(b4)
+        return jnp.concatenate([b1, b2, b3, b4], axis=-1)
+
+
+class InceptionAux(nn.Module):
+    """Auxiliary classifier: adaptive avg pool to 4x4 -> 1x1 conv 128 -> fc1 2048->1024 + ReLU -> dropout ->
+    fc2 1024->num_classes. (N, H, W, C) -> (N, num_classes)."""
+
+    num_classes: int
+    conv: ModuleDef
+    norm: ModuleDef
+    linear: ModuleDef
+    dropout: float = 0.7
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = cnn.adaptive_avg_pool2d(x, (4, 4))
+        x = ConvNormAct(128, 1, self.conv, self.norm, name="conv")(x)
+        x = flatten_nchw(x)
+        x = nn.relu(self.linear(1024, name="fc1")(x))
+        x = cnn.Dropout(self.dropout)(x, deterministic=not train)
+        return self.linear(self.num_classes, name="fc2")(x)
+
+
+class GoogLeNet(ImageClassifier):
+    """torchvision's GoogLeNet on NHWC input (N, H, W, 3) -> logits (N, num_classes).
+
+    With ``aux_logits`` and ``train=True`` the call returns :class:`GoogLeNetOutputs`
+    ``(logits, aux_logits2, aux_logits1)``; otherwise plain logits. ``transform_input`` re-normalises an
+    ImageNet-normalised input to the (x - 0.5) / 0.5 scaling the original weights expect (torchvision sets it
+    for its pretrained weights). ``features`` returns (N, H/32, W/32, 1024) (ceil-mode pooling, so e.g. 7x7
+    at 224).
+    """
+
+    aux_logits: bool = True
+    transform_input: bool = False
+    dropout: float = 0.2
+    dropout_aux: float = 0.7
+
+    @nn.compact
+    def forward(self, x: jax.Array, train: bool, features_only: bool):
+        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
+                                 kernel_init=cnn.init.trunc_normal(0.01))
+        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, epsilon=1e-3, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+        linear = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype,
+                                   kernel_init=cnn.init.trunc_normal(0.01))
+        inception = functools.partial(Inception, conv=conv, norm=norm)
+        aux = functools.partial(InceptionAux, self.num_classes, conv, norm, linear, self.dropout_aux)
+        # Aux heads run in training; at init they are built in any mode so the parameter tree is complete.
+        run_aux = self.aux_logits and not features_only and (train or self.is_initializing())
+
+        if self.transform_input:
+            x = _transform_input(x)
+        x = ConvNormAct(64, 7, conv, norm, stride=2, padding=3, name="conv1")(x)
+        x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool1")(x)
+        x = ConvNormAct(64, 1, conv, norm, name="conv2")(x)
+        x = ConvNormAct(192, 3, conv, norm, padding=1, name="conv3")(x)
+        x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool2")(x)
+
+        x = inception(64, 96, 128, 16, 32, 32, name="inception3a")(x)
+        x = inception(128, 128, 192, 32, 96, 64, name="inception3b")(x)
+        x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool3")(x)
+        x = inception(192, 96, 208, 16, 48, 64, name="inception4a")(x)
+        aux1 = aux(name="aux1")(x, train) if run_aux else None
+        x = inception(160, 112, 224, 24, 64, 64, name="inception4b")(x)
+        x = inception(128, 128, 256, 24, 64, 64, name="inception4c")(x)
+        x = inception(112, 144, 288, 32, 64, 64, name="inception4d")(x)
+        aux2 = aux(name="aux2")(x, train) if run_aux else None
+        x = inception(256, 160, 320, 32, 128, 128, name="inception4e")(x)
+        x = cnn.MaxPool2d(2, 2, ceil_mode=True, name="maxpool4")(x)
+        x = inception(256, 160, 320, 32, 128, 128, name="inception5a")(x)
+        x = inception(384, 192, 384, 48, 128, 128, name="inception5b")(x)
+        if features_only:
+            return x
+
+        x = cnn.global_avg_pool(x)
+        x = cnn.Dropout(self.dropout)(x, deterministic=not train)
+        logits = linear(self.num_classes, name="head")(x)
+        if train and self.aux_logits:
+            return GoogLeNetOutputs(logits, aux2, aux1)
+        return logits
+
+
+def _transform_input(x: jax.Array) -> jax.Array:
+    """torchvision's ``_transform_input``: per channel ``x * (std / 0.5) + (mean - 0.5) / 0.5`` (NHWC)."""
+    mean = jnp.asarray([0.485, 0.456, 0.406])
+    std = jnp.asarray([0.229, 0.224, 0.225])
+    return (x * (std / 0.5) + (mean - 0.5) / 0.5).astype(x.dtype)
+
+
+register("googlenet", GoogLeNet)

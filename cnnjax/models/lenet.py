@@ -1,0 +1,54 @@
+"""LeNet-5 (LeCun et al. 1998) on 32x32 inputs, and a ``modern`` variant with ReLU and max-pooling.
+
+Layers (paper names): C1 conv 6@5x5 -> S2 2x2 subsampling -> C3 conv 16@5x5 -> S4 2x2 subsampling ->
+C5 conv 120@5x5 (1x1 output at 32x32, as in the paper) -> F6 84 -> output. Classic: scaled tanh ``1.7159 tanh(2x/3)`` (the paper's squashing function) and
+average-pool subsampling; the paper's trainable subsampling coefficients, sparse C3 connection table and
+RBF output are replaced by their usual modern equivalents (full C3, linear output). ``modern=True`` uses
+ReLU and max-pooling. Parameter tree: ``c1``, ``c3``, ``c5``, ``f6``, ``head``. NHWC (N, 32, 32, C) ->
+logits; ``features`` -> (N, 1, 1, 120) (the C5 map). 61,706 parameters for 1 input channel and 10 classes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnjax import nn as cnn
+from cnnjax.models.base import ImageClassifier
+from cnnjax.models.layers import flatten_nchw
+from cnnjax.models.registry import register
+
+
+def lecun_tanh(x: jax.Array) -> jax.Array:
+    """LeCun's squashing function ``1.7159 * tanh(2x / 3)``."""
+    return 1.7159 * jnp.tanh(x * (2.0 / 3.0))
+
+
+class LeNet5(ImageClassifier):
+    """LeNet-5; ``modern`` switches to ReLU + max-pooling."""
+
+    in_channels: int = 1
+    num_classes: int = 10
+    modern: bool = False
+
+    @nn.compact
+    def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
+        act = nn.relu if self.modern else lecun_tanh
+        pool = functools.partial(cnn.MaxPool2d if self.modern else cnn.AvgPool2d, 2, 2)
+        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl)
+        dense = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = pool(name="s2")(act(conv(6, 5, name="c1")(x)))
+        x = pool(name="s4")(act(conv(16, 5, name="c3")(x)))
+        x = act(conv(120, 5, name="c5")(x))
+        if features_only:
+            return x
+        x = flatten_nchw(x)
+        x = act(dense(84, name="f6")(x))
+        return dense(self.num_classes, name="head")(x)
+
+
+register("lenet5", LeNet5)
+register("lenet5_modern", functools.partial(LeNet5, modern=True))

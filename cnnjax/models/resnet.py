@@ -1,0 +1,137 @@
+"""ResNet v1.5 (He et al. 2016; stride on the 3x3 conv of the bottleneck), exactly as torchvision builds it.
+
+Parameter tree: ``stem/{conv,bn}``, ``stage{1..4}_block{i}/{conv1,bn1,conv2,bn2[,conv3,bn3][,downsample]}``,
+``head``. Also ResNeXt and Wide ResNet (torchvision's ``groups`` / ``width_per_group``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+
+from cnnjax import nn as cnn
+from cnnjax.models.base import ImageClassifier
+from cnnjax.models.layers import ConvNormAct, ModuleDef
+from cnnjax.models.registry import register
+
+
+class Downsample(nn.Module):
+    """The projection shortcut: 1x1 conv (stride s) + BN (torchvision's ``downsample``)."""
+
+    features: int
+    stride: int
+    conv: ModuleDef
+    norm: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.conv(self.features, 1, self.stride, use_bias=False, name="conv")(x)
+        return self.norm(name="bn")(x)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; ``features`` output channels."""
+
+    features: int
+    stride: int
+    conv: ModuleDef
+    norm: ModuleDef
+    skip: bool = True
+    groups: int = 1
+    base_width: int = 64
+    zero_init_last: bool = False
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.conv(self.features, 3, self.stride, 1, use_bias=False, name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, 3, 1, 1, use_bias=False, name="conv2")(y)
+        y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_last else
+                      nn.initializers.ones)(y)
+        return nn.relu(y + _shortcut(self, x, self.features))
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride, groups) -> 1x1 with 4x expansion; ``features * 4`` output channels."""
+
+    features: int
+    stride: int
+    conv: ModuleDef
+    norm: ModuleDef
+    skip: bool = True
+    groups: int = 1
+    base_width: int = 64
+    zero_init_last: bool = False
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = int(self.features * (self.base_width / 64.0)) * self.groups
+        y = nn.relu(self.norm(name="bn1")(self.conv(width, 1, use_bias=False, name="conv1")(x)))
+        y = self.conv(width, 3, self.stride, 1, groups=self.groups, use_bias=False, name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(self.features * 4, 1, use_bias=False, name="conv3")(y)
+        y = self.norm(name="bn3", scale_init=nn.initializers.zeros if self.zero_init_last else
+                      nn.initializers.ones)(y)
+        return nn.relu(y + _shortcut(self, x, self.features * 4))
+
+
+def _shortcut(block: nn.Module, x: jax.Array, out_features: int) -> jax.Array | float:
+    if not block.skip:
+        return 0.0
+    if block.stride != 1 or x.shape[-1] != out_features:
+        return Downsample(out_features, block.stride, block.conv, block.norm, name="downsample")(x)
+    return x
+
+
+class ResNet(ImageClassifier):
+    """torchvision's ResNet on NHWC input (N, H, W, 3) -> logits (N, num_classes); features (N, H/32, W/32, C).
+
+    ``skip=False`` removes every shortcut (the "plain" network); ``zero_init_last_bn`` zero-initialises the
+    last BN scale of each block (torchvision's ``zero_init_residual``).
+    """
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    block_cls: type = BasicBlock
+    groups: int = 1
+    width_per_group: int = 64
+    skip: bool = True
+    zero_init_last_bn: bool = False
+    act: Callable = nn.relu
+
+    @nn.compact
+    def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
+        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
+                                 kernel_init=cnn.init.kaiming_normal_fan_out)
+        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+        x = ConvNormAct(64, 7, conv, norm, stride=2, padding=3, name="stem")(x)
+        x = cnn.MaxPool2d(3, 2, 1, name="stem_pool")(x)
+        for s, n_blocks in enumerate(self.stage_sizes):
+            for b in range(n_blocks):
+                x = self.block_cls(64 * 2**s, stride=2 if s > 0 and b == 0 else 1, conv=conv, norm=norm,
+                                   skip=self.skip, groups=self.groups, base_width=self.width_per_group,
+                                   zero_init_last=self.zero_init_last_bn, name=f"stage{s + 1}_block{b}")(x)
+        if features_only:
+            return x
+        x = cnn.global_avg_pool(x)
+        return cnn.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+
+
+_VARIANTS = {
+    "resnet18": dict(stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
+    "resnet34": dict(stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock),
+    "resnet50": dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck),
+    "resnet101": dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck),
+    "resnet152": dict(stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck),
+    "resnext50_32x4d": dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, groups=32, width_per_group=4),
+    "resnext101_32x8d": dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck, groups=32, width_per_group=8),
+    "wide_resnet50_2": dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, width_per_group=128),
+    "wide_resnet101_2": dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck, width_per_group=128),
+}
+for _name, _kw in _VARIANTS.items():
+    register(_name, functools.partial(ResNet, **_kw))

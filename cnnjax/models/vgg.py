@@ -1,0 +1,89 @@
+"""VGG (Simonyan & Zisserman 2014) as torchvision builds it, with and without BatchNorm.
+
+Parameter tree: ``stage{s}/conv{j}`` (+ ``stage{s}/bn{j}`` for ``_bn``), ``fc6``, ``fc7``, ``head``; the
+torchvision key of ``stage{s}/conv{j}`` is ``features.{i}`` where ``i`` counts modules in its ``features``
+Sequential (see :func:`torchvision_feature_indices`), and ``fc6``/``fc7``/``head`` are ``classifier.0/3/6``.
+NHWC input (N, H, W, 3) -> logits; ``features`` -> (N, 7, 7, 512) at 224x224. Flatten in (C, H, W) order.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+from cnnjax import nn as cnn
+from cnnjax.models.base import ImageClassifier
+from cnnjax.models.layers import ModuleDef, flatten_nchw
+from cnnjax.models.registry import register
+
+#: Conv widths per stage (each stage ends with a 2x2 max-pool): configurations A, B, D, E of the paper.
+CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
+    "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+    "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+    "vgg19": ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
+}
+
+
+def torchvision_feature_indices(stages: Sequence[Sequence[int]], batch_norm: bool) -> list[tuple[int, int, int]]:
+    """``(stage, conv, index)``: the index of each conv in torchvision's ``features`` Sequential (the BN is
+    at ``index + 1``)."""
+    out, i = [], 0
+    for s, widths in enumerate(stages):
+        for j in range(len(widths)):
+            out.append((s + 1, j, i))
+            i += 3 if batch_norm else 2  # conv, [bn], relu
+        i += 1  # max-pool
+    return out
+
+
+class VGGStage(nn.Module):
+    """3x3 convs (padding 1) [+ BN] + ReLU, then a 2x2 max-pool."""
+
+    widths: Sequence[int]
+    conv: ModuleDef
+    norm: ModuleDef | None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for j, width in enumerate(self.widths):
+            x = self.conv(width, 3, 1, 1, name=f"conv{j}")(x)
+            if self.norm is not None:
+                x = self.norm(name=f"bn{j}")(x)
+            x = nn.relu(x)
+        return cnn.MaxPool2d(2, 2, name="pool")(x)
+
+
+class VGG(ImageClassifier):
+    """torchvision ``vgg*``: five conv stages, adaptive average pool to 7x7, three linear layers."""
+
+    stages: Sequence[Sequence[int]] = CONFIGS["vgg16"]
+    batch_norm: bool = False
+    dropout: float = 0.5
+
+    @nn.compact
+    def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
+        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
+                                 kernel_init=cnn.init.kaiming_normal_fan_out, bias_init=cnn.init.zeros)
+        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
+                                 param_dtype=self.param_dtype) if self.batch_norm else None
+        dense = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  kernel_init=cnn.init.normal(0.01), bias_init=cnn.init.zeros)
+        for s, widths in enumerate(self.stages):
+            x = VGGStage(tuple(widths), conv, norm, name=f"stage{s + 1}")(x)
+        if features_only:
+            return x
+        x = flatten_nchw(cnn.AdaptiveAvgPool2d((7, 7), name="avgpool")(x))
+        x = nn.relu(dense(4096, name="fc6")(x))
+        x = cnn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.relu(dense(4096, name="fc7")(x))
+        x = cnn.Dropout(self.dropout, deterministic=not train)(x)
+        return dense(self.num_classes, name="head")(x)
+
+
+for _name, _stages in CONFIGS.items():
+    register(_name, functools.partial(VGG, stages=_stages))
+    register(f"{_name}_bn", functools.partial(VGG, stages=_stages, batch_norm=True))
