@@ -39,7 +39,8 @@ class LayerRow:
 
 def _layer_flops(module: nn.Module, x: jax.Array, y: jax.Array) -> int:
     if isinstance(module, cnn.Conv):
-        kh, kw, cin_g, cout = (*cnn.conv.pair(module.kernel_size), x.shape[-1] // module.groups, y.shape[-1])
+        kh, kw = cnn.conv.pair(module.kernel_size)
+        cin_g = x.shape[-1] // module.groups
         return 2 * math.prod(y.shape) * kh * kw * cin_g + (math.prod(y.shape) if module.use_bias else 0)
     if isinstance(module, cnn.Linear):
         return 2 * math.prod(y.shape) * x.shape[-1] + (math.prod(y.shape) if module.use_bias else 0)

@@ -7,6 +7,9 @@ CIFAR choice: identity, with stride-2 subsampling and zero-padded channels when 
 parameters) or ``'B'`` (1x1 conv + BN projection when the shape changes). Parameter counts with option A
 and 10 classes: 0.27M (20), 0.46M (32), 0.66M (44), 0.85M (56), 1.7M (110).
 Parameter tree: ``stem/{conv,bn}``, ``stage{s}_block{b}/{conv1,bn1,conv2,bn2[,downsample]}``, ``head``.
+``antialias=True`` (Zhang 2019) blurs before each subsampling with :class:`~cnnjax.models.resnet.BlurPool`:
+the strided conv1 becomes conv1 (stride 1) -> BN -> ReLU -> BlurPool, and the shortcut blurs before its
+stride-2 subsampling (option A) or 1x1 conv (option B); same shapes and parameters.
 NHWC (N, 32, 32, C) -> logits; ``features`` -> (N, 8, 8, 64).
 """
 
@@ -22,7 +25,7 @@ from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ConvNormAct, ModuleDef
 from cnnjax.models.registry import register
-from cnnjax.models.resnet import Downsample
+from cnnjax.models.resnet import BlurPool, Downsample
 
 
 class CifarBasicBlock(nn.Module):
@@ -35,11 +38,15 @@ class CifarBasicBlock(nn.Module):
     skip: bool = True
     shortcut: str = "A"
     zero_init_last: bool = False
+    antialias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = nn.relu(self.norm(name="bn1")(self.conv(self.features, 3, self.stride, 1, use_bias=False,
-                                                    name="conv1")(x)))
+        blur = self.antialias and self.stride > 1
+        y = nn.relu(self.norm(name="bn1")(self.conv(self.features, 3, 1 if blur else self.stride, 1,
+                                                    use_bias=False, name="conv1")(x)))
+        if blur:
+            y = BlurPool(self.stride, name="blur")(y)
         y = self.conv(self.features, 3, 1, 1, use_bias=False, name="conv2")(y)
         y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_last else
                       nn.initializers.ones)(y)
@@ -48,8 +55,10 @@ class CifarBasicBlock(nn.Module):
         if self.stride == 1 and x.shape[-1] == self.features:
             return nn.relu(y + x)
         if self.shortcut == "B":
-            return nn.relu(y + Downsample(self.features, self.stride, self.conv, self.norm, name="downsample")(x))
-        sc = x[:, :: self.stride, :: self.stride, :]
+            sc = Downsample(self.features, self.stride, self.conv, self.norm, antialias=self.antialias,
+                            name="downsample")(x)
+            return nn.relu(y + sc)
+        sc = BlurPool(self.stride, name="shortcut_blur")(x) if blur else x[:, :: self.stride, :: self.stride, :]
         extra = self.features - x.shape[-1]
         sc = jnp.pad(sc, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
         return nn.relu(y + sc)
@@ -63,6 +72,7 @@ class CifarResNet(ImageClassifier):
     skip: bool = True
     shortcut: str = "A"
     zero_init_last_bn: bool = False
+    antialias: bool = False
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
@@ -80,7 +90,7 @@ class CifarResNet(ImageClassifier):
             for b in range(n):
                 x = CifarBasicBlock(width, 2 if s > 0 and b == 0 else 1, conv, norm, skip=self.skip,
                                     shortcut=self.shortcut, zero_init_last=self.zero_init_last_bn,
-                                    name=f"stage{s + 1}_block{b}")(x)
+                                    antialias=self.antialias, name=f"stage{s + 1}_block{b}")(x)
         if features_only:
             return x
         x = cnn.global_avg_pool(x)

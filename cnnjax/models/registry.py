@@ -36,14 +36,20 @@ def unknown_name_message(name: str) -> str:
     return f"unknown architecture {name!r}{hint}; valid choices: {', '.join(names())}"
 
 
+def options(name: str) -> set[str]:
+    """The fields ``create(name, ...)`` accepts as overrides."""
+    if name not in _REGISTRY:
+        raise ValueError(unknown_name_message(name))
+    return {f.name for f in dataclasses.fields(_module_class(_REGISTRY[name]))} - {"parent", "name"}
+
+
 def create(name: str, num_classes: int | None = None, **overrides) -> nn.Module:
     """Build the architecture ``name`` with ``num_classes`` outputs (default: the architecture's own, 1000 for
     the ImageNet models, 10 for LeNet and the CIFAR ResNets); ``overrides`` set any other field
     (``in_channels``, ``dtype``, ``param_dtype``, ``conv_impl``, family options such as ``skip``)."""
     if name not in _REGISTRY:
         raise ValueError(unknown_name_message(name))
-    factory = _REGISTRY[name]
-    fields = {f.name for f in dataclasses.fields(_module_class(factory))} - {"parent", "name"}
+    factory, fields = _REGISTRY[name], options(name)
     bad = sorted(set(overrides) - fields)
     if bad:
         raise TypeError(f"{name} has no option(s) {', '.join(bad)}; valid options: {', '.join(sorted(fields))}")

@@ -2,6 +2,12 @@
 
 Parameter tree: ``stem/{conv,bn}``, ``stage{1..4}_block{i}/{conv1,bn1,conv2,bn2[,conv3,bn3][,downsample]}``,
 ``head``. Also ResNeXt and Wide ResNet (torchvision's ``groups`` / ``width_per_group``).
+
+``antialias=True`` is Zhang (2019), "Making Convolutional Networks Shift-Invariant Again": every
+subsampling becomes "blur, then subsample" with :class:`BlurPool` (the [1, 2, 1] binomial filter): the stem's
+max-pool becomes MaxBlurPool (3x3 max-pool with stride 1, then BlurPool stride 2), a strided 3x3 conv becomes
+conv (stride 1) -> BN -> ReLU -> BlurPool, and the projection shortcut blurs before its 1x1 conv. Output
+shapes and the parameter tree are unchanged (BlurPool has no parameters).
 """
 
 from __future__ import annotations
@@ -11,24 +17,60 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ConvNormAct, ModuleDef
 from cnnjax.models.registry import register
+from cnnjax.ops import conv2d
+
+
+class BlurPool(nn.Module):
+    """Anti-aliased subsampling (Zhang 2019): depthwise blur with the binomial filter [1, 2, 1] x [1, 2, 1] / 16,
+    then keep every ``stride``-th sample: (N, H, W, C) -> (N, ceil(H / stride), ceil(W / stride), C) for
+    stride 2 (the shape of a 3x3, padding-1 conv with that stride).
+
+    Borders: zero padding of 1 pixel, renormalised by the filter mass inside the image (so a constant image stays
+    constant); no parameters.
+    """
+
+    stride: int = 2
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        taps = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
+        w = jnp.asarray(np.broadcast_to(taps[:, :, None, None], (3, 3, 1, c)), x.dtype)
+        y = conv2d(x, w, stride=self.stride, padding=1, groups=c)
+        mass = _blur_mass(x.shape[-3], self.stride)[:, None] * _blur_mass(x.shape[-2], self.stride)[None, :]
+        return y / jnp.asarray(mass[:, :, None], x.dtype)
+
+
+def _blur_mass(size: int, stride: int) -> np.ndarray:
+    """Fraction of the 1-D [1, 2, 1] / 4 filter inside an axis of ``size`` pixels, per output sample."""
+    ones = np.pad(np.ones(size), 1)
+    full = np.convolve(ones, [0.25, 0.5, 0.25], mode="valid")
+    return full[::stride]
 
 
 class Downsample(nn.Module):
-    """The projection shortcut: 1x1 conv (stride s) + BN (torchvision's ``downsample``)."""
+    """The projection shortcut: 1x1 conv (stride s) + BN (torchvision's ``downsample``); with ``antialias``,
+    :class:`BlurPool` (stride s) then the 1x1 conv with stride 1."""
 
     features: int
     stride: int
     conv: ModuleDef
     norm: ModuleDef
+    antialias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv(self.features, 1, self.stride, use_bias=False, name="conv")(x)
+        if self.antialias and self.stride > 1:
+            x = BlurPool(self.stride, name="blur")(x)
+            x = self.conv(self.features, 1, 1, use_bias=False, name="conv")(x)
+        else:
+            x = self.conv(self.features, 1, self.stride, use_bias=False, name="conv")(x)
         return self.norm(name="bn")(x)
 
 
@@ -43,12 +85,16 @@ class BasicBlock(nn.Module):
     groups: int = 1
     base_width: int = 64
     zero_init_last: bool = False
+    antialias: bool = False
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = self.conv(self.features, 3, self.stride, 1, use_bias=False, name="conv1")(x)
+        blur = self.antialias and self.stride > 1
+        y = self.conv(self.features, 3, 1 if blur else self.stride, 1, use_bias=False, name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
+        if blur:
+            y = BlurPool(self.stride, name="blur")(y)
         y = self.conv(self.features, 3, 1, 1, use_bias=False, name="conv2")(y)
         y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_last else
                       nn.initializers.ones)(y)
@@ -66,14 +112,19 @@ class Bottleneck(nn.Module):
     groups: int = 1
     base_width: int = 64
     zero_init_last: bool = False
+    antialias: bool = False
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = int(self.features * (self.base_width / 64.0)) * self.groups
+        blur = self.antialias and self.stride > 1
         y = nn.relu(self.norm(name="bn1")(self.conv(width, 1, use_bias=False, name="conv1")(x)))
-        y = self.conv(width, 3, self.stride, 1, groups=self.groups, use_bias=False, name="conv2")(y)
+        y = self.conv(width, 3, 1 if blur else self.stride, 1, groups=self.groups, use_bias=False,
+                      name="conv2")(y)
         y = nn.relu(self.norm(name="bn2")(y))
+        if blur:
+            y = BlurPool(self.stride, name="blur")(y)
         y = self.conv(self.features * 4, 1, use_bias=False, name="conv3")(y)
         y = self.norm(name="bn3", scale_init=nn.initializers.zeros if self.zero_init_last else
                       nn.initializers.ones)(y)
@@ -84,7 +135,8 @@ def _shortcut(block: nn.Module, x: jax.Array, out_features: int) -> jax.Array | 
     if not block.skip:
         return 0.0
     if block.stride != 1 or x.shape[-1] != out_features:
-        return Downsample(out_features, block.stride, block.conv, block.norm, name="downsample")(x)
+        return Downsample(out_features, block.stride, block.conv, block.norm,
+                          antialias=getattr(block, "antialias", False), name="downsample")(x)
     return x
 
 
@@ -92,7 +144,8 @@ class ResNet(ImageClassifier):
     """torchvision's ResNet on NHWC input (N, H, W, 3) -> logits (N, num_classes); features (N, H/32, W/32, C).
 
     ``skip=False`` removes every shortcut (the "plain" network); ``zero_init_last_bn`` zero-initialises the
-    last BN scale of each block (torchvision's ``zero_init_residual``).
+    last BN scale of each block (torchvision's ``zero_init_residual``); ``antialias`` blurs before every
+    subsampling (see the module docstring).
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -102,6 +155,7 @@ class ResNet(ImageClassifier):
     skip: bool = True
     zero_init_last_bn: bool = False
     act: Callable = nn.relu
+    antialias: bool = False
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
@@ -110,12 +164,16 @@ class ResNet(ImageClassifier):
         norm = functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
         x = ConvNormAct(64, 7, conv, norm, stride=2, padding=3, name="stem")(x)
-        x = cnn.MaxPool2d(3, 2, 1, name="stem_pool")(x)
+        if self.antialias:
+            x = BlurPool(2, name="stem_blur")(cnn.MaxPool2d(3, 1, 1, name="stem_pool")(x))
+        else:
+            x = cnn.MaxPool2d(3, 2, 1, name="stem_pool")(x)
         for s, n_blocks in enumerate(self.stage_sizes):
             for b in range(n_blocks):
                 x = self.block_cls(64 * 2**s, stride=2 if s > 0 and b == 0 else 1, conv=conv, norm=norm,
                                    skip=self.skip, groups=self.groups, base_width=self.width_per_group,
-                                   zero_init_last=self.zero_init_last_bn, name=f"stage{s + 1}_block{b}")(x)
+                                   zero_init_last=self.zero_init_last_bn, antialias=self.antialias,
+                                   name=f"stage{s + 1}_block{b}")(x)
         if features_only:
             return x
         x = cnn.global_avg_pool(x)

@@ -43,7 +43,7 @@ def max_pool2d(x: jax.Array, kernel_size: IntPair, stride: IntPair | None = None
                dilation: IntPair = 1, ceil_mode: bool = False, *, layer: str = "max_pool2d") -> jax.Array:
     """``F.max_pool2d`` on (N, H, W, C) -> (N, H', W', C)."""
     k, s, d, pads, (oh, ow) = _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode, layer)
-    init = jnp.array(-jnp.inf, x.dtype)
+    init = np.array(-np.inf, x.dtype)  # a concrete init value keeps reduce_window differentiable under jit
     y = lax.reduce_window(x, init, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)),
                           window_dilation=(1, *d, 1))
     return y[:, :oh, :ow, :]
@@ -63,7 +63,7 @@ def avg_pool2d(x: jax.Array, kernel_size: IntPair, stride: IntPair | None = None
                layer: str = "avg_pool2d") -> jax.Array:
     """``F.avg_pool2d`` on (N, H, W, C) -> (N, H', W', C)."""
     k, s, _, pads, (oh, ow) = _pool_setup(x, kernel_size, stride, padding, 1, ceil_mode, layer)
-    total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1),
+    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1),
                               ((0, 0), *pads, (0, 0)))[:, :oh, :ow, :]
     div_h = _avg_divisor(x.shape[-3], k[0], s[0], pads[0][0], oh, count_include_pad)
     div_w = _avg_divisor(x.shape[-2], k[1], s[1], pads[1][0], ow, count_include_pad)

@@ -21,7 +21,10 @@ IntPair = int | tuple[int, int]
 Padding = int | tuple[int, int] | Sequence[tuple[int, int]]
 
 #: Convolution algorithms ``conv2d`` accepts.
-CONV_IMPLS = ("xla",)
+#: ``xla``: ``lax.conv_general_dilated``; ``gemm``: im2col + matrix product (:mod:`cnnjax.ops.gemm`);
+#: ``fast``: a fixed per-shape rule for CPUs — ``gemm`` for 1x1 convolutions and for feature maps of at most
+#: 4x4 (where XLA's CPU convolution is pathologically slow), ``xla`` otherwise and on GPU/TPU.
+CONV_IMPLS = ("xla", "gemm", "fast")
 
 
 def pair(v: IntPair, name: str = "value") -> tuple[int, int]:
@@ -96,12 +99,20 @@ def conv2d(
                          f"got {x.shape} and {w.shape}")
     if x.shape[-1] != w.shape[2] * groups:
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {w.shape[2]} x {groups} groups")
+    stride, dilation, padding = pair(stride, "stride"), pair(dilation, "dilation"), normalize_padding(padding)
+    if impl == "fast":
+        small = (w.shape[0] == w.shape[1] == 1 and groups == 1) or max(x.shape[1:3]) <= 4
+        impl = "gemm" if small and jax.default_backend() == "cpu" else "xla"
+    if impl == "gemm":
+        from cnnjax.ops.gemm import conv2d_gemm
+
+        return conv2d_gemm(x, w, stride, padding, dilation, groups, precision, preferred_element_type)
     return lax.conv_general_dilated(
         x,
         w,
-        window_strides=pair(stride, "stride"),
-        padding=normalize_padding(padding),
-        rhs_dilation=pair(dilation, "dilation"),
+        window_strides=stride,
+        padding=padding,
+        rhs_dilation=dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
         precision=precision,

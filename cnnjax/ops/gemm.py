@@ -1,0 +1,47 @@
+"""Convolution lowered to matrix products (im2col / GEMM).
+
+A k x k convolution gathers the k*k shifted (strided, dilated) views of the padded input, concatenates them on
+the channel axis — the im2col matrix of shape (N*H'*W', k*k*C) — and multiplies by the kernel reshaped to
+(k*k*C, O). A 1x1 convolution is a plain product. Grouped convolutions use one batched product over groups.
+NHWC input, HWIO kernel, PyTorch padding semantics (see :mod:`cnnjax.ops.conv`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def im2col(x: jax.Array, kh: int, kw: int, stride: tuple[int, int], padding, dilation: tuple[int, int]
+           ) -> jax.Array:
+    """(N, H, W, C) -> (N, H', W', kh*kw*C), taps ordered (i, j, c) to match an HWIO kernel's reshape."""
+    (pt, pb), (pl, pr) = padding
+    sh, sw = stride
+    dh, dw = dilation
+    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    h, w = x.shape[1], x.shape[2]
+    oh = (h - dh * (kh - 1) - 1) // sh + 1
+    ow = (w - dw * (kw - 1) - 1) // sw + 1
+    cols = [lax.slice(x, (0, i * dh, j * dw, 0), (x.shape[0], i * dh + sh * (oh - 1) + 1,
+                                                   j * dw + sw * (ow - 1) + 1, x.shape[3]), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def conv2d_gemm(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding, dilation: tuple[int, int],
+                groups: int = 1, precision=None, preferred_element_type=None) -> jax.Array:
+    """The convolution as im2col + one matrix product (per group)."""
+    kh, kw, cin_g, cout = w.shape
+    patches = im2col(x, kh, kw, stride, padding, dilation)
+    if groups == 1:
+        return jnp.dot(patches, w.reshape(kh * kw * cin_g, cout), precision=precision,
+                       preferred_element_type=preferred_element_type)
+    n, oh, ow, _ = patches.shape
+    og = cout // groups
+    # patches: (..., kh*kw, groups, cin_g); kernel: (groups, kh*kw*cin_g, og)
+    p = patches.reshape(n, oh, ow, kh * kw, groups, cin_g)
+    p = jnp.moveaxis(p, 4, 3).reshape(n, oh, ow, groups, kh * kw * cin_g)
+    k = w.reshape(kh * kw, cin_g, groups, og).transpose(2, 0, 1, 3).reshape(groups, kh * kw * cin_g, og)
+    y = jnp.einsum("nhwgk,gko->nhwgo", p, k, precision=precision, preferred_element_type=preferred_element_type)
+    return y.reshape(n, oh, ow, cout)

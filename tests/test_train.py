@@ -1,0 +1,202 @@
+"""The training CLI end to end on tiny runs (LeNet-5 on the bundled digits): outputs, determinism, exact resume
+after SIGKILL and SIGTERM, non-finite loss, bad input, multi-device and multi-process agreement, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cnnjax import checkpoint
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--arch", "lenet5", "--batch-size", "64", "--no-progress", "--log-every", "1"]
+
+
+def run_cli(args, *, env=None, module="train.main", timeout=300, check=True):
+    full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def final_params(workdir):
+    return jax.tree.leaves(checkpoint.restore(workdir))
+
+
+def assert_trees_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 2-epoch run with a checkpoint every 5 steps: the baseline for the resume tests."""
+    workdir = tmp_path_factory.mktemp("ref") / "run"
+    run_cli([*TINY, "--epochs", "2", "--checkpoint-every", "5", "--workdir", str(workdir)])
+    return workdir
+
+
+def test_run_writes_metrics_config_curves_and_learns(reference_run):
+    rows = [json.loads(ln) for ln in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_sec"):
+        assert key in rows[-1]
+    assert rows[-1]["step"] == 2 * (1438 // 64)
+    assert rows[-1]["val_top1"] > 0.5  # two epochs of LeNet-5 on digits: far above chance (0.1)
+    assert rows[-1]["val_count"] == 359  # every validation example exactly once
+    config = json.loads((reference_run / "config.json").read_text())
+    assert config["arch"] == "lenet5" and config["num_classes"] == 10
+    assert (reference_run / "curves.png").stat().st_size > 1000
+
+
+def test_same_seed_gives_bit_identical_metrics_and_params(reference_run, tmp_path):
+    run_cli([*TINY, "--epochs", "2", "--checkpoint-every", "5", "--workdir", str(tmp_path / "again")])
+    a = [json.loads(ln) for ln in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(ln) for ln in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert_trees_equal(final_params(reference_run), final_params(tmp_path / "again"))
+
+
+def _run_until_checkpoint_then_signal(args, workdir, sig, min_steps=1):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "train.main", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpts = workdir / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        steps = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+        if steps and max(steps) >= min_steps:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        raise AssertionError("no checkpoint appeared")
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out
+
+
+def test_resume_after_sigkill_is_bit_identical(reference_run, tmp_path):
+    workdir = tmp_path / "killed"
+    args = [*TINY, "--epochs", "2", "--checkpoint-every", "5", "--workdir", str(workdir)]
+    code, _ = _run_until_checkpoint_then_signal(args, workdir, signal.SIGKILL, min_steps=10)
+    assert code == -signal.SIGKILL
+    run_cli([*args, "--resume"])
+    assert_trees_equal(final_params(reference_run), final_params(workdir))
+    a = (reference_run / "metrics.jsonl").read_text().splitlines()
+    b = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["val_top1"] for x in a] == [json.loads(x)["val_top1"] for x in b]
+
+
+def test_sigterm_saves_and_resume_is_exact(reference_run, tmp_path):
+    workdir = tmp_path / "term"
+    args = [*TINY, "--epochs", "2", "--checkpoint-every", "5", "--workdir", str(workdir)]
+    code, out = _run_until_checkpoint_then_signal(args, workdir, signal.SIGTERM, min_steps=5)
+    assert code == 0, out
+    assert "continue with --resume" in out
+    run_cli([*args, "--resume"])
+    assert_trees_equal(final_params(reference_run), final_params(workdir))
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_warning(reference_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(reference_run, workdir)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    latest = workdir / "checkpoints" / str(steps[-1]) / "state"
+    for f in latest.rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="could not be read"):
+        variables = checkpoint.restore(workdir)
+    assert "params" in variables
+
+
+def test_nonfinite_loss_stops_with_exit_code_and_keeps_good_checkpoint(tmp_path):
+    proc = run_cli([*TINY, "--epochs", "1", "--lr", "1e12", "--optimizer", "sgd", "--checkpoint-every", "1",
+                    "--warmup-epochs", "0", "--workdir", str(tmp_path / "nan")], check=False)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "non-finite loss or parameters" in proc.stderr
+    ckpt = tmp_path / "nan" / "checkpoints"
+    if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+        assert all(np.isfinite(np.asarray(x)).all() for x in final_params(tmp_path / "nan"))
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--arch", "resnet51"], "valid choices"),
+    (["--arch", "lenet5", "--dataset", "mnist"], "valid choices are digits, shapes, synthetic"),
+    (["--arch", "lenet5", "--optimizer", "lamb"], "invalid choice"),
+    (["--arch", "lenet5", "--precision", "fp8"], "invalid choice"),
+    (["--arch", "alexnet"], "at least 63x63, got 32x32"),
+    (["--arch", "lenet5", "--batch-size", "0"], "must be >= 1"),
+])
+def test_bad_input_fails_early_with_the_valid_choices(args, expected, tmp_path):
+    t0 = time.time()
+    proc = run_cli([*args, "--workdir", str(tmp_path / "bad"), "--no-progress"], check=False)
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert time.time() - t0 < 60
+
+
+def test_eight_devices_give_the_same_losses_as_one(tmp_path):
+    common = [*TINY, "--max-steps", "6", "--checkpoint-every", "100"]
+    run_cli([*common, "--workdir", str(tmp_path / "one")],
+            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    run_cli([*common, "--workdir", str(tmp_path / "eight")],
+            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert json.loads((tmp_path / "eight" / "config.json").read_text())["devices"] == 8
+    one = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
+    eight = json.loads((tmp_path / "eight" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("train_loss", "val_loss", "val_top1"):
+        assert eight[key] == pytest.approx(one[key], rel=1e-4, abs=1e-5)
+    for a, b in zip(final_params(tmp_path / "one"), final_params(tmp_path / "eight")):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+
+
+def test_two_processes_on_localhost_train_and_agree(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "train.main", *TINY, "--max-steps", "4", "--checkpoint-every",
+                               "100", "--workdir", str(tmp_path / "mp"), "--coordinator", f"127.0.0.1:{port}",
+                               "--num-processes", "2", "--process-id", str(i)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    lines = [[ln for ln in out.splitlines() if ln.startswith("epoch 1:")] for out in outs]
+    assert lines[0] and lines[0][0].split("|")[:2] == lines[1][0].split("|")[:2]  # same train and val metrics
+    config = json.loads((tmp_path / "mp" / "config.json").read_text())
+    assert config["processes"] == 2 and config["devices"] == 2
+
+
+def test_benchmark_prints_one_json_line():
+    proc = run_cli(["--arch", "lenet5", "--benchmark", "--image-size", "32", "--batch-size", "8",
+                    "--benchmark-steps", "2"])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("images_per_sec", "arch", "batch_size", "image_size", "precision", "devices"):
+        assert key in result
+    assert result["images_per_sec"] > 0 and result["arch"] == "lenet5"
+
+
+def test_evaluate_cli_reproduces_the_final_validation(reference_run):
+    proc = run_cli(["--arch", "lenet5", "--init", str(reference_run), "--no-progress"], module="train.evaluate")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    last = json.loads((reference_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert result["val_top1"] == pytest.approx(last["val_top1"], abs=1e-9)
+    assert result["val_count"] == 359

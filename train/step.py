@@ -1,0 +1,106 @@
+"""The pure training and evaluation steps (one ``jax.jit`` each, built by the loop with shardings).
+
+``train_step(state, batch) -> (state, metrics)`` and ``eval_step(state, batch) -> sums``; ``batch`` is a dict
+of global arrays ``image`` (B, H, W, C) float32, ``label`` (B,) int32 and ``mask`` (B,) bool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+#: Weight of each auxiliary classifier's loss (GoogLeNet: 0.3, as in the paper and torchvision's reference).
+AUX_WEIGHT = 0.3
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that determines the rest of a run: parameters, BN statistics, optimizer state, step, RNG."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data, so checkpoints hold plain arrays
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "params": self.params, "batch_stats": self.batch_stats,
+                "opt_state": self.opt_state, "rng": self.rng}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        return cls(step=d["step"], params=d["params"], batch_stats=d["batch_stats"], opt_state=d["opt_state"],
+                   rng=d["rng"])
+
+
+def split_outputs(out: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """``(logits, aux_logits)``: GoogLeNet returns a tuple (logits, aux2, aux1) in training."""
+    if isinstance(out, tuple):
+        return out[0], tuple(out[1:])
+    return out, ()
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example cross entropy in float32 with optional label smoothing (PyTorch's definition)."""
+    logits = logits.astype(jnp.float32)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """Per-example 1.0 if the label is among the ``k`` largest logits (k is capped at the class count)."""
+    k = min(k, logits.shape[-1])
+    _, top = jax.lax.top_k(logits.astype(jnp.float32), k)
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_smoothing: float = 0.0
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The training step: forward in training mode (BN batch statistics, dropout from ``fold_in(rng, step)``),
+    loss in float32 (+ auxiliary losses), gradients, one optimizer update. Metrics are batch means."""
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            out, updates = model.apply(variables, batch["image"], True, rngs={"dropout": rng},
+                                       mutable=["batch_stats"])
+            logits, aux = split_outputs(out)
+            loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+            for a in aux:
+                loss = loss + AUX_WEIGHT * cross_entropy(a, batch["label"], label_smoothing).mean()
+            return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss)
+        for leaf in jax.tree.leaves(params):  # the new parameters too: a NaN state must never be checkpointed
+            finite = finite & jnp.all(jnp.isfinite(leaf))
+        metrics = {"loss": loss, "top1": topk_correct(logits, batch["label"], 1).mean(),
+                   "top5": topk_correct(logits, batch["label"], 5).mean(), "finite": finite}
+        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), \
+            metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict], dict]:
+    """The evaluation step: eval-mode forward, masked sums of loss, top-1 and top-5 hits, and the count."""
+
+    def eval_step(state: TrainState, batch: dict) -> dict:
+        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], False)
+        mask = batch["mask"].astype(jnp.float32)
+        return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+                "top1": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
+                "top5": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
+                "count": jnp.sum(mask)}
+
+    return eval_step
