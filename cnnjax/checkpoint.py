@@ -55,8 +55,9 @@ class CheckpointStore:
         """Restore ``(state, meta, step)``: the given step, or the newest one that reads back completely.
 
         ``target`` is a pytree of arrays or ``jax.ShapeDtypeStruct`` (with shardings) giving structure, dtypes
-        and placement; ``None`` restores plain nested dicts on this process's first device. A corrupt or partial checkpoint is skipped with a
-        warning (only when ``step`` is not given). Raises ``FileNotFoundError`` when there is none.
+        and placement; ``None`` restores plain nested dicts on this process's first device. A corrupt or
+        partial checkpoint is skipped with a warning (only when ``step`` is not given). Raises
+        ``FileNotFoundError`` when there is none.
         """
         candidates = [step] if step is not None else list(reversed(self.steps()))
         if not candidates:

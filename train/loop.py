@@ -293,7 +293,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                         if not all(bool(hm["finite"]) for hm in host):
                             raise NonFiniteLossError(
                                 f"non-finite loss or parameters (last loss {loss}) by step {step}; stopping. "
-                                f"The last good checkpoint is kept in {workdir / 'checkpoints'} (steps {store.steps()}); try a lower --lr.")
+                                f"The last good checkpoint is kept in {workdir / 'checkpoints'} "
+                                f"(steps {store.steps()}); try a lower --lr.")
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
                         bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.1f}")
                     bar.update(1)

@@ -1,11 +1,12 @@
 """LeNet-5 (LeCun et al. 1998) on 32x32 inputs, and a ``modern`` variant with ReLU and max-pooling.
 
 Layers (paper names): C1 conv 6@5x5 -> S2 2x2 subsampling -> C3 conv 16@5x5 -> S4 2x2 subsampling ->
-C5 conv 120@5x5 (1x1 output at 32x32, as in the paper) -> F6 84 -> output. Classic: scaled tanh
-``1.7159 tanh(2x/3)`` (the paper's squashing function) and average-pool subsampling; the paper's trainable subsampling coefficients, sparse C3 connection table and
-RBF output are replaced by their usual modern equivalents (full C3, linear output). ``modern=True`` uses
-ReLU and max-pooling. Parameter tree: ``c1``, ``c3``, ``c5``, ``f6``, ``head``. NHWC (N, 32, 32, C) ->
-logits; ``features`` -> (N, 1, 1, 120) (the C5 map). 61,706 parameters for 1 input channel and 10 classes.
+C5 conv 120@5x5 (1x1 output at 32x32, as in the paper) -> F6 84 -> output.
+Classic: scaled tanh ``1.7159 tanh(2x/3)`` (the paper's squashing function) and average-pool subsampling;
+the paper's trainable subsampling coefficients, sparse C3 connection table and RBF output are replaced by
+their usual modern equivalents (full C3, linear output). ``modern=True`` uses ReLU and max-pooling.
+Parameter tree: ``c1``, ``c3``, ``c5``, ``f6``, ``head``. NHWC (N, 32, 32, C) -> logits;
+``features`` -> (N, 1, 1, 120) (the C5 map). 61,706 parameters for 1 input channel and 10 classes.
 """
 
 from __future__ import annotations
