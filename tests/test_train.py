@@ -200,3 +200,25 @@ def test_evaluate_cli_reproduces_the_final_validation(reference_run):
     last = json.loads((reference_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert result["val_top1"] == pytest.approx(last["val_top1"], abs=1e-9)
     assert result["val_count"] == 359
+
+
+def test_bf16_training_keeps_float32_parameters(tmp_path):
+    run_cli([*TINY, "--max-steps", "3", "--precision", "bf16", "--workdir", str(tmp_path / "bf16")])
+    leaves = final_params(tmp_path / "bf16")
+    assert all(np.asarray(x).dtype == np.float32 for x in leaves)
+    row = json.loads((tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
+
+
+def test_synthetic_training_runs_without_tensorflow(tmp_path):
+    """The GPU image has no TensorFlow: importing cnnjax and training on synthetic data must not need it."""
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None; "
+            "from train.main import main; "
+            f"sys.exit(main(['--arch', 'lenet5', '--dataset', 'synthetic:image_size=32,num_classes=4,num_train=64,"
+            f"num_val=16', '--batch-size', '16', '--max-steps', '2', '--no-progress', '--workdir', "
+            f"'{tmp_path / 'syn'}']))")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1:" in proc.stdout
