@@ -21,7 +21,6 @@ training CLI lives in ``train/``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import sys
 import time
@@ -37,12 +36,10 @@ from cnnjax import nn as cnn
 from cnnjax.analysis import equivariance as eq
 from cnnjax.analysis import filters as flt
 from cnnjax.analysis import occlusion as occ
+from cnnjax.analysis import receptive_field as rf
 from cnnjax.analysis import training
 from cnnjax.analysis import visualize as vis
 from cnnjax.ops import conv2d
-
-# the package exports the function receptive_field, which hides the module of the same name
-rf = importlib.import_module("cnnjax.analysis.receptive_field")
 
 DEFAULT_OUT = "analysis_out"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -207,10 +204,11 @@ def _erf_radius(m: np.ndarray) -> float:
 def cmd_erf(args) -> int:
     source = _load_data(args.data, args.image_size, args.seed)
     model = _model_for_data(args.arch, source)
-    images, _ = training.val_arrays(source)
+    size = args.erf_size or source.info.image_size
+    erf_source = source if size == source.info.image_size else _load_data(args.data, size, args.seed)
+    images, _ = training.val_arrays(erf_source)
     images = images[: args.num_images]
-    size = source.info.image_size
-    untrained = training.init_variables(model, size, source.info.channels, args.seed)
+    untrained = training.init_variables(model, source.info.image_size, source.info.channels, args.seed)
     trained = _trained(model, source, args)
     layers = rf.receptive_field(model, size)
     feat = layers[-1]
@@ -221,13 +219,14 @@ def cmd_erf(args) -> int:
     maps[label] = _erf_maps(model, trained, images)
     rows = [(name, f"{_erf_radius(m):.2f}", f"{(m > 0.1).mean():.3f}", f"{(m > 0.01).mean():.3f}")
             for name, m in maps.items()]
-    print(f"{args.arch} on {source.info.name} {size}x{size}: theoretical field {feat.size[0]:g} px "
+    print(f"{args.arch} trained on {source.info.name} {source.info.image_size}x{source.info.image_size}; "
+          f"ERF measured on {len(images)} val images at {size}x{size}: theoretical field {feat.size[0]:g} px "
           f"(centre unit sees rows {box[0]}..{box[1]}, cols {box[2]}..{box[3]})")
     print(_table(("variables", "ERF rms radius (px)", "area > 0.1 max", "area > 0.01 max"), rows))
     path = vis.save_maps(Path(args.out) / f"erf_{args.arch}.png", maps,
-                         f"effective receptive field of the centre unit of {args.arch}.features "
-                         f"(mean |grad| over {len(images)} images; cyan: theoretical field)",
-                         boxes={k: [box] for k in maps})
+                         f"effective receptive field of the centre unit of {args.arch}.features at {size}x{size}\n"
+                         f"(mean |d unit / d input| over {len(images)} images, max = 1; cyan: theoretical field "
+                         f"{feat.size[0]:g} px)", boxes={k: [box] for k in maps})
     print(f"wrote {path}")
     return 0
 
@@ -433,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("erf", cmd_erf, "effective receptive field (Luo et al. 2016), untrained vs trained")
     _add_training(p, 300, "resnet20")
     p.add_argument("--num-images", type=int, default=64, help="validation images averaged (default 64)")
+    p.add_argument("--erf-size", type=int, default=None,
+                   help="measure the ERF on val images at this side (default: the training size); a larger side "
+                        "shows the whole theoretical field of a fully convolutional model")
 
     p = add("equivariance", cmd_equivariance, "shift laws and shift consistency (Zhang 2019) of a zoo model")
     _add_training(p, 0, "resnet20")

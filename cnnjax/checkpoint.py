@@ -34,7 +34,8 @@ class CheckpointStore:
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+        # read_only: never create, delete or clean anything (orbax's own read_only flag only logs warnings here)
+        options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
                                                enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=not read_only)
         self.manager = ocp.CheckpointManager(

@@ -10,7 +10,6 @@ import pytest
 
 from cnnjax import models
 from cnnjax import nn as cnn
-from cnnjax.analysis import receptive_field as rf_fn
 from cnnjax.analysis.receptive_field import (
     empirical_receptive_field,
     format_table,
@@ -18,6 +17,7 @@ from cnnjax.analysis.receptive_field import (
     random_variables,
     randomize_variables,
 )
+from cnnjax.analysis.receptive_field import receptive_field as rf_fn
 
 
 class Tiny(models.ImageClassifier):

@@ -22,10 +22,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm import tqdm
 
+from cnnjax import checkpoint, models, transfer
 from cnnjax import data as cdata
-from cnnjax import models
 from cnnjax.checkpoint import CheckpointStore, abstract_like
 from train import optim, parallel
 from train.step import TrainState, make_eval_step, make_train_step
@@ -66,6 +67,9 @@ class TrainConfig:
     log_every: int = 10
     conv_impl: str = "fast"
     zero_init_residual: bool = True
+    init: str | None = None
+    transfer: str | None = None
+    backbone_lr_mult: float = 1.0
     progress: bool = True
 
 
@@ -97,6 +101,37 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     parallel.check_batch_size(cfg.batch_size)
+    if cfg.transfer is not None:
+        transfer.mode_predicate(cfg.transfer)  # raises on an unknown mode
+        if cfg.init is None:
+            raise ValueError("--transfer needs --init (a cnnjax run directory or torchvision:ARCH)")
+    if cfg.backbone_lr_mult != 1.0 and cfg.transfer not in (None, "finetune"):
+        raise ValueError("--backbone-lr-mult applies to --transfer finetune only")
+
+
+def trainable_of(cfg: TrainConfig) -> transfer.Trainable:
+    """The trainable predicate of the run (``None``: every parameter trains)."""
+    return None if cfg.transfer in (None, "finetune") else transfer.mode_predicate(cfg.transfer)
+
+
+def load_init(spec: str) -> dict:
+    """Pretrained variables from a cnnjax run directory / checkpoint or ``torchvision:ARCH``."""
+    if spec.startswith("torchvision:"):
+        from cnnjax import weights
+
+        return weights.load_torchvision(spec.split(":", 1)[1])
+    return checkpoint.restore(spec)
+
+
+def build_optimizer(cfg: TrainConfig, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
+    """The run's optimizer; with ``--backbone-lr-mult`` the non-head parameters get ``lr * mult``."""
+    make = lambda lr: optim.make_optimizer(cfg.optimizer, lr, cfg.weight_decay, total_steps,  # noqa: E731
+                                           warmup_steps, cfg.momentum)
+    if cfg.backbone_lr_mult == 1.0:
+        return make(cfg.lr)
+    labels = lambda params: transfer.labels(params, r"^head/")  # noqa: E731
+    return optax.multi_transform({"trainable": make(cfg.lr), "frozen": make(cfg.lr * cfg.backbone_lr_mult)},
+                                 labels)
 
 
 def build_model(cfg: TrainConfig, info: cdata.DatasetInfo):
@@ -112,19 +147,26 @@ def build_model(cfg: TrainConfig, info: cdata.DatasetInfo):
                          dtype=PRECISIONS[cfg.precision], conv_impl=cfg.conv_impl, **extra)
 
 
-def init_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicated) -> TrainState:
-    """A fresh train state from ``cfg.seed``, placed replicated on the mesh."""
-
-    def init():
-        key = jax.random.key(cfg.seed)
-        x = jnp.zeros((1, info.image_size, info.image_size, info.channels), jnp.float32)
-        variables = model.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, x, False)
-        params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                          rng=jax.random.key_data(jax.random.fold_in(key, 2)))
-
-    return jax.jit(init, out_shardings=replicated)()
+def init_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicated, pretrained: dict | None = None,
+               log: Callable[[str], None] = print) -> TrainState:
+    """A fresh train state from ``cfg.seed`` (or from ``pretrained`` variables), placed replicated on the mesh.
+    The optimizer state covers only the trainable parameters."""
+    key = jax.random.key(cfg.seed)
+    x = jnp.zeros((1, info.image_size, info.image_size, info.channels), jnp.float32)
+    variables = jax.jit(lambda: model.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, x, False),
+                        out_shardings=replicated)()
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    if pretrained is not None:
+        variables, notes = transfer.load_pretrained(variables, pretrained)
+        variables = jax.device_put(variables, replicated)
+        for note in notes:
+            log(note)
+    trainable = trainable_of(cfg)
+    train_part = variables["params"] if trainable is None else transfer.split(variables["params"], trainable)[0]
+    return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=variables["params"],
+                      batch_stats=variables["batch_stats"],
+                      opt_state=jax.jit(tx.init, out_shardings=replicated)(train_part),
+                      rng=jax.device_put(jax.random.key_data(jax.random.fold_in(key, 2)), replicated))
 
 
 def default_workdir(cfg: TrainConfig) -> pathlib.Path:
@@ -223,16 +265,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     checkpoint_every = cfg.checkpoint_every or steps_per_epoch
-    tx = optim.make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, total_steps,
-                              round(cfg.warmup_epochs * steps_per_epoch), cfg.momentum)
+    tx = build_optimizer(cfg, total_steps, round(cfg.warmup_epochs * steps_per_epoch))
 
     mesh = parallel.data_mesh()
     replicated, batch_sharding = parallel.shardings(mesh)
-    train_step = jax.jit(make_train_step(model, tx, cfg.label_smoothing), in_shardings=(replicated, batch_sharding),
-                         out_shardings=(replicated, replicated), donate_argnums=0)
+    pretrained = load_init(cfg.init) if cfg.init and not cfg.resume else None
+    state = init_state(model, tx, cfg, info, replicated, pretrained, log)
+    trainable = trainable_of(cfg)
+    frozen_modules = None if trainable is None else transfer.frozen_module_predicate(state.params, trainable)
+    train_step = jax.jit(make_train_step(model, tx, cfg.label_smoothing, trainable, frozen_modules),
+                         in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+                         donate_argnums=0)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-
-    state = init_state(model, tx, cfg, info, replicated)
     metrics_path, is_main = workdir / "metrics.jsonl", jax.process_index() == 0
     store = CheckpointStore(workdir / "checkpoints", keep=cfg.keep)
     position = {"epoch": 0, "batch": 0, "sums": [0.0, 0.0, 0.0, 0]}
@@ -254,6 +298,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                                                          "devices": jax.device_count(),
                                                          "processes": jax.process_count()}, indent=2))
     n_params = sum(p.size for p in jax.tree.leaves(state.params))
+    if trainable is not None:
+        n_train = sum(p.size for p in jax.tree.leaves(transfer.split(state.params, trainable)[0]))
+        log(f"transfer {cfg.transfer} from {cfg.init}: {n_train:,} of {n_params:,} parameters train")
     log(f"{cfg.arch}: {n_params:,} parameters | {info.name}: {info.num_train} train / {info.num_val} val, "
         f"{info.num_classes} classes, {info.image_size}x{info.image_size}x{info.channels} | "
         f"{jax.device_count()} device(s) | {total_steps} steps | workdir {workdir}")
@@ -261,9 +308,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     step = int(state.step)
     last_record: dict = {}
 
+    saved = {step} if cfg.resume else set()
+
     def save(epoch: int, batch: int, sums) -> None:
-        meta = {"epoch": epoch, "batch": batch, "sums": sums}
-        store.save(step, state.as_dict(), meta)
+        if step in saved:  # e.g. a signal right after a periodic checkpoint: that one already holds this state
+            return
+        store.save(step, state.as_dict(), {"epoch": epoch, "batch": batch, "sums": sums})
+        saved.add(step)
 
     with _StopFlag() as stop:
         try:
@@ -298,7 +349,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
                         bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.1f}")
                     bar.update(1)
-                    if step % checkpoint_every == 0 and b < steps_per_epoch:
+                    if step % checkpoint_every == 0 and b < steps_per_epoch and step < total_steps:
                         save(epoch, b, sums)
                     if stop.signum is not None or step >= total_steps:
                         break

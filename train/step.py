@@ -15,6 +15,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from cnnjax import transfer
+from cnnjax.nn import frozen_batchnorm
+
 #: Weight of each auxiliary classifier's loss (GoogLeNet: 0.3, as in the paper and torchvision's reference).
 AUX_WEIGHT = 0.3
 
@@ -60,27 +63,41 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_smoothing: float = 0.0
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_smoothing: float = 0.0,
+                    trainable: transfer.Trainable = None, frozen_modules: Callable[[str], bool] | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The training step: forward in training mode (BN batch statistics, dropout from ``fold_in(rng, step)``),
-    loss in float32 (+ auxiliary losses), gradients, one optimizer update. Metrics are batch means."""
+    loss in float32 (+ auxiliary losses), gradients, one optimizer update. Metrics are batch means.
+
+    With ``trainable`` (transfer learning) only the trainable part of the parameters is differentiated and
+    updated (``tx`` and its state cover that part alone); the frozen part passes through untouched, and the
+    BatchNorm layers for which ``frozen_modules(path)`` holds run on their running statistics.
+    """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if trainable is None:
+            train_part, frozen_part = state.params, {}
+        else:
+            train_part, frozen_part = transfer.split(state.params, trainable)
 
-        def loss_fn(params):
+        def loss_fn(train_part):
+            params = train_part if trainable is None else transfer.merge(train_part, frozen_part)
             variables = {"params": params, "batch_stats": state.batch_stats}
-            out, updates = model.apply(variables, batch["image"], True, rngs={"dropout": rng},
-                                       mutable=["batch_stats"])
+            with frozen_batchnorm(frozen_modules or (lambda path: False)):
+                out, updates = model.apply(variables, batch["image"], True, rngs={"dropout": rng},
+                                           mutable=["batch_stats"])
             logits, aux = split_outputs(out)
             loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
             for a in aux:
                 loss = loss + AUX_WEIGHT * cross_entropy(a, batch["label"], label_smoothing).mean()
             return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_part)
+        updates, opt_state = tx.update(grads, state.opt_state, train_part)
+        params = optax.apply_updates(train_part, updates)
+        if trainable is not None:
+            params = transfer.merge(params, frozen_part)
         finite = jnp.isfinite(loss)
         for leaf in jax.tree.leaves(params):  # the new parameters too: a NaN state must never be checkpointed
             finite = finite & jnp.all(jnp.isfinite(leaf))

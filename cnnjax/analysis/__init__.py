@@ -5,8 +5,10 @@ Every tool is a library function (NHWC arrays, pure and jit-able where that make
 
 * :mod:`~cnnjax.analysis.filters`: classic kernels as ``lax`` convolutions; 1x1 convolutions; parameter counts;
   average pooling as a convolution;
-* :mod:`~cnnjax.analysis.receptive_field`: per-layer receptive fields traced from the model's jaxpr, checked
-  against input gradients; the effective receptive field;
+* :mod:`~cnnjax.analysis.receptive_field`: per-layer receptive fields traced from the model's jaxpr
+  (``from cnnjax.analysis.receptive_field import receptive_field``; the package does not re-export that one
+  name, so that ``cnnjax.analysis.receptive_field`` stays the module), checked against input gradients; the
+  effective receptive field;
 * :mod:`~cnnjax.analysis.equivariance`: shift equivariance laws, :func:`equivariance_error`, Zhang's
   consistency; anti-aliased ResNets are ``models.create('resnet20', antialias=True)``;
 * :mod:`~cnnjax.analysis.occlusion`: occlusion sensitivity (Zeiler & Fergus);
@@ -39,7 +41,6 @@ from cnnjax.analysis.receptive_field import (
     empirical_receptive_field,
     random_variables,
     randomize_variables,
-    receptive_field,
 )
 from cnnjax.analysis.visualize import capture, first_conv_kernel, layer_names
 
@@ -65,7 +66,6 @@ __all__ = [
     "pixel_map",
     "random_variables",
     "randomize_variables",
-    "receptive_field",
     "rgb_to_gray_conv",
     "shift_images",
     "translate",

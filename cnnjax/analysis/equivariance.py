@@ -85,7 +85,7 @@ def interior_mask(out_hw: tuple[int, int], out_shift: Shift, border: int) -> np.
 
 
 def equivariance_error(apply_fn: Callable[[jax.Array], jax.Array], x: jax.Array, shift: Shift, *,
-                       mode: str = "circular", border: int = 0) -> jax.Array:
+                       mode: str = "circular", border: int = 0, norm: str = "max") -> jax.Array:
     """How far ``apply_fn`` is from commuting with the shift of ``x`` by ``shift`` (relative, unitless).
 
     ``apply_fn`` maps NHWC ``x`` (N, H, W, C) to either
@@ -96,20 +96,27 @@ def equivariance_error(apply_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
       fill and only output units at least ``border`` units from the edges (for both positions) are compared;
     * anything else (e.g. logits (N, K)): the invariance error ``max |f(T x) - f(x)| / max |f(x)|``.
 
-    0 (to float rounding) where the law holds. Jit-able for a static ``shift``.
+    ``norm='l2'`` uses ``||.||_2`` ratios instead of max-abs (less dominated by one unit). 0 (to float
+    rounding) where the law holds. Jit-able for a static ``shift``.
     """
+    if norm not in ("max", "l2"):
+        raise ValueError(f"norm must be 'max' or 'l2', got {norm!r}")
+
+    def size(a):
+        return jnp.max(jnp.abs(a)) if norm == "max" else jnp.sqrt(jnp.sum(jnp.square(a)))
+
     y0 = apply_fn(x)
     y1 = apply_fn(shift_images(x, shift, mode))
-    scale = jnp.maximum(jnp.max(jnp.abs(y0)), 1e-30)
     if y0.ndim != 4:
-        return jnp.max(jnp.abs(y1 - y0)) / scale
+        return size(y1 - y0) / jnp.maximum(size(y0), 1e-30)
     out_shift, _ = _output_shift((x.shape[1], x.shape[2]), (y0.shape[1], y0.shape[2]), shift)
     expected = shift_images(y0, out_shift, mode)
-    diff = jnp.abs(y1 - expected)
+    diff = y1 - expected
     if mode == "zeros" or border:
-        mask = interior_mask((y0.shape[1], y0.shape[2]), out_shift, border)
-        diff = jnp.where(jnp.asarray(mask)[None, :, :, None], diff, 0.0)
-    return jnp.max(diff) / scale
+        mask = jnp.asarray(interior_mask((y0.shape[1], y0.shape[2]), out_shift, border))[None, :, :, None]
+        diff = jnp.where(mask, diff, 0.0)
+        y0 = jnp.where(mask, y0, 0.0)
+    return size(diff) / jnp.maximum(size(y0), 1e-30)
 
 
 # ------------------------------------------------------------------------------------------- consistency

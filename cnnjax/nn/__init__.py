@@ -7,7 +7,7 @@ and convolutions take ``impl`` to pick the algorithm in :mod:`cnnjax.ops`.
 from cnnjax.nn import init
 from cnnjax.nn.conv import Conv, Linear
 from cnnjax.nn.errors import InputTooSmallError
-from cnnjax.nn.norm import BatchNorm, LayerNorm
+from cnnjax.nn.norm import BatchNorm, LayerNorm, frozen_batchnorm
 from cnnjax.nn.pool import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -32,6 +32,7 @@ __all__ = [
     "StochasticDepth",
     "adaptive_avg_pool2d",
     "avg_pool2d",
+    "frozen_batchnorm",
     "global_avg_pool",
     "init",
     "max_pool2d",

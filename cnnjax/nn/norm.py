@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from cnnjax.nn import init as inits
+
+
+_FROZEN = contextvars.ContextVar("cnnjax_frozen_batchnorm", default=None)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm(is_frozen: Callable[[str], bool]) -> Iterator[None]:
+    """Within this context (at trace time), every :class:`BatchNorm` whose path (``'stage1_block0/bn1'``)
+    satisfies ``is_frozen`` runs in inference mode — running averages, no statistics update — even when the
+    model is applied with ``train=True``. This is how a frozen backbone keeps its BN statistics bit-identical."""
+    token = _FROZEN.set(is_frozen)
+    try:
+        yield
+    finally:
+        _FROZEN.reset(token)
 
 
 class BatchNorm(nn.Module):
@@ -35,6 +53,9 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+        frozen = _FROZEN.get()
+        if frozen is not None and frozen("/".join(self.scope.path)):
+            use_ra = True
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)

@@ -1,0 +1,126 @@
+"""Transfer learning: choose which parameters train, and freeze the rest for real.
+
+Paths are ``'/'``-joined parameter names (``'stage1_block0/conv1/kernel'``, ``'head/bias'``). A *trainable*
+spec is ``None`` (everything), a regular expression searched in each path, or a predicate on the path.
+
+* :func:`split` / :func:`merge` partition a parameter tree so that gradients are taken only of the trainable
+  part (the frozen part is a constant of the loss: no backward pass through its weights' gradients, no
+  optimizer state, no weight decay).
+* :func:`freeze` wraps an optax optimizer for users who keep the full tree: ``optax.multi_transform`` with
+  ``optax.set_to_zero()`` for frozen leaves, so they get zero updates and no optimizer state (unlike
+  ``optax.masked``, which passes the raw gradient through for masked-out leaves).
+* :func:`frozen_module_predicate` tells :func:`cnnjax.nn.frozen_batchnorm` which BatchNorm layers belong to the
+  frozen part, so their statistics stay bit-identical and they normalise with running averages.
+* :func:`load_pretrained` loads pretrained variables strictly, re-initialising the ``head`` when the class
+  count differs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import optax
+from flax import traverse_util
+
+Trainable = str | Callable[[str], bool] | None
+
+#: Modes of ``train.main --transfer``.
+MODES = ("finetune", "linear-probe", "freeze:<pattern>")
+
+
+def predicate(trainable: Trainable) -> Callable[[str], bool]:
+    """``trainable`` as a function of the parameter path."""
+    if trainable is None:
+        return lambda path: True
+    if isinstance(trainable, str):
+        pattern = re.compile(trainable)
+        return lambda path: pattern.search(path) is not None
+    return trainable
+
+
+def mode_predicate(mode: str) -> Callable[[str], bool]:
+    """The trainable predicate of a ``--transfer`` mode: ``finetune`` (all), ``linear-probe`` (only ``head``),
+    ``freeze:<regex>`` (every parameter whose path matches the regex is frozen)."""
+    if mode == "finetune":
+        return predicate(None)
+    if mode == "linear-probe":
+        return predicate(r"^head/")
+    if mode.startswith("freeze:") and mode[len("freeze:"):]:
+        frozen = re.compile(mode[len("freeze:"):])
+        return lambda path: frozen.search(path) is None
+    raise ValueError(f"unknown transfer mode {mode!r}; valid choices: {', '.join(MODES)}")
+
+
+def paths(tree: Any) -> dict[str, Any]:
+    """``{'a/b/kernel': leaf, ...}`` for a nested dict of arrays."""
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def labels(params: Any, trainable: Trainable) -> Any:
+    """A tree like ``params`` with ``'trainable'`` or ``'frozen'`` at each leaf."""
+    keep = predicate(trainable)
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({k: "trainable" if keep("/".join(k)) else "frozen" for k in flat})
+
+
+def split(params: Any, trainable: Trainable) -> tuple[dict, dict]:
+    """``(trainable_part, frozen_part)``: two nested dicts whose leaves together are those of ``params``."""
+    keep = predicate(trainable)
+    flat = traverse_util.flatten_dict(params)
+    t = {k: v for k, v in flat.items() if keep("/".join(k))}
+    f = {k: v for k, v in flat.items() if not keep("/".join(k))}
+    return traverse_util.unflatten_dict(t), traverse_util.unflatten_dict(f)
+
+
+def merge(trainable_part: dict, frozen_part: dict) -> dict:
+    """Inverse of :func:`split`."""
+    flat = {**traverse_util.flatten_dict(frozen_part), **traverse_util.flatten_dict(trainable_part)}
+    return traverse_util.unflatten_dict(flat)
+
+
+def freeze(optimizer: optax.GradientTransformation, params: Any, trainable: Trainable
+           ) -> optax.GradientTransformation:
+    """``optimizer`` for the trainable leaves, zero updates and no state for the frozen ones."""
+    return optax.multi_transform({"trainable": optimizer, "frozen": optax.set_to_zero()},
+                                 labels(params, trainable))
+
+
+def frozen_module_predicate(params: Any, trainable: Trainable) -> Callable[[str], bool]:
+    """True for a module path (e.g. ``'stage1_block0/bn1'``) all of whose parameters are frozen."""
+    keep = predicate(trainable)
+    modules: dict[str, bool] = {}
+    for path in paths(params):
+        module = path.rsplit("/", 1)[0]
+        modules[module] = modules.get(module, True) and not keep(path)
+    return lambda module_path: modules.get(module_path, False)
+
+
+def load_pretrained(fresh: dict, pretrained: dict, head: str = "head") -> tuple[dict, list[str]]:
+    """Fill ``fresh`` variables (``{'params', 'batch_stats'}`` of the target model) from ``pretrained``.
+
+    Every non-head leaf must exist in ``pretrained`` with the same shape and every pretrained non-head leaf must
+    be used (else ``ValueError`` listing the names). The head is taken from ``pretrained`` when its shapes match,
+    and otherwise kept as freshly initialised. Returns ``(variables, notes)``.
+    """
+    out, notes = {}, []
+    for collection in ("params", "batch_stats"):
+        target = paths(fresh.get(collection, {}))
+        source = paths(pretrained.get(collection, {}))
+        is_head = lambda p: p == head or p.startswith(head + "/")  # noqa: E731
+        missing = sorted(p for p in target if not is_head(p) and p not in source)
+        unused = sorted(p for p in source if not is_head(p) and p not in target)
+        shape = sorted(f"{p}: {tuple(source[p].shape)} vs {tuple(target[p].shape)}" for p in target
+                       if not is_head(p) and p in source and tuple(source[p].shape) != tuple(target[p].shape))
+        if missing or unused or shape:
+            raise ValueError(f"pretrained {collection} do not match the model: missing {missing[:20]}, "
+                             f"unexpected {unused[:20]}, shape mismatches {shape[:20]}")
+        head_paths = [p for p in target if is_head(p)]
+        head_ok = head_paths and all(p in source and tuple(source[p].shape) == tuple(target[p].shape)
+                                     for p in head_paths)
+        if head_paths and not head_ok:
+            notes.append(f"{collection}: head re-initialised (class count differs from the pretrained model)")
+        merged = {p: (source[p] if (not is_head(p) or head_ok) else v) for p, v in target.items()}
+        out[collection] = traverse_util.unflatten_dict({tuple(p.split("/")): v for p, v in merged.items()})
+    return out, notes

@@ -1,0 +1,271 @@
+"""Reading, downloading and caching torchvision checkpoints: :func:`load_torchvision`.
+
+Files are torchvision's IMAGENET1K_V1 checkpoints (``torch.save``-d state dicts). The cache directory is
+``cache_dir`` if given, else ``$CNNJAX_CACHE/torchvision`` if that variable is set, else
+``~/.cache/cnnjax/torchvision``. Downloads go to a ``<name>.*.part`` temporary file in the cache directory and
+are renamed into place only after the SHA-256 check: the file name carries a prefix of the file's SHA-256 (the
+hex digits after the last ``-``, torch.hub's convention, e.g. ``resnet18-f37072fd.pth``), so a corrupted or
+truncated download never enters the cache.
+
+Reading a ``.pth`` needs torch (``torch.load(..., weights_only=True)``); without torch, convert it once
+elsewhere with :func:`export_npz` and use the ``.npz`` (placed next to where the ``.pth`` would be in the cache,
+it is picked up automatically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnjax.weights.torchvision import _to_numpy, check_arch, from_torchvision
+
+# torchvision's IMAGENET1K_V1 weights: URL and evaluation transform (resize, crop, interpolation, normalisation:
+# 'imagenet' = mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225), 'half' = mean = std = 0.5).
+_TABLE = """\
+alexnet	https://download.pytorch.org/models/alexnet-owt-7be5be79.pth	256	224	bilinear	imagenet
+vgg11	https://download.pytorch.org/models/vgg11-8a719046.pth	256	224	bilinear	imagenet
+vgg13	https://download.pytorch.org/models/vgg13-19584684.pth	256	224	bilinear	imagenet
+vgg16	https://download.pytorch.org/models/vgg16-397923af.pth	256	224	bilinear	imagenet
+vgg19	https://download.pytorch.org/models/vgg19-dcbb9e9d.pth	256	224	bilinear	imagenet
+vgg11_bn	https://download.pytorch.org/models/vgg11_bn-6002323d.pth	256	224	bilinear	imagenet
+vgg13_bn	https://download.pytorch.org/models/vgg13_bn-abd245e5.pth	256	224	bilinear	imagenet
+vgg16_bn	https://download.pytorch.org/models/vgg16_bn-6c64b313.pth	256	224	bilinear	imagenet
+vgg19_bn	https://download.pytorch.org/models/vgg19_bn-c79401a0.pth	256	224	bilinear	imagenet
+googlenet	https://download.pytorch.org/models/googlenet-1378be20.pth	256	224	bilinear	imagenet
+resnet18	https://download.pytorch.org/models/resnet18-f37072fd.pth	256	224	bilinear	imagenet
+resnet34	https://download.pytorch.org/models/resnet34-b627a593.pth	256	224	bilinear	imagenet
+resnet50	https://download.pytorch.org/models/resnet50-0676ba61.pth	256	224	bilinear	imagenet
+resnet101	https://download.pytorch.org/models/resnet101-63fe2227.pth	256	224	bilinear	imagenet
+resnet152	https://download.pytorch.org/models/resnet152-394f9c45.pth	256	224	bilinear	imagenet
+resnext50_32x4d	https://download.pytorch.org/models/resnext50_32x4d-7cdf4587.pth	256	224	bilinear	imagenet
+resnext101_32x8d	https://download.pytorch.org/models/resnext101_32x8d-8ba56ff5.pth	256	224	bilinear	imagenet
+wide_resnet50_2	https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth	256	224	bilinear	imagenet
+wide_resnet101_2	https://download.pytorch.org/models/wide_resnet101_2-32ee1156.pth	256	224	bilinear	imagenet
+densenet121	https://download.pytorch.org/models/densenet121-a639ec97.pth	256	224	bilinear	imagenet
+densenet161	https://download.pytorch.org/models/densenet161-8d451a50.pth	256	224	bilinear	imagenet
+densenet169	https://download.pytorch.org/models/densenet169-b2777c0a.pth	256	224	bilinear	imagenet
+densenet201	https://download.pytorch.org/models/densenet201-c1103571.pth	256	224	bilinear	imagenet
+mobilenet_v2	https://download.pytorch.org/models/mobilenet_v2-b0353104.pth	256	224	bilinear	imagenet
+mobilenet_v3_small	https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth	256	224	bilinear	imagenet
+mobilenet_v3_large	https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth	256	224	bilinear	imagenet
+efficientnet_b0	https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth	256	224	bicubic	imagenet
+efficientnet_b1	https://download.pytorch.org/models/efficientnet_b1_rwightman-bac287d4.pth	256	240	bicubic	imagenet
+efficientnet_b2	https://download.pytorch.org/models/efficientnet_b2_rwightman-c35c1473.pth	288	288	bicubic	imagenet
+efficientnet_b3	https://download.pytorch.org/models/efficientnet_b3_rwightman-b3899882.pth	320	300	bicubic	imagenet
+efficientnet_b4	https://download.pytorch.org/models/efficientnet_b4_rwightman-23ab8bcd.pth	384	380	bicubic	imagenet
+efficientnet_b5	https://download.pytorch.org/models/efficientnet_b5_lukemelas-1a07897c.pth	456	456	bicubic	imagenet
+efficientnet_b6	https://download.pytorch.org/models/efficientnet_b6_lukemelas-24a108a5.pth	528	528	bicubic	imagenet
+efficientnet_b7	https://download.pytorch.org/models/efficientnet_b7_lukemelas-c5b4e57e.pth	600	600	bicubic	imagenet
+efficientnet_v2_s	https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth	384	384	bilinear	imagenet
+efficientnet_v2_m	https://download.pytorch.org/models/efficientnet_v2_m-dc08266a.pth	480	480	bilinear	imagenet
+efficientnet_v2_l	https://download.pytorch.org/models/efficientnet_v2_l-59c71312.pth	480	480	bicubic	half
+convnext_tiny	https://download.pytorch.org/models/convnext_tiny-983f1562.pth	236	224	bilinear	imagenet
+convnext_small	https://download.pytorch.org/models/convnext_small-0c510722.pth	230	224	bilinear	imagenet
+convnext_base	https://download.pytorch.org/models/convnext_base-6075fbad.pth	232	224	bilinear	imagenet
+convnext_large	https://download.pytorch.org/models/convnext_large-ea097f82.pth	232	224	bilinear	imagenet
+"""
+
+_NORMS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+
+def _parse_table() -> dict[str, dict[str, Any]]:
+    out = {}
+    for line in _TABLE.splitlines():
+        arch, url, resize, crop, interpolation, norm = line.split("\t")
+        mean, std = _NORMS[norm]
+        out[arch] = dict(url=url, resize=int(resize), crop=int(crop), interpolation=interpolation, mean=mean,
+                         std=std)
+    return out
+
+
+_INFO = _parse_table()
+
+
+class WeightsUnavailableError(RuntimeError):
+    """A checkpoint is neither on disk nor downloadable (offline, unreachable URL, HTTP error)."""
+
+
+class ChecksumError(ValueError):
+    """A downloaded file's SHA-256 does not start with the prefix in its file name."""
+
+
+def torchvision_info(arch: str) -> dict[str, Any]:
+    """``{'url', 'filename', 'sha256_prefix', 'resize', 'crop', 'interpolation', 'mean', 'std'}`` of
+    ``arch``'s torchvision IMAGENET1K_V1 weights."""
+    check_arch(arch)
+    info = dict(_INFO[arch])
+    info["filename"] = _filename(info["url"])
+    info["sha256_prefix"] = sha256_prefix(info["filename"])
+    return info
+
+
+def get_cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """``path`` if given, else ``$CNNJAX_CACHE/torchvision``, else ``~/.cache/cnnjax/torchvision``."""
+    if path is not None:
+        return Path(path).expanduser()
+    root = os.environ.get("CNNJAX_CACHE")
+    return Path(root).expanduser() / "torchvision" if root else Path.home() / ".cache" / "cnnjax" / "torchvision"
+
+
+def sha256_prefix(filename: str) -> str | None:
+    """The hex digits after the last ``-`` of the file's stem (torch.hub's check_hash convention), or None."""
+    stem = Path(filename).name.split(".")[0]
+    if "-" not in stem:
+        return None
+    tail = stem.rsplit("-", 1)[1]
+    return tail if re.fullmatch(r"[0-9a-f]{6,64}", tail) else None
+
+
+def _filename(url: str) -> str:
+    name = Path(urllib.parse.urlparse(url).path).name
+    if not name:
+        raise ValueError(f"cannot tell a file name from URL {url!r}")
+    return name
+
+
+def _is_url(text: str) -> bool:
+    return urllib.parse.urlparse(str(text)).scheme in ("http", "https", "ftp", "file")
+
+
+def download(url: str, dest: str | os.PathLike, *, timeout: float = 60.0, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` atomically: stream into a ``.part`` file beside it, check the SHA-256
+    prefix from the file name (if it has one), then rename. On any failure no file is left behind:
+    :class:`WeightsUnavailableError` when the URL cannot be fetched, :class:`ChecksumError` on a hash
+    mismatch."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    expected = sha256_prefix(_filename(url))
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as f:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    total = response.headers.get("Content-Length")
+                    total = int(total) if total and total.isdigit() else None
+                    size = 0
+                    bar = _progress(total, dest.name, progress)
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                        bar.update(len(chunk))
+                    bar.close()
+            except (urllib.error.URLError, OSError) as err:  # offline, DNS, refused, HTTP error, timeout
+                reason = (f"HTTP {err.code} {err.reason}" if isinstance(err, urllib.error.HTTPError)
+                          else getattr(err, "reason", err))
+                raise WeightsUnavailableError(
+                    f"could not download {url} ({reason}). If this machine is offline, download the file "
+                    f"elsewhere and place it at {dest} (or pass its path as path_or_url)") from err
+        if total is not None and size != total:
+            raise WeightsUnavailableError(f"download of {url} was truncated ({size} of {total} bytes); "
+                                          "nothing was written to the cache")
+        if expected is not None and not digest.hexdigest().startswith(expected):
+            raise ChecksumError(f"SHA-256 of the file downloaded from {url} is {digest.hexdigest()}, which does not "
+                                f"start with {expected!r} (from its name): corrupted or wrong file; it was "
+                                "discarded and nothing was written to the cache")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def _progress(total: int | None, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """A state dict from a ``.npz`` (NumPy only, as written by :func:`export_npz`) or a ``torch.save`` file
+    (``.pth``/``.pt``; needs torch: ``torch.load(path, map_location='cpu', weights_only=True)``). A checkpoint
+    wrapping its weights in ``{'state_dict': ...}`` or ``{'model': ...}`` is unwrapped."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(f"reading the PyTorch checkpoint {path} needs torch (pip install 'cnnjax[torch]', or "
+                          "the CPU build of torch). Without torch, convert it once on a machine that has it with "
+                          "cnnjax.weights.export_npz(path) and load the resulting .npz") from err
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return dict(state)
+
+
+def export_npz(state_dict_or_path: Mapping[str, Any] | str | os.PathLike,
+               out_path: str | os.PathLike | None = None) -> Path:
+    """Save a torchvision state dict (a mapping, or a ``.pth`` path read with torch) as an ``.npz`` of NumPy
+    arrays under the same keys, which :func:`read_state_dict` / :func:`load_torchvision` read without torch.
+    ``out_path`` defaults to the ``.pth`` path with suffix ``.npz`` (required when passing a mapping)."""
+    if isinstance(state_dict_or_path, Mapping):
+        if out_path is None:
+            raise ValueError("out_path is required when exporting a state dict mapping")
+        state = state_dict_or_path
+    else:
+        state = read_state_dict(state_dict_or_path)
+        out_path = out_path if out_path is not None else Path(state_dict_or_path).with_suffix(".npz")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".part", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{key: _to_numpy(value) for key, value in state.items()})
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out_path
+
+
+def load_torchvision(arch: str, path_or_url: str | os.PathLike | None = None,
+                     cache_dir: str | os.PathLike | None = None, *, drop_head: bool = False,
+                     progress: bool = True, timeout: float = 60.0) -> dict[str, dict]:
+    """torchvision weights for ``arch`` as cnnjax ``{'params': ..., 'batch_stats': ...}`` (NumPy float32).
+
+    ``path_or_url``: a local ``.pth``/``.npz`` file (used as is), a URL (downloaded into the cache unless a file
+    of that name is already there), or None for torchvision's IMAGENET1K_V1 file (:func:`torchvision_info`).
+    A cached ``<name>.npz`` next to the expected ``<name>.pth`` is used when the ``.pth`` is absent. Downloads
+    are SHA-256 checked (see the module docstring). ``drop_head`` as in :func:`from_torchvision`.
+
+    Raises :class:`WeightsUnavailableError` when the file is not cached and cannot be downloaded (the message
+    names the file and where to place it), :class:`ChecksumError` for a corrupted download, ``ImportError`` to
+    read a ``.pth`` without torch, ``FileNotFoundError`` for a missing local path.
+    """
+    check_arch(arch)
+    path = _resolve(arch, path_or_url, get_cache_dir(cache_dir), progress=progress, timeout=timeout)
+    return from_torchvision(arch, read_state_dict(path), drop_head=drop_head)
+
+
+
+def _resolve(arch: str, path_or_url: str | os.PathLike | None, directory: Path, *, progress: bool,
+             timeout: float) -> Path:
+    if path_or_url is not None and not _is_url(str(path_or_url)):
+        path = Path(path_or_url).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint file at {path}")
+        return path
+    url = str(path_or_url) if path_or_url is not None else _INFO[arch]["url"]
+    dest = directory / _filename(url)
+    if dest.is_file():
+        return dest
+    if dest.with_suffix(".npz").is_file():
+        return dest.with_suffix(".npz")
+    return download(url, dest, timeout=timeout, progress=progress)

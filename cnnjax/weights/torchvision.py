@@ -1,0 +1,470 @@
+"""torchvision ``state_dict`` <-> cnnjax ``variables``, for every zoo architecture torchvision also has.
+
+Layouts (torchvision -> cnnjax):
+
+* ``Conv2d.weight`` (O, I/groups, kh, kw)    -> ``params/.../kernel`` (kh, kw, I/groups, O)   (OIHW -> HWIO)
+* ``Linear.weight`` (out, in)                 -> ``params/.../kernel`` (in, out)
+* ``*.bias`` (C,)                             -> ``params/.../bias`` (C,)
+* ``BatchNorm2d`` / ``LayerNorm(2d)`` ``.weight`` (C,) -> ``params/.../scale`` (C,)
+* ``BatchNorm2d.running_mean`` / ``running_var`` -> ``batch_stats/.../mean`` / ``var``; ``num_batches_tracked``
+  is dropped (and written back as 0 by :func:`to_torchvision`)
+* ConvNeXt ``features.{f}.{j}.layer_scale`` (C, 1, 1) -> ``params/stage{s}_block{j}/layer_scale`` (C,)
+
+AlexNet, VGG and GoogLeNet's auxiliary heads flatten in PyTorch's (C, H, W) order inside the model, so no linear
+weight needs a permutation. The module-name correspondence per family is in each model file's docstring and in
+:func:`module_map` below; it is written in the cnnjax -> torchvision direction, so one table serves both ways.
+
+Conversion is strict: every torchvision key (except ``num_batches_tracked``) must be used, every leaf of the
+model's own abstract parameter tree (``jax.eval_shape(model.init, ...)``) must be filled, and shapes must match;
+otherwise :class:`WeightConversionError` lists what did not match on both sides. NumPy only: ``state_dict``
+values may be torch tensors or NumPy arrays, and torch is never imported here.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+#: Zoo architectures with a torchvision counterpart of the same name.
+TORCHVISION_ARCHS: tuple[str, ...] = (
+    "alexnet",
+    "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+    "googlenet",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2",
+    "densenet121", "densenet161", "densenet169", "densenet201",
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
+    "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+)
+
+# (collection, cnnjax leaf) <-> torchvision leaf
+_LEAF = {
+    ("params", "kernel"): "weight",
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("params", "layer_scale"): "layer_scale",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+
+Path = tuple[str, ...]
+
+
+class WeightConversionError(ValueError):
+    """A state dict and a cnnjax parameter tree do not correspond (missing, unused or mis-shaped entries)."""
+
+
+def check_arch(arch: str) -> None:
+    """Raise ``ValueError`` unless ``arch`` is in :data:`TORCHVISION_ARCHS`."""
+    if arch not in TORCHVISION_ARCHS:
+        raise ValueError(f"no torchvision weight mapping for architecture {arch!r}; "
+                         f"supported: {', '.join(TORCHVISION_ARCHS)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cnnjax module path -> torchvision module name, per family
+
+
+def _resnet(path: Path, modules: frozenset[Path]) -> str:
+    if path[0] == "stem":
+        return {"conv": "conv1", "bn": "bn1"}[path[1]]
+    if path == ("head",):
+        return "fc"
+    s, b = re.fullmatch(r"stage(\d+)_block(\d+)", path[0]).groups()
+    if path[1] == "downsample":
+        return f"layer{s}.{b}.downsample." + {"conv": "0", "bn": "1"}[path[2]]
+    return f"layer{s}.{b}.{path[1]}"
+
+
+def _vgg_family(arch: str):
+    from cnnjax.models.vgg import CONFIGS, torchvision_feature_indices
+
+    batch_norm = arch.endswith("_bn")
+    index = {(s, j): i for s, j, i in torchvision_feature_indices(CONFIGS[arch.removesuffix("_bn")], batch_norm)}
+
+    def vgg(path: Path, modules: frozenset[Path]) -> str:
+        if path[0] in ("fc6", "fc7", "head"):
+            return "classifier." + {"fc6": "0", "fc7": "3", "head": "6"}[path[0]]
+        s = int(path[0].removeprefix("stage"))
+        kind, j = re.fullmatch(r"(conv|bn)(\d+)", path[1]).groups()
+        return f"features.{index[(s, int(j))] + (kind == 'bn')}"
+
+    return vgg
+
+
+def _alexnet(path: Path, modules: frozenset[Path]) -> str:
+    return {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6", "conv4": "features.8",
+            "conv5": "features.10", "fc6": "classifier.1", "fc7": "classifier.4", "head": "classifier.6"}[path[0]]
+
+
+def _googlenet(path: Path, modules: frozenset[Path]) -> str:
+    if path == ("head",):
+        return "fc"
+    return ".".join(re.sub(r"^(branch\d)_(\d)$", r"\1.\2", p) for p in path)
+
+
+def _densenet(path: Path, modules: frozenset[Path]) -> str:
+    if path == ("head",):
+        return "classifier"
+    if path[0] == "stem":
+        return {"conv": "features.conv0", "bn": "features.norm0"}[path[1]]
+    m = re.fullmatch(r"denseblock(\d+)_layer(\d+)", path[0])
+    if m:
+        return f"features.denseblock{m[1]}.denselayer{int(m[2]) + 1}.{path[1]}"
+    return "features." + ".".join(path)
+
+
+_MB_ORDER = ("expand", "depthwise", "se", "project")  # torchvision's order inside (Fused)MBConv / InvertedResidual
+
+
+@functools.lru_cache(maxsize=1024)
+def _mb_index(block: Path, modules: frozenset[Path]) -> dict[str, int]:
+    """Position of each part of an inverted-residual block in torchvision's ``block`` Sequential."""
+    parts = {p[len(block)] for p in modules if p[:len(block)] == block and len(p) > len(block)}
+    unknown = parts - set(_MB_ORDER)
+    if unknown:
+        raise WeightConversionError(f"unexpected submodules {sorted(unknown)} in {'/'.join(block)}")
+    return {name: i for i, name in enumerate(n for n in _MB_ORDER if n in parts)}
+
+
+def _last_feature(modules: frozenset[Path]) -> int:
+    """Index of ``last_conv`` in torchvision's ``features``: one after the last block / stage."""
+    nums = [int(m[1]) for p in modules if (m := re.fullmatch(r"(?:block|stage)(\d+).*", p[0]))]
+    return max(nums) + 1
+
+
+def _conv_bn(path: Path, i: int) -> str:
+    """``ConvNormAct`` (``conv``/``bn``) at ``i``: torchvision's ``Conv2dNormActivation`` (``.0``/``.1``)."""
+    return f"{i}." + {"conv": "0", "bn": "1"}[path[-1]]
+
+
+def _mobilenet(arch: str):
+    v2 = arch == "mobilenet_v2"
+
+    def mobilenet(path: Path, modules: frozenset[Path]) -> str:
+        if path == ("head",):
+            return "classifier.1" if v2 else "classifier.3"
+        if path == ("pre_head",):
+            return "classifier.0"
+        if path[0] in ("stem", "last_conv"):
+            return "features." + _conv_bn(path, 0 if path[0] == "stem" else _last_feature(modules))
+        i = int(path[0].removeprefix("block"))
+        k = _mb_index(path[:1], modules)[path[1]]
+        if v2:  # features.{i}.conv: [expand ConvNormAct], depthwise ConvNormAct, project Conv2d, project BN
+            if path[1] == "project":
+                return f"features.{i}.conv.{k + {'conv': 0, 'bn': 1}[path[2]]}"
+            return f"features.{i}.conv." + _conv_bn(path, k)
+        if path[1] == "se":
+            return f"features.{i}.block.{k}.{path[2]}"
+        return f"features.{i}.block." + _conv_bn(path, k)
+
+    return mobilenet
+
+
+def _efficientnet(path: Path, modules: frozenset[Path]) -> str:
+    if path == ("head",):
+        return "classifier.1"
+    if path[0] in ("stem", "last_conv"):
+        return "features." + _conv_bn(path, 0 if path[0] == "stem" else _last_feature(modules))
+    i, j = re.fullmatch(r"stage(\d+)_block(\d+)", path[0]).groups()
+    k = _mb_index(path[:1], modules)[path[1]]
+    if path[1] == "se":
+        return f"features.{i}.{j}.block.{k}.{path[2]}"
+    return f"features.{i}.{j}.block." + _conv_bn(path, k)
+
+
+_CNBLOCK = {"dwconv": "0", "norm": "2", "pwconv1": "3", "pwconv2": "5"}
+
+
+def _convnext(path: Path, modules: frozenset[Path]) -> str:
+    fixed = {"stem_conv": "features.0.0", "stem_norm": "features.0.1", "head_norm": "classifier.0",
+             "head": "classifier.2"}
+    if path[0] in fixed:
+        return fixed[path[0]]
+    m = re.fullmatch(r"stage(\d+)_block(\d+)", path[0])
+    if m:
+        base = f"features.{2 * int(m[1]) - 1}.{m[2]}"
+        return base if len(path) == 1 else f"{base}.block.{_CNBLOCK[path[1]]}"
+    d = int(path[0].removeprefix("downsample"))
+    return f"features.{2 * d}." + {"norm": "0", "conv": "1"}[path[1]]
+
+
+def _family(arch: str):
+    check_arch(arch)
+    if arch == "alexnet":
+        return _alexnet
+    if arch.startswith("vgg"):
+        return _vgg_family(arch)
+    if arch == "googlenet":
+        return _googlenet
+    if arch.startswith(("resnet", "resnext", "wide_resnet")):
+        return _resnet
+    if arch.startswith("densenet"):
+        return _densenet
+    if arch.startswith("mobilenet"):
+        return _mobilenet(arch)
+    if arch.startswith("efficientnet"):
+        return _efficientnet
+    if arch.startswith("convnext"):
+        return _convnext
+    raise AssertionError(arch)  # pragma: no cover
+
+
+def module_map(arch: str, modules: Iterable[Path]) -> dict[Path, str]:
+    """torchvision module name (state-dict key without its last component) of each cnnjax module path.
+
+    ``modules`` are the module paths (leaf path minus collection and leaf name, e.g. ``('stage1_block0',
+    'conv1')``) of a parameter tree of ``arch``; the whole set is needed because some names depend on siblings
+    (e.g. whether an inverted-residual block has an ``expand`` conv shifts torchvision's indices).
+    """
+    modules = frozenset(modules)
+    fn = _family(arch)
+    out = {}
+    for path in modules:
+        try:
+            out[path] = fn(path, modules)
+        except (AttributeError, KeyError, ValueError, TypeError) as err:
+            raise WeightConversionError(f"{arch}: no torchvision name for cnnjax module {'/'.join(path)!r}") from err
+    return out
+
+
+#: cnnjax modules whose shapes depend on ``num_classes`` (dropped by ``drop_head=True``).
+def head_modules(arch: str) -> tuple[Path, ...]:
+    """The classifier modules replaced when fine-tuning on another label set: ``head`` (and GoogLeNet's
+    auxiliary classifiers' ``fc2``)."""
+    return (("head",), ("aux1", "fc2"), ("aux2", "fc2")) if arch == "googlenet" else (("head",),)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# abstract parameter trees
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract(arch: str, num_classes: int, aux_logits: bool | None) -> dict[tuple[str, ...], Any]:
+    """``{(collection, *module_path, leaf): ShapeDtypeStruct}`` of ``create(arch, num_classes)`` (abstract)."""
+    import jax
+    import jax.numpy as jnp
+    from flax.traverse_util import flatten_dict
+
+    from cnnjax import models
+
+    kw = {} if aux_logits is None else {"aux_logits": aux_logits}
+    model = models.create(arch, num_classes=num_classes, **kw)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    tree = jax.eval_shape(lambda x: model.init(rngs, x, False), x)
+    return flatten_dict(dict(tree))
+
+
+def abstract_variables(arch: str, num_classes: int = 1000, aux_logits: bool | None = None) -> dict:
+    """Flattened abstract variables ``{(collection, *path, leaf): jax.ShapeDtypeStruct}`` of
+    ``cnnjax.models.create(arch, num_classes, [aux_logits])``; traced once per argument tuple (cached)."""
+    check_arch(arch)
+    return dict(_abstract(arch, num_classes, aux_logits))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# conversion
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor (any device; bf16/fp16 upcast) or array-like -> NumPy array (possibly a view)."""
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
+                              r"running_var))$")
+
+
+def _normalise_keys(arch: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Strip a ``module.`` (DataParallel) prefix and rename old DenseNet keys (``norm.1`` -> ``norm1``), as
+    torchvision's own loader does."""
+    strip = bool(state_dict) and all(k.startswith("module.") for k in state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        key = key[len("module."):] if strip else key
+        if arch.startswith("densenet"):
+            m = _LEGACY_DENSENET.match(key)
+            if m:
+                key = m[1] + m[2]
+        out[key] = value
+    return out
+
+
+def _to_cnnjax_layout(leaf: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if leaf == "kernel" and array.ndim == 4:
+        return array.transpose(2, 3, 1, 0)
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    if leaf == "layer_scale" and array.size == int(np.prod(shape)):
+        return array.reshape(shape)
+    return array
+
+
+def _cnnjax_shape(leaf: str, torch_shape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape :func:`_to_cnnjax_layout` gives a torchvision array of ``torch_shape``."""
+    if leaf == "kernel" and len(torch_shape) == 4:
+        return tuple(torch_shape[i] for i in (2, 3, 1, 0))
+    if leaf == "kernel" and len(torch_shape) == 2:
+        return tuple(reversed(torch_shape))
+    if leaf == "layer_scale" and int(np.prod(torch_shape)) == int(np.prod(shape)):
+        return shape
+    return torch_shape
+
+
+def _to_torch_layout(leaf: str, array: np.ndarray) -> np.ndarray:
+    if leaf == "kernel" and array.ndim == 4:
+        return array.transpose(3, 2, 0, 1)
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    if leaf == "layer_scale":
+        return array.reshape(-1, 1, 1)
+    return array
+
+
+def _fmt(items: list[str], limit: int = 25) -> str:
+    shown = "\n    ".join(items[:limit])
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"\n    {shown}{more}"
+
+
+def _report(arch: str, direction: str, missing: list[str], unused: list[str], mismatched: list[str]) -> None:
+    if not (missing or unused or mismatched):
+        return
+    parts = [f"{arch}: {direction} does not match"]
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatch(es) (cnnjax path [torchvision key]: expected vs got):"
+                     + _fmt(mismatched))
+    if missing:
+        parts.append(f"{len(missing)} cnnjax leaf/leaves with no torchvision key:" + _fmt(missing))
+    if unused:
+        parts.append(f"{len(unused)} torchvision key(s) not used by the cnnjax model:" + _fmt(unused))
+    raise WeightConversionError("\n".join(parts))
+
+
+def _head_key(arch: str, modules: Iterable[Path]) -> str:
+    return module_map(arch, modules)[("head",)] + ".weight"
+
+
+def _plan(arch: str, state_dict: Mapping[str, Any], drop_head: bool) -> tuple[dict, list]:
+    """Match ``state_dict`` (values need only ``.shape``) against the abstract tree of ``arch``; raise
+    :class:`WeightConversionError` on any discrepancy, else return ``(state_dict with normalised keys,
+    [(cnnjax key, torchvision key, cnnjax shape)])``."""
+    check_arch(arch)
+    sd = _normalise_keys(arch, state_dict)
+    aux = any(k.startswith("aux1.") for k in sd) if arch == "googlenet" else None
+    abstract = abstract_variables(arch, 1000, aux)
+    modules = {k[1:-1] for k in abstract}
+    head = sd.get(_head_key(arch, modules))
+    if not drop_head and head is not None and len(head.shape) == 2 and head.shape[0] != 1000:
+        abstract = abstract_variables(arch, int(head.shape[0]), aux)
+    names = module_map(arch, modules)
+    dropped = set(head_modules(arch)) if drop_head else set()
+
+    plan, used, missing, mismatched = [], set(), [], []
+    for key, spec in abstract.items():
+        coll, path, leaf = key[0], key[1:-1], key[-1]
+        tkey = f"{names[path]}.{_LEAF[(coll, leaf)]}"
+        shape = tuple(spec.shape)
+        if tkey in sd:
+            used.add(tkey)
+        if path in dropped:
+            continue
+        if tkey not in sd:
+            missing.append(f"{'/'.join(key)} {shape} [expects {tkey}]")
+            continue
+        torch_shape = tuple(sd[tkey].shape)
+        if _cnnjax_shape(leaf, torch_shape, shape) != shape:
+            mismatched.append(f"{'/'.join(key)} [{tkey}]: {shape} vs {_cnnjax_shape(leaf, torch_shape, shape)} "
+                              f"(torchvision shape {torch_shape})")
+            continue
+        plan.append((key, tkey, shape))
+    unused = sorted(k for k in sd if k not in used and not k.endswith(".num_batches_tracked"))
+    _report(arch, "torchvision state_dict -> cnnjax variables", missing, unused, mismatched)
+    return sd, plan
+
+
+def check_torchvision(arch: str, state_dict: Mapping[str, Any], *, drop_head: bool = False) -> None:
+    """Check, without converting or copying anything, that ``state_dict`` converts to ``arch``: every key is
+    used and every cnnjax leaf is filled with the right shape. Values need only a ``.shape`` (torch tensors on
+    the ``meta`` device work). Raises :class:`WeightConversionError` like :func:`from_torchvision`."""
+    _plan(arch, state_dict, drop_head)
+
+
+def from_torchvision(arch: str, state_dict: Mapping[str, Any], *, drop_head: bool = False) -> dict[str, dict]:
+    """Convert a torchvision ``state_dict`` of ``arch`` to cnnjax ``{'params': ..., 'batch_stats': ...}``.
+
+    ``state_dict`` values may be torch tensors (any device/dtype) or NumPy arrays. The result holds fresh NumPy
+    float32 arrays (copies, never views of torch memory) in cnnjax layouts (see the module docstring) and fits
+    ``cnnjax.models.create(arch, num_classes=C)`` where C is the state dict's classifier size (1000 for the
+    ImageNet weights). For ``googlenet`` the auxiliary heads are converted when the state dict has them
+    (``aux1.*``/``aux2.*``; use ``create('googlenet', aux_logits=True)``), otherwise the result fits
+    ``create('googlenet', aux_logits=False)``. A ``module.`` prefix on every key (``DataParallel``) and old
+    DenseNet key spellings (``norm.1``) are accepted.
+
+    ``drop_head=True`` leaves out the classifier (:func:`head_modules`: ``params['head']``, and GoogLeNet's
+    ``aux{1,2}/fc2``); their torchvision keys are consumed without a shape check, so the caller can
+    re-initialise the head for another ``num_classes``.
+
+    Raises :class:`WeightConversionError` listing unused torchvision keys, unfilled cnnjax leaves and shape
+    mismatches (before converting anything), and ``ValueError`` for an architecture without a torchvision
+    counterpart.
+    """
+    sd, plan = _plan(arch, state_dict, drop_head)
+    variables: dict[str, dict] = {"params": {}, "batch_stats": {}}
+    for key, tkey, shape in plan:
+        coll, path, leaf = key[0], key[1:-1], key[-1]
+        node = variables[coll]
+        for p in path:
+            node = node.setdefault(p, {})
+        array = _to_cnnjax_layout(leaf, _to_numpy(sd[tkey]), shape)
+        node[leaf] = np.array(array, dtype=np.float32, order="C")  # always a copy
+    return variables
+
+
+def to_torchvision(arch: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Convert cnnjax ``{'params': ..., 'batch_stats': ...}`` of ``arch`` to a torchvision ``state_dict`` of
+    NumPy arrays (float32, C-contiguous copies; torchvision layouts), with ``num_batches_tracked`` = 0 (int64,
+    shape ()) for every BatchNorm. ``torchvision.models.<arch>(num_classes=C).load_state_dict({k:
+    torch.from_numpy(v) ...})`` accepts it (for GoogLeNet with ``aux_logits`` matching the tree). Exact inverse of
+    :func:`from_torchvision` (bit for bit). The tree must be complete: it is checked against the model's abstract
+    tree (:class:`WeightConversionError` otherwise).
+    """
+    from flax.core import unfreeze
+    from flax.traverse_util import flatten_dict
+
+    check_arch(arch)
+    flat = flatten_dict(unfreeze(dict(variables)))
+    aux = any(k[:2] == ("params", "aux1") for k in flat) if arch == "googlenet" else None
+    head = flat.get(("params", "head", "kernel"))
+    num_classes = int(head.shape[-1]) if head is not None else 1000
+    abstract = abstract_variables(arch, num_classes, aux)
+    names = module_map(arch, {k[1:-1] for k in abstract})
+
+    missing = [f"{'/'.join(k)} {tuple(s.shape)} [{names[k[1:-1]]}.{_LEAF[(k[0], k[-1])]}]"
+               for k, s in abstract.items() if k not in flat]
+    unused = sorted("/".join(k) for k in flat if k not in abstract)
+    mismatched = [f"{'/'.join(k)}: {tuple(abstract[k].shape)} vs {tuple(np.shape(v))}"
+                  for k, v in flat.items() if k in abstract and tuple(np.shape(v)) != tuple(abstract[k].shape)]
+    _report(arch, "cnnjax variables -> torchvision state_dict", missing, unused, mismatched)
+
+    out: dict[str, np.ndarray] = {}
+    for key in abstract:
+        coll, path, leaf = key[0], key[1:-1], key[-1]
+        array = _to_torch_layout(leaf, np.asarray(flat[key], dtype=np.float32))
+        out[f"{names[path]}.{_LEAF[(coll, leaf)]}"] = np.array(array, dtype=np.float32, order="C")
+        if (coll, leaf) == ("batch_stats", "mean"):
+            out[f"{names[path]}.num_batches_tracked"] = np.zeros((), np.int64)
+    return out

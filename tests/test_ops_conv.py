@@ -1,0 +1,66 @@
+"""Convolution algorithms agree with ``lax.conv_general_dilated`` (values and gradients) for random shapes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jax import lax
+
+from cnnjax.ops import CONV_IMPLS, conv2d
+
+conv_cases = st.tuples(
+    st.integers(1, 2),          # batch
+    st.integers(1, 9),          # height
+    st.integers(1, 9),          # width
+    st.sampled_from([1, 2, 4]),  # groups
+    st.integers(1, 3),          # in channels per group
+    st.integers(1, 3),          # out channels per group
+    st.integers(1, 3),          # kernel
+    st.integers(1, 3),          # stride
+    st.integers(0, 2),          # padding
+    st.integers(1, 2),          # dilation
+)
+
+
+def _reference(x, w, s, p, d, g):
+    return lax.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g,
+                                    precision=lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("impl", [i for i in CONV_IMPLS if i != "xla"])
+@given(conv_cases)
+def test_algorithm_equals_lax_conv_with_gradients(impl, case):
+    n, h, w_, g, cg, og, k, s, p, d = case
+    if h + 2 * p < d * (k - 1) + 1 or w_ + 2 * p < d * (k - 1) + 1:
+        return  # no valid output
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x = jnp.asarray(rng.normal(size=(n, h, w_, g * cg)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, cg, g * og)), jnp.float32)
+    ours = conv2d(x, w, stride=s, padding=p, dilation=d, groups=g, impl=impl)
+    ref = _reference(x, w, s, p, d, g)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-4, atol=1e-4)
+    cot = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+    g_ours = jax.grad(lambda x, w: jnp.vdot(conv2d(x, w, stride=s, padding=p, dilation=d, groups=g, impl=impl),
+                                            cot), (0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: jnp.vdot(_reference(x, w, s, p, d, g), cot), (0, 1))(x, w)
+    for a, b in zip(g_ours, g_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_impl_lists_choices():
+    with pytest.raises(ValueError, match="valid choices: xla, gemm"):
+        conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), impl="winograd9")
+
+
+def test_negative_check_detects_a_wrong_kernel_layout():
+    """The comparison above can fail: a kernel flipped spatially (correlation vs convolution) does not match."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(1, 6, 6, 2)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 2)), jnp.float32)
+    flipped = conv2d(x, w[::-1, ::-1], padding=1, impl="gemm")
+    assert not np.allclose(np.asarray(flipped), np.asarray(_reference(x, w, 1, 1, 1, 1)), atol=1e-3)

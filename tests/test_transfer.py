@@ -1,0 +1,194 @@
+"""Transfer learning semantics: frozen parameters and BatchNorm statistics stay bit-identical, no optimizer state
+or weight decay for frozen leaves, no gradient work for them, strict pretrained loading, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_train import ROOT, _run_until_checkpoint_then_signal, assert_trees_equal, final_params, run_cli  # noqa: F401
+
+from cnnjax import checkpoint, models, transfer
+from train.step import TrainState, make_train_step
+
+# ------------------------------------------------------------------ the optax-level law, on random trees and masks
+TREE = {"stem": {"kernel": jnp.linspace(-1, 1, 12).reshape(3, 4), "bias": jnp.arange(4.0)},
+        "body": {"kernel": jnp.ones((4, 4)) * 0.5, "bias": jnp.full((4,), -0.25)},
+        "head": {"kernel": jnp.linspace(0.1, 0.9, 8).reshape(4, 2), "bias": jnp.zeros(2)}}
+NAMES = ["stem/kernel", "stem/bias", "body/kernel", "body/bias", "head/kernel", "head/bias"]
+OPTIMIZERS = {
+    "sgd+wd": lambda: optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.1, momentum=0.9)),
+    "adamw": lambda: optax.adamw(0.1, weight_decay=0.1),
+}
+
+
+def loss(params):
+    x = jnp.ones((2, 3))
+    h = jnp.tanh(x @ params["stem"]["kernel"] + params["stem"]["bias"])
+    h = jnp.tanh(h @ params["body"]["kernel"] + params["body"]["bias"])
+    return jnp.sum((h @ params["head"]["kernel"] + params["head"]["bias"]) ** 2)
+
+
+def run_steps(tx, params, steps=3):
+    state = tx.init(params)
+    for _ in range(steps):
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def frozen_unchanged(before, after, keep):
+    flat_b, flat_a = transfer.paths(before), transfer.paths(after)
+    return all(np.array_equal(flat_b[p], flat_a[p]) for p in flat_b if not keep(p))
+
+
+@given(st.sets(st.sampled_from(NAMES), min_size=1, max_size=5), st.sampled_from(sorted(OPTIMIZERS)))
+def test_freeze_keeps_frozen_leaves_bit_identical_and_stateless(trainable_names, opt_name):
+    keep = lambda path: path in trainable_names  # noqa: E731
+    params, state = run_steps(transfer.freeze(OPTIMIZERS[opt_name](), TREE, keep), TREE)
+    assert frozen_unchanged(TREE, params, keep)
+    assert any(not np.array_equal(transfer.paths(TREE)[p], transfer.paths(params)[p]) for p in trainable_names)
+    # no optimizer state of a frozen leaf's shape beyond what the trainable leaves need
+    n_state = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, "size") and x.ndim > 0)
+    n_trainable = sum(transfer.paths(TREE)[p].size for p in trainable_names)
+    assert n_state <= 2 * n_trainable  # adam: two moments per trainable element; frozen ones have none
+
+
+@given(st.sets(st.sampled_from(NAMES), min_size=1, max_size=5))
+def test_negative_optax_masked_does_not_freeze(trainable_names):
+    """The trap: ``optax.masked`` passes the raw gradient through for masked-out leaves, so they move."""
+    keep = lambda path: path in trainable_names  # noqa: E731
+    mask = transfer.labels(TREE, keep)
+    mask = jax.tree.map(lambda label: label == "trainable", mask)
+    params, _ = run_steps(optax.masked(OPTIMIZERS["sgd+wd"](), mask), TREE)
+    frozen_with_gradient = [p for p in NAMES if not keep(p) and p != "stem/kernel" or (p == "stem/kernel"
+                                                                                      and not keep(p))]
+    assert frozen_with_gradient
+    assert not frozen_unchanged(TREE, params, keep)
+
+
+def test_mode_predicates_and_errors():
+    assert transfer.mode_predicate("linear-probe")("head/kernel")
+    assert not transfer.mode_predicate("linear-probe")("stage1_block0/conv1/kernel")
+    freeze_stem = transfer.mode_predicate("freeze:^(stem|stage1)")
+    assert not freeze_stem("stem/conv/kernel") and freeze_stem("stage2_block0/conv1/kernel")
+    with pytest.raises(ValueError, match="valid choices: finetune, linear-probe, freeze:<pattern>"):
+        transfer.mode_predicate("probe")
+
+
+# ------------------------------------------------------------------ the real train step on a BN network
+@pytest.fixture(scope="module")
+def cifar_setup():
+    model = models.create("resnet20", num_classes=3)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    variables = jax.jit(model.init)(jax.random.key(1), x)
+    # non-trivial running statistics so that "unchanged" means something
+    bs = jax.tree.map(lambda v: v + 0.1, variables["batch_stats"])
+    return model, variables["params"], bs, x
+
+
+@pytest.mark.parametrize("mode", ["linear-probe", "freeze:^(stem|stage1)"])
+def test_train_step_freezes_params_and_batchnorm_statistics(cifar_setup, mode):
+    model, params, batch_stats, x = cifar_setup
+    keep = transfer.mode_predicate(mode)
+    tx = optax.chain(optax.add_decayed_weights(0.5), optax.sgd(0.5, momentum=0.9))
+    train_part, _ = transfer.split(params, keep)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=tx.init(train_part), rng=jax.random.key_data(jax.random.key(0)))
+    step = jax.jit(make_train_step(model, tx, 0.0, keep, transfer.frozen_module_predicate(params, keep)))
+    batch = {"image": x, "label": jnp.array([0, 1, 2, 0]), "mask": jnp.ones(4, bool)}
+    new = state
+    for _ in range(3):
+        new, metrics = step(new, batch)
+    before, after = transfer.paths(params), transfer.paths(new.params)
+    assert all(np.array_equal(before[p], after[p]) for p in before if not keep(p))
+    assert any(not np.array_equal(before[p], after[p]) for p in before if keep(p))
+    frozen_bn = transfer.frozen_module_predicate(params, keep)
+    bs_before, bs_after = transfer.paths(batch_stats), transfer.paths(new.batch_stats)
+    frozen_stats = [p for p in bs_before if frozen_bn(p.rsplit("/", 1)[0])]
+    assert frozen_stats and all(np.array_equal(bs_before[p], bs_after[p]) for p in frozen_stats)
+    moving = [p for p in bs_before if not frozen_bn(p.rsplit("/", 1)[0])]
+    if moving:
+        assert any(not np.array_equal(bs_before[p], bs_after[p]) for p in moving)
+    # optimizer state exists only for trainable leaves
+    n_state = sum(a.size for a in jax.tree.leaves(new.opt_state) if a.ndim > 0)
+    assert n_state == sum(v.size for p, v in before.items() if keep(p))
+
+
+def test_linear_probe_costs_little_more_than_inference(cifar_setup):
+    """No gradient work for the frozen backbone: XLA's FLOP count of the linear-probe step is far below the full
+    fine-tuning step (the backward pass through the convolutions is gone)."""
+    model, params, batch_stats, x = cifar_setup
+    tx = optax.sgd(0.1)
+    batch = {"image": x, "label": jnp.array([0, 1, 2, 0]), "mask": jnp.ones(4, bool)}
+
+    def flops(keep):
+        train_part = params if keep is None else transfer.split(params, keep)[0]
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                           opt_state=tx.init(train_part), rng=jax.random.key_data(jax.random.key(0)))
+        frozen = None if keep is None else transfer.frozen_module_predicate(params, keep)
+        cost = jax.jit(make_train_step(model, tx, 0.0, keep, frozen)).lower(state, batch).cost_analysis()
+        return (cost[0] if isinstance(cost, list | tuple) else cost)["flops"]
+
+    probe, full = flops(transfer.mode_predicate("linear-probe")), flops(None)
+    assert probe < 0.6 * full, (probe, full)
+
+
+def test_load_pretrained_is_strict_and_reinitialises_a_different_head():
+    src = jax.eval_shape(lambda: models.create("resnet20", num_classes=5).init(jax.random.key(0),
+                                                                               jnp.zeros((1, 8, 8, 3))))
+    src = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), src)
+    dst = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(
+        lambda: models.create("resnet20", num_classes=7).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))))
+    out, notes = transfer.load_pretrained(dst, src)
+    assert np.all(out["params"]["stem"]["conv"]["kernel"] == 0.5)
+    assert np.all(out["params"]["head"]["kernel"] == 0.0) and "re-initialised" in notes[0]
+    wrong = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(
+        lambda: models.create("resnet32", num_classes=7).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))))
+    with pytest.raises(ValueError, match="missing .*stage1_block3"):
+        transfer.load_pretrained(wrong, src)
+
+
+# ------------------------------------------------------------------ the CLI, from a cnnjax checkpoint
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pre") / "shapes"
+    run_cli(["--arch", "lenet5_modern", "--dataset", "shapes:num_train=256,num_val=64", "--batch-size", "32",
+             "--max-steps", "8", "--no-progress", "--workdir", str(workdir)])
+    return workdir
+
+
+def test_cli_linear_probe_from_checkpoint_keeps_backbone(pretrained_run, tmp_path):
+    args = ["--arch", "lenet5_modern", "--dataset", "digits:channels=3", "--batch-size", "32", "--max-steps", "6",
+            "--no-progress", "--init", str(pretrained_run), "--transfer", "linear-probe"]
+    proc = run_cli([*args, "--workdir", str(tmp_path / "probe")])
+    assert "head re-initialised" in proc.stdout
+    src = transfer.paths(checkpoint.restore(pretrained_run)["params"])
+    dst = transfer.paths(checkpoint.restore(tmp_path / "probe")["params"])
+    assert all(np.array_equal(np.asarray(src[p]), np.asarray(dst[p])) for p in src if not p.startswith("head/"))
+    assert json.loads((tmp_path / "probe" / "config.json").read_text())["transfer"] == "linear-probe"
+
+
+def test_cli_transfer_resume_is_exact(pretrained_run, tmp_path):
+    import signal
+
+    args = ["--arch", "lenet5_modern", "--dataset", "digits:channels=3", "--batch-size", "32", "--max-steps",
+            "24", "--checkpoint-every", "4", "--no-progress", "--log-every", "1", "--init", str(pretrained_run),
+            "--transfer", "freeze:^c1"]
+    run_cli([*args, "--workdir", str(tmp_path / "ref")])
+    code, out = _run_until_checkpoint_then_signal([*args, "--workdir", str(tmp_path / "cut")], tmp_path / "cut",
+                                                  signal.SIGKILL, min_steps=8)
+    run_cli([*args, "--workdir", str(tmp_path / "cut"), "--resume"])
+    assert_trees_equal(final_params(tmp_path / "ref"), final_params(tmp_path / "cut"))
+
+
+def test_transfer_without_init_is_refused(tmp_path):
+    proc = run_cli(["--arch", "lenet5", "--transfer", "linear-probe", "--workdir", str(tmp_path / "x")],
+                   check=False)
+    assert proc.returncode == 2 and "--transfer needs --init" in proc.stderr
