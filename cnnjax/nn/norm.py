@@ -13,7 +13,6 @@ import jax.numpy as jnp
 
 from cnnjax.nn import init as inits
 
-
 _FROZEN = contextvars.ContextVar("cnnjax_frozen_batchnorm", default=None)
 
 
