@@ -97,18 +97,19 @@ def frozen_module_predicate(params: Any, trainable: Trainable) -> Callable[[str]
     return lambda module_path: modules.get(module_path, False)
 
 
-def load_pretrained(fresh: dict, pretrained: dict, head: str = "head") -> tuple[dict, list[str]]:
+def load_pretrained(fresh: dict, pretrained: dict, heads: tuple[str, ...] = ("head",)) -> tuple[dict, list[str]]:
     """Fill ``fresh`` variables (``{'params', 'batch_stats'}`` of the target model) from ``pretrained``.
 
     Every non-head leaf must exist in ``pretrained`` with the same shape and every pretrained non-head leaf must
-    be used (else ``ValueError`` listing the names). The head is taken from ``pretrained`` when its shapes match,
-    and otherwise kept as freshly initialised. Returns ``(variables, notes)``.
+    be used (else ``ValueError`` listing the names). The head modules (``heads``: GoogLeNet also has
+    ``aux1/fc2``, ``aux2/fc2``) are taken from ``pretrained`` when their shapes match, and otherwise kept as
+    freshly initialised. Returns ``(variables, notes)``.
     """
     out, notes = {}, []
     for collection in ("params", "batch_stats"):
         target = paths(fresh.get(collection, {}))
         source = paths(pretrained.get(collection, {}))
-        is_head = lambda p: p == head or p.startswith(head + "/")  # noqa: E731
+        is_head = lambda p: any(p == h or p.startswith(h + "/") for h in heads)  # noqa: E731
         missing = sorted(p for p in target if not is_head(p) and p not in source)
         unused = sorted(p for p in source if not is_head(p) and p not in target)
         shape = sorted(f"{p}: {tuple(source[p].shape)} vs {tuple(target[p].shape)}" for p in target

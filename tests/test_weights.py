@@ -331,6 +331,26 @@ def test_cached_npz_used_when_pth_absent(tmp_path, monkeypatch):
     assert np.array_equal(v["params"]["head"]["kernel"], variables["params"]["head"]["kernel"])
 
 
+def test_init_from_torchvision_keeps_a_fresh_head(tmp_path):
+    pretrained = _random_variables("resnet18", seed=1)
+    path = weights.export_npz(weights.to_torchvision("resnet18", pretrained), tmp_path / "r18.npz")
+    fresh = _random_variables("resnet18", seed=2, num_classes=10)
+    out = weights.init_from_torchvision("resnet18", fresh, path)
+    assert out["params"]["head"]["kernel"] is fresh["params"]["head"]["kernel"]
+    a, b = _leaves(out), _leaves(pretrained)
+    assert all(np.array_equal(a[k], b[k]) for k in a if k[1] != "head")
+    same = weights.init_from_torchvision("resnet18", _random_variables("resnet18", seed=3), path)
+    np.testing.assert_array_equal(same["params"]["head"]["kernel"], pretrained["params"]["head"]["kernel"])
+    # GoogLeNet: the checkpoint's aux heads are ignored by a model without them
+    g = weights.export_npz(weights.to_torchvision("googlenet", _random_variables("googlenet")), tmp_path / "g.npz")
+    out = weights.init_from_torchvision("googlenet", _random_variables("googlenet", aux_logits=False,
+                                                                         num_classes=5), g)
+    assert "aux1" not in out["params"] and out["params"]["head"]["kernel"].shape == (1024, 5)
+    with pytest.raises(weights.WeightConversionError, match="do not match the torchvision weights.*missing"):
+        bad = {"params": {**fresh["params"], "extra": {"bias": np.zeros(3)}}, "batch_stats": fresh["batch_stats"]}
+        weights.init_from_torchvision("resnet18", bad, path)
+
+
 def test_pth_without_torch_explains(tmp_path, monkeypatch):
     path = tmp_path / "resnet18-f37072fd.pth"
     path.write_bytes(b"not really")

@@ -114,13 +114,19 @@ def trainable_of(cfg: TrainConfig) -> transfer.Trainable:
     return None if cfg.transfer in (None, "finetune") else transfer.mode_predicate(cfg.transfer)
 
 
-def load_init(spec: str) -> dict:
-    """Pretrained variables from a cnnjax run directory / checkpoint or ``torchvision:ARCH``."""
+def apply_init(spec: str, arch: str, fresh: dict) -> tuple[dict, list[str]]:
+    """``fresh`` variables overlaid with pretrained ones from a cnnjax run directory / checkpoint or
+    ``torchvision:ARCH`` (strict; heads re-initialised when the class count differs)."""
+    from cnnjax.weights.torchvision import head_modules
+
     if spec.startswith("torchvision:"):
         from cnnjax import weights
 
-        return weights.load_torchvision(spec.split(":", 1)[1])
-    return checkpoint.restore(spec)
+        source = spec.split(":", 1)[1]
+        if source != arch:
+            raise ValueError(f"--init {spec}: the weights are for {source} but --arch is {arch}")
+        return weights.init_from_torchvision(arch, fresh), []
+    return transfer.load_pretrained(fresh, checkpoint.restore(spec), tuple("/".join(h) for h in head_modules(arch)))
 
 
 def build_optimizer(cfg: TrainConfig, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
@@ -147,17 +153,17 @@ def build_model(cfg: TrainConfig, info: cdata.DatasetInfo):
                          dtype=PRECISIONS[cfg.precision], conv_impl=cfg.conv_impl, **extra)
 
 
-def init_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicated, pretrained: dict | None = None,
+def init_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicated, init: str | None = None,
                log: Callable[[str], None] = print) -> TrainState:
-    """A fresh train state from ``cfg.seed`` (or from ``pretrained`` variables), placed replicated on the mesh.
-    The optimizer state covers only the trainable parameters."""
+    """A fresh train state from ``cfg.seed`` (overlaid with the pretrained variables of ``init``), placed
+    replicated on the mesh. The optimizer state covers only the trainable parameters."""
     key = jax.random.key(cfg.seed)
     x = jnp.zeros((1, info.image_size, info.image_size, info.channels), jnp.float32)
     variables = jax.jit(lambda: model.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, x, False),
                         out_shardings=replicated)()
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    if pretrained is not None:
-        variables, notes = transfer.load_pretrained(variables, pretrained)
+    if init is not None:
+        variables, notes = apply_init(init, cfg.arch, jax.device_get(variables))
         variables = jax.device_put(variables, replicated)
         for note in notes:
             log(note)
@@ -269,8 +275,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
     mesh = parallel.data_mesh()
     replicated, batch_sharding = parallel.shardings(mesh)
-    pretrained = load_init(cfg.init) if cfg.init and not cfg.resume else None
-    state = init_state(model, tx, cfg, info, replicated, pretrained, log)
+    state = init_state(model, tx, cfg, info, replicated, cfg.init if not cfg.resume else None, log)
     trainable = trainable_of(cfg)
     frozen_modules = None if trainable is None else transfer.frozen_module_predicate(state.params, trainable)
     train_step = jax.jit(make_train_step(model, tx, cfg.label_smoothing, trainable, frozen_modules),

@@ -146,32 +146,36 @@ def shift_each(x: jax.Array, shifts: jax.Array, mode: str = "circular", fill: fl
 
 def consistency(apply_fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: jax.Array, *,
                 max_shift: int = 4, mode: str = "circular", labels: jax.Array | None = None,
-                batch_size: int = 256) -> dict[str, float]:
+                batch_size: int = 256, repeats: int = 1) -> dict[str, float]:
     """Zhang's (2019) consistency of a classifier ``apply_fn`` (NHWC (N, H, W, C) -> logits (N, K)).
 
     Each image is shifted twice by independent random ``(dy, dx)`` in ``[-max_shift, max_shift]`` pixels
     (circularly, or translated with zero fill with ``mode='zeros'``); returns ``consistency``: the fraction of
-    images whose two top-1 classes agree, and, with ``labels``, ``accuracy`` (on unshifted images) and
-    ``shifted_accuracy`` (mean over both shifts). Fractions in [0, 1].
+    pairs whose two top-1 classes agree, and, with ``labels``, ``accuracy`` (on unshifted images) and
+    ``shifted_accuracy`` (over all shifted copies). ``repeats`` draws that many pairs per image (less noise
+    from the shift sampling). Fractions in [0, 1].
     """
     n = images.shape[0]
-    k1, k2 = jax.random.split(key)
-    s1, s2 = random_shifts(k1, n, max_shift), random_shifts(k2, n, max_shift)
     pred = jax.jit(lambda x: jnp.argmax(apply_fn(x), -1))
     shifted = jax.jit(lambda x, s: jnp.argmax(apply_fn(shift_each(x, s, mode)), -1))
-    p0, p1, p2 = [], [], []
-    for i in range(0, n, batch_size):
-        xb = images[i:i + batch_size]
-        if labels is not None:
-            p0.append(pred(xb))
-        p1.append(shifted(xb, s1[i:i + batch_size]))
-        p2.append(shifted(xb, s2[i:i + batch_size]))
-    a, b = jnp.concatenate(p1), jnp.concatenate(p2)
-    out = {"consistency": float(jnp.mean(a == b))}
-    if labels is not None:
-        y = jnp.asarray(labels)
+    p0, agree, hits = [], [], []
+    y = None if labels is None else jnp.asarray(labels)
+    for r, k in enumerate(jax.random.split(key, repeats)):
+        k1, k2 = jax.random.split(k)
+        s1, s2 = random_shifts(k1, n, max_shift), random_shifts(k2, n, max_shift)
+        for i in range(0, n, batch_size):
+            xb = images[i:i + batch_size]
+            if labels is not None and r == 0:
+                p0.append(pred(xb))
+            a, b = shifted(xb, s1[i:i + batch_size]), shifted(xb, s2[i:i + batch_size])
+            agree.append(a == b)
+            if y is not None:
+                yb = y[i:i + batch_size]
+                hits += [a == yb, b == yb]
+    out = {"consistency": float(jnp.mean(jnp.concatenate(agree)))}
+    if y is not None:
         out["accuracy"] = float(jnp.mean(jnp.concatenate(p0) == y))
-        out["shifted_accuracy"] = float((jnp.mean(a == y) + jnp.mean(b == y)) / 2)
+        out["shifted_accuracy"] = float(jnp.mean(jnp.concatenate(hits)))
     return out
 
 

@@ -82,7 +82,8 @@ class LayerField:
 
     Attributes:
         name: the layer's module path (e.g. ``stage1_block0/conv1``), or ``features`` for the model's output.
-        kind: ``conv``, ``conv_dw`` (depthwise), ``max_pool``, ``avg_pool`` (any summing window) or ``features``.
+        kind: ``conv``, ``conv_dw`` (depthwise), ``max_pool``, ``avg_pool`` (any summing window), ``subsample``
+            (a strided slice, e.g. the end of a BlurPool or a CIFAR ResNet's option-A shortcut) or ``features``.
         out_hw: spatial size (H', W') of this layer's output at the traced image size.
         fields: (H axis, W axis) :class:`AxisField`.
     """
@@ -189,8 +190,11 @@ class _Walker:
         if name == "slice":
             m = ins[0]
             strides = p["strides"] or (1,) * len(p["start_indices"])
-            return [{a: AxisField(f.lo + p["start_indices"][a] * f.jump, f.hi + p["start_indices"][a] * f.jump,
-                                  f.jump * strides[a]) if not f.is_global else f for a, f in m.items()}]
+            out = {a: AxisField(f.lo + p["start_indices"][a] * f.jump, f.hi + p["start_indices"][a] * f.jump,
+                                f.jump * strides[a]) for a, f in m.items()}
+            if len(m) == 2 and any(strides[a] > 1 for a in m):  # subsampling (BlurPool, CIFAR shortcut A)
+                self._record(eqn, prefix, "subsample", out, tuple(sorted(m)), top)  # type: ignore[arg-type]
+            return [out]
         if name == "pad":
             m = ins[0]
             out = {}
@@ -364,9 +368,10 @@ def receptive_field(model: nn.Module, image_size: int | tuple[int, int] = 224,
                     method: str | Callable | None = "features") -> list[LayerField]:
     """Per-layer receptive fields of ``model`` on (1, H, W, in_channels) NHWC inputs, traced from its jaxpr.
 
-    Returns one :class:`LayerField` per conv / pool layer in call order, then one named ``features`` for the
-    output of ``method`` (default ``model.features``; ``None`` traces ``__call__``). Units: input pixels. Where
-    branches merge, the union of their fields is reported (the largest path). Abstract trace only.
+    Returns one :class:`LayerField` per conv / pool / strided-subsampling layer in call order, then one named
+    ``features`` for the output of ``method`` (default ``model.features``; ``None`` traces ``__call__``). Units:
+    input pixels. Where branches merge, the union of their fields is reported (the largest path). Abstract
+    trace only.
 
     Raises:
         NotImplementedError: a primitive on the path whose effect on the spatial axes is unknown.

@@ -11,7 +11,10 @@ The data is ``assets/digits.npz`` (``images`` uint8 ``(1797, 8, 8)`` with values
 * Train augmentation: random translation by pad-and-crop with zeros (pad 2 pixels at 32x32, ``image_size // 16``
   in general). No flips: a mirrored digit is a different glyph.
 
-Spec options: ``digits:channels=3,image_size=64``.
+Subsets (for transfer experiments): ``classes=5+6+7+8+9`` keeps those digits, relabelled 0..k-1 in the order
+given (val keeps every example of them); ``per_class=N`` keeps the first N training examples of each class.
+
+Spec options: ``digits:channels=3,image_size=64,classes=0+1+2+3+4,per_class=10``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ def split_indices() -> tuple[np.ndarray, np.ndarray]:
 
 def load_digits(options: str = "", *, image_size: int | None = None, seed: int = 0) -> ArraySource:
     """Build the ``digits`` source; ``options`` is the text after ``digits:`` (see the module docstring)."""
-    opts = parse_options("digits", options, {"channels": int, "image_size": int})
+    opts = parse_options("digits", options, {"channels": int, "image_size": int, "classes": _class_list,
+                                             "per_class": int})
     channels = opts.get("channels", 1)
     if channels not in (1, 3):
         raise ValueError(f"digits: channels must be 1 or 3, got {channels}")
@@ -69,8 +73,29 @@ def load_digits(options: str = "", *, image_size: int | None = None, seed: int =
     if channels == 3:
         stored = np.repeat(stored, 3, axis=-1)
         mean, std = mean * 3, std * 3
-    info = DatasetInfo(name="digits", num_classes=10, image_size=size, channels=channels,
-                       num_train=len(train_idx), num_val=len(val_idx), class_names=[str(d) for d in range(10)],
+    classes = opts.get("classes", list(range(10)))
+    relabel = np.full(10, -1, np.int64)
+    relabel[classes] = np.arange(len(classes))
+    labels = relabel[labels]
+    train_idx, val_idx = train_idx[labels[train_idx] >= 0], val_idx[labels[val_idx] >= 0]
+    if "per_class" in opts:
+        if opts["per_class"] < 1:
+            raise ValueError(f"digits: per_class must be >= 1, got {opts['per_class']}")
+        train_idx = np.sort(np.concatenate([train_idx[labels[train_idx] == c][: opts["per_class"]]
+                                            for c in range(len(classes))]))
+    info = DatasetInfo(name="digits", num_classes=len(classes), image_size=size, channels=channels,
+                       num_train=len(train_idx), num_val=len(val_idx), class_names=[str(d) for d in classes],
                        mean=mean, std=std)
     return ArraySource(info, stored[train_idx], labels[train_idx], stored[val_idx], labels[val_idx],
                        pad=max(1, size // 16), flip=False, seed=seed, scale=1 / 16)
+
+
+def _class_list(text: str) -> list[int]:
+    """``'5+6+7'`` -> ``[5, 6, 7]`` (distinct digits 0..9)."""
+    try:
+        classes = [int(t) for t in text.split("+")]
+    except ValueError:
+        raise ValueError(f"digits: classes must look like 0+1+2, got {text!r}") from None
+    if not classes or len(set(classes)) != len(classes) or not all(0 <= c <= 9 for c in classes):
+        raise ValueError(f"digits: classes must be distinct digits 0..9 joined by '+', got {text!r}")
+    return classes

@@ -24,27 +24,27 @@ from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ConvNormAct, ModuleDef
 from cnnjax.models.registry import register
-from cnnjax.ops import conv2d
 
 
 class BlurPool(nn.Module):
-    """Anti-aliased subsampling (Zhang 2019): depthwise blur with the binomial filter [1, 2, 1] x [1, 2, 1] / 16,
-    then keep every ``stride``-th sample: (N, H, W, C) -> (N, ceil(H / stride), ceil(W / stride), C) for
-    stride 2 (the shape of a 3x3, padding-1 conv with that stride).
+    """Anti-aliased subsampling (Zhang 2019): blur each channel with the binomial filter [1, 2, 1] x [1, 2, 1] / 16,
+    then keep every ``stride``-th sample: (N, H, W, C) -> (N, ceil(H / stride), ceil(W / stride), C), the shape
+    of a 3x3, padding-1 conv with that stride.
 
     Borders: zero padding of 1 pixel, renormalised by the filter mass inside the image (so a constant image stays
-    constant); no parameters.
+    constant). No parameters. Computed as two separable passes of shifted adds (much faster on CPU than XLA's
+    depthwise convolution), then a strided slice.
     """
 
     stride: int = 2
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[-1]
-        taps = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
-        w = jnp.asarray(np.broadcast_to(taps[:, :, None, None], (3, 3, 1, c)), x.dtype)
-        y = conv2d(x, w, stride=self.stride, padding=1, groups=c)
+        p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        v = p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]
+        y = v[:, :, :-2] + 2 * v[:, :, 1:-1] + v[:, :, 2:]
+        y = y[:, :: self.stride, :: self.stride]
         mass = _blur_mass(x.shape[-3], self.stride)[:, None] * _blur_mass(x.shape[-2], self.stride)[None, :]
-        return y / jnp.asarray(mass[:, :, None], x.dtype)
+        return y * jnp.asarray(1.0 / (16.0 * mass[:, :, None]), x.dtype)
 
 
 def _blur_mass(size: int, stride: int) -> np.ndarray:

@@ -269,3 +269,33 @@ def _resolve(arch: str, path_or_url: str | os.PathLike | None, directory: Path, 
     if dest.with_suffix(".npz").is_file():
         return dest.with_suffix(".npz")
     return download(url, dest, timeout=timeout, progress=progress)
+
+
+def init_from_torchvision(arch: str, variables: Mapping[str, Any], path_or_url: str | os.PathLike | None = None,
+                          cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> dict[str, dict]:
+    """Fine-tuning start point: freshly initialised cnnjax ``variables`` of ``create(arch, num_classes=C)`` with
+    every leaf replaced by torchvision's pretrained weights (:func:`load_torchvision`), except the classifier
+    modules (:func:`~cnnjax.weights.torchvision.head_modules`) whose shapes differ from the checkpoint's (C
+    other than its 1000 classes): those keep their fresh initialisation. GoogLeNet's auxiliary heads in the
+    checkpoint are ignored when the model has none. Leaves keep the dtype of ``variables``; the result is a new
+    nested dict (NumPy arrays for the replaced leaves). Raises
+    :class:`~cnnjax.weights.torchvision.WeightConversionError` if the trees differ otherwise (e.g. another
+    ``in_channels``)."""
+    import jax
+    from flax.core import unfreeze
+
+    from cnnjax.transfer import load_pretrained
+    from cnnjax.weights.torchvision import WeightConversionError, head_modules
+
+    fresh = unfreeze(dict(variables))
+    path = _resolve(arch, path_or_url, get_cache_dir(cache_dir), progress=progress, timeout=60.0)
+    pretrained = from_torchvision(arch, read_state_dict(path))
+    if "aux1" not in fresh.get("params", {}):  # the checkpoint's GoogLeNet auxiliary heads, unused by this model
+        pretrained = {c: {k: v for k, v in tree.items() if k not in ("aux1", "aux2")} for c, tree in
+                      pretrained.items()}
+    try:
+        out, _ = load_pretrained(fresh, pretrained, tuple("/".join(h) for h in head_modules(arch)))
+    except ValueError as err:
+        raise WeightConversionError(f"{arch}: the model's variables do not match the torchvision weights: "
+                                    f"{err}") from None
+    return jax.tree.map(lambda new, old: np.asarray(new, dtype=old.dtype), out, fresh)

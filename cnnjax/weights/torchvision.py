@@ -235,7 +235,6 @@ def module_map(arch: str, modules: Iterable[Path]) -> dict[Path, str]:
     return out
 
 
-#: cnnjax modules whose shapes depend on ``num_classes`` (dropped by ``drop_head=True``).
 def head_modules(arch: str) -> tuple[Path, ...]:
     """The classifier modules replaced when fine-tuning on another label set: ``head`` (and GoogLeNet's
     auxiliary classifiers' ``fc2``)."""
