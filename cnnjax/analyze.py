@@ -333,8 +333,9 @@ def cmd_occlusion(args) -> int:
                                                  fill=args.fill)
     pix = occ.pixel_map(heat, rows, cols, args.patch, image.shape[:2])
     i, j = np.unravel_index(np.argmax(heat), heat.shape)
-    print(f"{args.arch}, val image {args.index}: label {label}, predicted {int(probs.argmax())}, "
-          f"p(label) = {probs[label]:.3f}")
+    names = source.info.class_names
+    print(f"{args.arch}, val image {args.index}: label {label} ({names[label]}), predicted {int(probs.argmax())} "
+          f"({names[int(probs.argmax())]}), p(label) = {probs[label]:.3f}")
     print(f"{heat.size} patches of {args.patch}x{args.patch} px, stride {args.stride}, fill {args.fill} "
           f"({time.perf_counter() - t0:.1f} s)")
     print(_table(("", "value"), [("largest drop of p(label)", f"{heat.max():+.3f} at top-left ({rows[i]}, {cols[j]})"),
@@ -342,7 +343,8 @@ def cmd_occlusion(args) -> int:
                                  ("patches with drop > 0.1", f"{(heat > 0.1).sum()} / {heat.size}")]))
     shown = image * np.asarray(source.info.std, np.float32) + np.asarray(source.info.mean, np.float32)
     path = vis.save_overlay(Path(args.out) / f"occlusion_{args.arch}.png", shown, pix,
-                            f"occlusion sensitivity, {args.arch}, label {label} (p = {probs[label]:.2f})",
+                            f"occlusion sensitivity, {args.arch}, true class {names[label]!r} "
+                            f"(p = {probs[label]:.2f})",
                             f"drop of p(label), patch {args.patch}, stride {args.stride}")
     print(f"wrote {path}")
     return 0
