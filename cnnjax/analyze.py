@@ -368,30 +368,32 @@ def cmd_filter_grid(args) -> int:
 
 
 def cmd_feature_maps(args) -> int:
+    source = None
     if args.image == "photo":
         model = models.create(args.arch)
         size = args.image_size or _default_size(args.arch)
-        shown, x = _photo_input(size, getattr(model, "in_channels", 3))
-        variables = (training.load_variables(args.checkpoint) if args.checkpoint
-                     else training.init_variables(model, size, x.shape[-1], args.seed))
     else:
         source = _load_data(args.data, args.image_size, args.seed)
         model = _model_for_data(args.arch, source)
-        variables = _trained(model, source, args)
-        images, _ = training.val_arrays(source)
-        x = images[int(args.image):int(args.image) + 1]
-        shown = x[0] * np.asarray(source.info.std, np.float32) + np.asarray(source.info.mean, np.float32)
         size = source.info.image_size
     names = vis.layer_names(model, size)
     if args.list:
         print(_table(("layer", "type", "output"), names))
         return 0
     layer = args.layer or next(p for p, t, _ in names if t == "Conv")
-    try:
-        fmap = np.asarray(vis.capture(model, variables, jnp.asarray(x), layer))[0]
-    except KeyError as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
+    if layer not in {p for p, _, _ in names}:
+        print(f"error: no layer {layer!r}; layers: {', '.join(p for p, _, _ in names)}", file=sys.stderr)
         return 2
+    if source is None:
+        shown, x = _photo_input(size, getattr(model, "in_channels", 3))
+        variables = (training.load_variables(args.checkpoint) if args.checkpoint
+                     else training.init_variables(model, size, x.shape[-1], args.seed))
+    else:
+        variables = _trained(model, source, args)
+        images, _ = training.val_arrays(source)
+        x = images[int(args.image):int(args.image) + 1]
+        shown = x[0] * np.asarray(source.info.std, np.float32) + np.asarray(source.info.mean, np.float32)
+    fmap = np.asarray(jax.jit(lambda v, z: vis.capture(model, v, z, layer))(variables, jnp.asarray(x)))[0]
     print(f"{args.arch} {layer}: output {fmap.shape} (h, w, channels); per-channel mean |activation|:")
     act = np.abs(fmap).mean(axis=(0, 1))
     print(_table(("channel", "mean |a|", "max"), [(i, f"{act[i]:.3f}", f"{fmap[..., i].max():.3f}")

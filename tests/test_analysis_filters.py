@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
@@ -75,7 +75,8 @@ def test_conv_param_count_matches_the_module(k, s, t, bias, g):
         assert counted == k * k * s * t + t
 
 
-@given(k=st.integers(1, 4), extra=st.integers(0, 5), c=st.integers(1, 3))
+@settings(max_examples=10)
+@given(k=st.integers(1, 4), extra=st.sampled_from([0, 3]), c=st.sampled_from([1, 3]))
 def test_avg_pool_is_a_depthwise_conv_with_stride_k(k, extra, c):
     n = 2 * k + extra
     x = jnp.asarray(np.random.default_rng(k * 10 + extra).standard_normal((1, n, n, c)), jnp.float32)

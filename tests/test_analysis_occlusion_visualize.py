@@ -133,15 +133,15 @@ def test_cli_receptive_field_table_and_check(tmp_path, capsys):
 
 
 def test_cli_tools_run_untrained(tmp_path, capsys):
-    """Each data-driven tool end to end on an untrained LeNet-5 (``--steps 0``), small settings."""
+    """The data-driven tools end to end on an untrained LeNet-5 (``--steps 0``), small settings (``erf`` and
+    ``equivariance`` share their code paths: data, init, jit-ted apply, PNG)."""
     common = ["--arch", "lenet5", "--steps", "0", "--out", str(tmp_path)]
     assert analyze.main(["occlusion", *common, "--patch", "16", "--stride", "8"]) == 0
     assert analyze.main(["filter-grid", *common]) == 0
     assert analyze.main(["feature-maps", *common, "--layer", "s2"]) == 0
     assert analyze.main(["feature-maps", *common, "--list"]) == 0
-    assert analyze.main(["erf", *common, "--num-images", "4"]) == 0
     out = capsys.readouterr().out
     assert "largest drop" in out and "c1: kernel (5, 5, 1, 6)" in out and "s2: output (14, 14, 6)" in out
-    assert "c5" in out and "ERF rms radius" in out
-    for name in ("occlusion_lenet5.png", "filter_grid_lenet5.png", "feature_maps_lenet5_s2.png", "erf_lenet5.png"):
+    assert "c5" in out
+    for name in ("occlusion_lenet5.png", "filter_grid_lenet5.png", "feature_maps_lenet5_s2.png"):
         assert (tmp_path / name).exists(), name

@@ -40,7 +40,8 @@ class Tiny(models.ImageClassifier):
 def test_hand_computed_fields():
     recs = rf_fn(Tiny(), 16)
     by = {r.name: r for r in recs}
-    assert [r.name for r in recs] == ["c1", "p1", "a", "b", "features"]
+    assert [r.name for r in recs][:4] == ["c1", "p1", "a", "b"] and recs[-1].name == "features"
+    assert [r.kind for r in recs] == ["conv", "max_pool", "conv", "conv", "subsample", "features"]
     assert by["c1"].size == (3, 3) and by["c1"].jump == (1, 1) and by["c1"].start == (0, 0)
     assert by["p1"].size == (4, 4) and by["p1"].jump == (2, 2) and by["p1"].start == (0.5, 0.5)
     assert by["a"].size == (8, 8) and by["a"].start == (0.5, 0.5)
@@ -102,7 +103,7 @@ def test_gradient_extent():
 # Input sizes: small enough for a few seconds each, large enough that the selected intermediate layer's field
 # is not clipped (its analytic extent is strictly inside the image); features are compared on clipped extents.
 @pytest.mark.parametrize("arch,size,layer", [
-    ("lenet5", 32, None), ("alexnet", 96, "pool2"), ("vgg16", 64, "stage3/pool"),
+    ("lenet5", 32, None), ("alexnet", 96, "pool2"), ("vgg16", 48, "stage3/conv2"),
     ("resnet18", 64, "stage2_block0/downsample/conv"), ("resnet50", 64, "stage2_block1/conv1"),
 ])
 def test_analytic_equals_empirical(arch, size, layer):
