@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
@@ -33,6 +33,7 @@ def _reference(x, w, s, p, d, g):
 
 
 @pytest.mark.parametrize("impl", [i for i in CONV_IMPLS if i != "xla"])
+@settings(max_examples=12)  # each example compiles forward and both gradients eagerly (~1-3 s on 2 cores)
 @given(conv_cases)
 def test_algorithm_equals_lax_conv_with_gradients(impl, case):
     n, h, w_, g, cg, og, k, s, p, d = case

@@ -8,8 +8,6 @@ Parameter tree (torchvision key): ``conv1``..``conv5`` (``features.0/3/6/8/10``)
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 
@@ -26,8 +24,8 @@ class AlexNet(ImageClassifier):
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl)
-        dense = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = self.conv_def()
+        dense = self.linear_def()
         x = nn.relu(conv(64, 11, 4, 2, name="conv1")(x))
         x = cnn.MaxPool2d(3, 2, name="pool1")(x)
         x = nn.relu(conv(192, 5, 1, 2, name="conv2")(x))

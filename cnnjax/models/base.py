@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnjax import nn as cnn
 from cnnjax.nn import InputTooSmallError
 
 _SEARCHING = contextvars.ContextVar("cnnjax_min_size_search", default=False)
@@ -47,6 +49,20 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> Any:  # pragma: no cover
         raise NotImplementedError
+
+    def conv_def(self, **overrides) -> Callable[..., nn.Module]:
+        """``cnn.Conv`` with this model's dtype, param_dtype and conv algorithm (plus ``overrides``)."""
+        return functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
+                                 **overrides)
+
+    def norm_def(self, train: bool, **overrides) -> Callable[..., nn.Module]:
+        """``cnn.BatchNorm`` in training or inference mode with this model's dtypes (plus ``overrides``)."""
+        return functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, **overrides)
+
+    def linear_def(self, **overrides) -> Callable[..., nn.Module]:
+        """``cnn.Linear`` with this model's dtypes (plus ``overrides``)."""
+        return functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype, **overrides)
 
     def _check_input(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4 or x.shape[-1] != self.in_channels:

@@ -81,10 +81,8 @@ class CifarResNet(ImageClassifier):
         if self.shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
         n = (self.depth - 2) // 6
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
-                                 kernel_init=cnn.init.kaiming_normal_fan_out)
-        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+        conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out)
+        norm = self.norm_def(train)
         x = ConvNormAct(16, 3, conv, norm, name="stem")(x)
         for s, width in enumerate((16, 32, 64)):
             for b in range(n):

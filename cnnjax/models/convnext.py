@@ -90,9 +90,8 @@ class ConvNeXt(ImageClassifier):
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
         init = dict(kernel_init=cnn.init.trunc_normal(0.02), bias_init=cnn.init.zeros)
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
-                                 use_bias=True, **init)
-        linear = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype, **init)
+        conv = self.conv_def(use_bias=True, **init)
+        linear = self.linear_def(**init)
         norm = functools.partial(cnn.LayerNorm, dtype=self.dtype, param_dtype=self.param_dtype)
         x = conv(self.widths[0], 4, stride=4, name="stem_conv")(x)
         x = norm(name="stem_norm")(x)

@@ -85,10 +85,8 @@ class DenseNet(ImageClassifier):
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
-                                 kernel_init=cnn.init.kaiming_normal_fan_in)
-        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+        conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_in)
+        norm = self.norm_def(train)
         layer_cls = nn.remat(DenseLayer) if self.memory_efficient else DenseLayer
 
         x = ConvNormAct(self.num_init_features, 7, conv, norm, stride=2, padding=3, name="stem")(x)

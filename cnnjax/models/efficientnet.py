@@ -138,10 +138,8 @@ class EfficientNet(ImageClassifier):
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
-                                 kernel_init=cnn.init.kaiming_normal_fan_out)
-        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, epsilon=self.bn_eps,
-                                 momentum=self.bn_momentum, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out)
+        norm = self.norm_def(train, epsilon=self.bn_eps, momentum=self.bn_momentum)
         stages = self._stages()
         x = ConvNormAct(stages[0][4], 3, conv, norm, stride=2, act=nn.silu, name="stem")(x)
         total = sum(st[-1] for st in stages)

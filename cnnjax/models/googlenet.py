@@ -111,12 +111,9 @@ class GoogLeNet(ImageClassifier):
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool):
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
-                                 kernel_init=cnn.init.trunc_normal(0.01))
-        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, epsilon=1e-3, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
-        linear = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype,
-                                   kernel_init=cnn.init.trunc_normal(0.01))
+        conv = self.conv_def(kernel_init=cnn.init.trunc_normal(0.01))
+        norm = self.norm_def(train, epsilon=1e-3)
+        linear = self.linear_def(kernel_init=cnn.init.trunc_normal(0.01))
         inception = functools.partial(Inception, conv=conv, norm=norm)
         aux = functools.partial(InceptionAux, self.num_classes, conv, norm, linear, self.dropout_aux)
         # Aux heads run in training; at init they are built in any mode so the parameter tree is complete.

@@ -39,8 +39,8 @@ class LeNet5(ImageClassifier):
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
         act = nn.relu if self.modern else lecun_tanh
         pool = functools.partial(cnn.MaxPool2d if self.modern else cnn.AvgPool2d, 2, 2)
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl)
-        dense = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = self.conv_def()
+        dense = self.linear_def()
         x = pool(name="s2")(act(conv(6, 5, name="c1")(x)))
         x = pool(name="s4")(act(conv(16, 5, name="c3")(x)))
         x = act(conv(120, 5, name="c5")(x))

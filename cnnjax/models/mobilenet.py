@@ -118,10 +118,8 @@ class MobileNetV2(ImageClassifier):
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
-                                 kernel_init=cnn.init.kaiming_normal_fan_out)
-        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+        conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out)
+        norm = self.norm_def(train)
         x = ConvNormAct(make_divisible(32 * self.width_mult, self.round_nearest), 3, conv, norm, stride=2,
                         act=jax.nn.relu6, name="stem")(x)
         i = 0
@@ -194,10 +192,8 @@ class MobileNetV3(ImageClassifier):
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
-                                 kernel_init=cnn.init.kaiming_normal_fan_out)
-        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, epsilon=1e-3, momentum=0.99,
-                                 dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out)
+        norm = self.norm_def(train, epsilon=1e-3, momentum=0.99)
 
         def adjust(c: int) -> int:
             return make_divisible(c * self.width_mult, 8)
@@ -209,8 +205,7 @@ class MobileNetV3(ImageClassifier):
         if features_only:
             return x
         x = cnn.global_avg_pool(x)
-        linear = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype,
-                                   kernel_init=cnn.init.normal(0.01), bias_init=cnn.init.zeros)
+        linear = self.linear_def(kernel_init=cnn.init.normal(0.01), bias_init=cnn.init.zeros)
         x = hardswish(linear(adjust(self.last_channel), name="pre_head")(x))
         x = cnn.Dropout(self.dropout)(x, deterministic=not train)
         return linear(self.num_classes, name="head")(x)

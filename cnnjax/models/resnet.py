@@ -159,10 +159,8 @@ class ResNet(ImageClassifier):
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
-                                 kernel_init=cnn.init.kaiming_normal_fan_out)
-        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+        conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out)
+        norm = self.norm_def(train)
         x = ConvNormAct(64, 7, conv, norm, stride=2, padding=3, name="stem")(x)
         if self.antialias:
             x = BlurPool(2, name="stem_blur")(cnn.MaxPool2d(3, 1, 1, name="stem_pool")(x))

@@ -66,12 +66,9 @@ class VGG(ImageClassifier):
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
-        conv = functools.partial(cnn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl,
-                                 kernel_init=cnn.init.kaiming_normal_fan_out, bias_init=cnn.init.zeros)
-        norm = functools.partial(cnn.BatchNorm, use_running_average=not train, dtype=self.dtype,
-                                 param_dtype=self.param_dtype) if self.batch_norm else None
-        dense = functools.partial(cnn.Linear, dtype=self.dtype, param_dtype=self.param_dtype,
-                                  kernel_init=cnn.init.normal(0.01), bias_init=cnn.init.zeros)
+        conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out, bias_init=cnn.init.zeros)
+        norm = self.norm_def(train) if self.batch_norm else None
+        dense = self.linear_def(kernel_init=cnn.init.normal(0.01), bias_init=cnn.init.zeros)
         for s, widths in enumerate(self.stages):
             x = VGGStage(tuple(widths), conv, norm, name=f"stage{s + 1}")(x)
         if features_only:
