@@ -40,9 +40,8 @@ from cnnjax.models.mobilenet import SqueezeExcitation, make_divisible
 from cnnjax.models.registry import register
 
 
-class MBConv(nn.Module):
-    """1x1 expand-BN-SiLU -> kxk depthwise-BN-SiLU -> SE (input // 4 squeeze) -> 1x1 project-BN, with a
-    stochastic-depth residual when stride is 1 and channels are kept."""
+class _MBBlock(nn.Module):
+    """Fields shared by the inverted-residual blocks."""
 
     expand_ratio: float
     kernel_size: int
@@ -51,6 +50,11 @@ class MBConv(nn.Module):
     drop_rate: float
     conv: ModuleDef
     norm: ModuleDef
+
+
+class MBConv(_MBBlock):
+    """1x1 expand-BN-SiLU -> kxk depthwise-BN-SiLU -> SE (input // 4 squeeze) -> 1x1 project-BN, with a
+    stochastic-depth residual when stride is 1 and channels are kept."""
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -68,17 +72,9 @@ class MBConv(nn.Module):
         return y
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(_MBBlock):
     """kxk expand-BN-SiLU -> 1x1 project-BN (or a single kxk conv-BN-SiLU when the ratio is 1), with a
     stochastic-depth residual when stride is 1 and channels are kept."""
-
-    expand_ratio: float
-    kernel_size: int
-    stride: int
-    features: int
-    drop_rate: float
-    conv: ModuleDef
-    norm: ModuleDef
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

@@ -74,8 +74,8 @@ class Downsample(nn.Module):
         return self.norm(name="bn")(x)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs; ``features`` output channels."""
+class _ResidualBlock(nn.Module):
+    """Fields shared by the two residual blocks (``expansion``: output channels per ``features``)."""
 
     features: int
     stride: int
@@ -86,6 +86,11 @@ class BasicBlock(nn.Module):
     base_width: int = 64
     zero_init_last: bool = False
     antialias: bool = False
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs; ``features`` output channels."""
+
     expansion = 1
 
     @nn.compact
@@ -101,18 +106,9 @@ class BasicBlock(nn.Module):
         return nn.relu(y + _shortcut(self, x, self.features))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 -> 3x3 (stride, groups) -> 1x1 with 4x expansion; ``features * 4`` output channels."""
 
-    features: int
-    stride: int
-    conv: ModuleDef
-    norm: ModuleDef
-    skip: bool = True
-    groups: int = 1
-    base_width: int = 64
-    zero_init_last: bool = False
-    antialias: bool = False
     expansion = 4
 
     @nn.compact
