@@ -192,3 +192,23 @@ def test_transfer_without_init_is_refused(tmp_path):
     proc = run_cli(["--arch", "lenet5", "--transfer", "linear-probe", "--workdir", str(tmp_path / "x")],
                    check=False)
     assert proc.returncode == 2 and "--transfer needs --init" in proc.stderr
+
+
+def test_cli_linear_probe_from_torchvision_weights(tmp_path):
+    """`--init torchvision:resnet18` with a cached converted file: the backbone equals the torchvision weights
+    after training, the 1000-class head is replaced by a fresh 4-class one."""
+    from cnnjax import weights
+
+    model = models.create("resnet18")
+    pretrained = jax.device_get(jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 32, 32, 3))))
+    name = weights.torchvision_info("resnet18")["url"].rsplit("/", 1)[1].replace(".pth", ".npz")
+    weights.export_npz(weights.to_torchvision("resnet18", pretrained), tmp_path / "torchvision" / name)
+    proc = run_cli(["--arch", "resnet18", "--init", "torchvision:resnet18", "--transfer", "linear-probe",
+                    "--dataset", "synthetic:num_classes=4,image_size=32,num_train=32,num_val=8", "--batch-size", "16",
+                    "--max-steps", "2", "--no-progress", "--workdir", str(tmp_path / "tv")],
+                   env={"CNNJAX_CACHE": str(tmp_path)})
+    assert "train" in proc.stdout
+    after = transfer.paths(checkpoint.restore(tmp_path / "tv")["params"])
+    before = transfer.paths(pretrained["params"])
+    assert after["head/kernel"].shape == (512, 4)
+    assert all(np.array_equal(np.asarray(before[p]), np.asarray(after[p])) for p in before if not p.startswith("head/"))
