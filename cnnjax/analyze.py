@@ -85,6 +85,14 @@ def _load_data(spec: str, image_size: int | None, seed: int = 0):
     return data.load(spec, image_size=image_size, seed=seed)
 
 
+def _trained_model(args):
+    """``(source, model, variables)`` for the commands that look at a trained network (``--data``, ``--arch``,
+    ``--steps``/``--checkpoint``)."""
+    source = _load_data(args.data, args.image_size, args.seed)
+    model = _model_for_data(args.arch, source)
+    return source, model, _trained(model, source, args)
+
+
 def _trained(model, source, args, log=print):
     """Variables from --checkpoint, else a quick SGD run of --steps (0: the initialisation)."""
     if getattr(args, "checkpoint", None):
@@ -318,9 +326,7 @@ def cmd_equivariance(args) -> int:
 
 
 def cmd_occlusion(args) -> int:
-    source = _load_data(args.data, args.image_size, args.seed)
-    model = _model_for_data(args.arch, source)
-    variables = _trained(model, source, args)
+    source, model, variables = _trained_model(args)
     images, labels = training.val_arrays(source)
     image, label = images[args.index], int(labels[args.index])
 
@@ -351,9 +357,7 @@ def cmd_occlusion(args) -> int:
 
 
 def cmd_filter_grid(args) -> int:
-    source = _load_data(args.data, args.image_size, args.seed)
-    model = _model_for_data(args.arch, source)
-    variables = _trained(model, source, args)
+    source, model, variables = _trained_model(args)
     name, k = vis.first_conv_kernel(variables, args.layer)
     print(f"{args.arch} {name}: kernel {k.shape} (kh, kw, C_in, C_out); mean {k.mean():+.4f}, std {k.std():.4f}")
     norms = np.sqrt((k**2).sum(axis=(0, 1, 2)))
