@@ -13,14 +13,21 @@ spec is ``None`` (everything), a regular expression searched in each path, or a 
   frozen part, so their statistics stay bit-identical and they normalise with running averages.
 * :func:`load_pretrained` loads pretrained variables strictly, re-initialising the ``head`` when the class
   count differs.
+* Linear-probe feature cache: :func:`head_inputs` runs the (frozen) model once in inference mode and returns what
+  its ``head`` receives, (N, D); :class:`HeadOnFeatures` is a model made of that head alone, whose parameter tree is
+  ``{'head': ...}``, so the full model's variables apply to it unchanged and a probe trained on cached features
+  is a probe of the full model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
+import jax
 import optax
 from flax import traverse_util
 
@@ -125,3 +132,64 @@ def load_pretrained(fresh: dict, pretrained: dict, heads: tuple[str, ...] = ("he
         merged = {p: (source[p] if (not is_head(p) or head_ok) else v) for p, v in target.items()}
         out[collection] = traverse_util.unflatten_dict({tuple(p.split("/")): v for p, v in merged.items()})
     return out, notes
+
+
+def _is_top_head(context: nn.module.InterceptorContext) -> bool:
+    module = context.module
+    return context.method_name == "__call__" and module.name == "head" and module.scope is not None \
+        and tuple(module.scope.path) == ("head",)
+
+
+def head_module(model: nn.Module, example: jax.Array | jax.ShapeDtypeStruct) -> nn.Module:
+    """The (unbound) ``head`` submodule of ``model`` as it is built for inputs like ``example`` (NHWC).
+
+    Found by an abstract trace (nothing is computed). Raises ``ValueError`` if the model has no top-level
+    module named ``head``.
+    """
+    found: list[nn.Module] = []
+
+    def grab(next_fun, args, kwargs, context):
+        if _is_top_head(context) and not found:
+            m = context.module
+            fields = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)
+                      if f.init and f.name not in ("parent", "name")}
+            found.append(type(m)(**fields))
+        return next_fun(*args, **kwargs)
+
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    with nn.intercept_methods(grab):
+        jax.eval_shape(lambda x: model.init(rngs, x, False), example)
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no top-level 'head' module to probe")
+    return found[0]
+
+
+def head_inputs(model: nn.Module, variables: dict, x: jax.Array) -> jax.Array:
+    """What ``model``'s ``head`` receives for NHWC ``x`` in inference mode (running BN statistics, no dropout),
+    flattened to (N, D) float32. Jit-friendly; this is the linear-probe feature of each image."""
+    captured: list[jax.Array] = []
+
+    def grab(next_fun, args, kwargs, context):
+        if _is_top_head(context):
+            captured.append(args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(grab):
+        model.apply(variables, x, False)
+    if len(captured) != 1:
+        raise ValueError(f"{type(model).__name__}: expected one call of 'head', saw {len(captured)}")
+    return captured[0].reshape(x.shape[0], -1).astype(jax.numpy.float32)
+
+
+class HeadOnFeatures(nn.Module):
+    """A model that is only ``head``: maps cached features (N, D) — or (N, 1, 1, D) — to logits (N, classes).
+
+    Its parameters are ``{'head': ...}``; any other variables passed to ``apply`` (the frozen backbone's) are
+    ignored, so a full model's variables can be used as they are. ``train`` is accepted for the common
+    ``apply(variables, x, train)`` signature; the head has no dropout or BatchNorm of its own.
+    """
+
+    head: nn.Module
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.head(x.reshape(x.shape[0], -1))

@@ -120,6 +120,22 @@ def test_digits_val_every_example_once_and_normalised(digits):
     assert np.all(batches[-1]["image"][~batches[-1]["mask"]] == 0)
 
 
+def test_digits_plain_train_batches_are_the_unaugmented_train_split_in_order(digits):
+    """``plain_batches('train')`` (the linear-probe feature cache's input): every train image once, in index order,
+    resized and normalised but not shifted; the synthetic source, with no fixed train set, refuses."""
+    i = digits.info
+    batches = _all(digits.plain_batches("train", 500))
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert len(batches) == 3 and mask.sum() == 1438 and not mask[1438:].any()
+    images, labels = load_raw()
+    train, _ = split_indices()
+    expected = (base.resize_images(images[train, :, :, None] / np.float32(16), 32) - i.mean[0]) / i.std[0]
+    np.testing.assert_allclose(np.concatenate([b["image"] for b in batches])[mask], expected, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], labels[train])
+    with pytest.raises(ValueError, match="no fixed training set"):
+        data.load("synthetic").plain_batches("train", 4)
+
+
 def test_digits_train_epoch_is_a_permutation(digits):
     _, labels = load_raw()
     train, _ = split_indices()

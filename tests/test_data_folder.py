@@ -140,3 +140,44 @@ def test_folder_errors(tmp_path):
         data.load(f"folder:{tmp_path / 'a'}")
     with pytest.raises(ValueError, match="not a directory"):
         data.load(f"folder:{tmp_path / 'nowhere'}")
+
+
+def test_folder_val_only(tmp_path):
+    """An evaluation-only folder (val/ without train/): classes from val/'s directories, sorted; the train split
+    is refused naming the missing directory."""
+    rng = np.random.default_rng(3)
+    for i, name in enumerate(["n02", "n01"]):
+        (tmp_path / "v/val" / name).mkdir(parents=True)
+        _rgb(rng, 40, 30 + 10 * i).save(tmp_path / "v/val" / name / "x.png")
+    ds = data.load(f"folder:{tmp_path / 'v'}", image_size=32)
+    assert ds.info.class_names == ["n01", "n02"] and (ds.info.num_train, ds.info.num_val) == (0, 2)
+    batch = next(ds.batches("val", 2))
+    assert batch["image"].shape == (2, 32, 32, 3) and batch["mask"].all()
+    np.testing.assert_array_equal(batch["label"], [0, 1])
+    for call in (lambda: ds.batches("train", 1), lambda: ds.num_batches("train", 1)):
+        with pytest.raises(ValueError, match=r"no train split: .*v[/\\]train does not exist"):
+            call()
+    (tmp_path / "v/val/n03").mkdir()
+    with pytest.raises(ValueError, match=r"empty class directory .*val[/\\]n03"):
+        data.load(f"folder:{tmp_path / 'v'}")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match=r"missing split directory .*none[/\\]val"):
+        data.load(f"folder:{tmp_path / 'none'}")
+
+
+def test_folder_plain_train_batches_read_train_files_like_val(root, tmp_path):
+    """``plain_batches('train')`` of a folder equals ``batches('val')`` of a folder whose val/ holds the same files."""
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(root / "train", twin / "train")
+    shutil.copytree(root / "train", twin / "val")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = data.load(f"folder:{root}", image_size=32)
+        b = data.load(f"folder:{twin}", image_size=32)
+    plain, val = list(a.plain_batches("train", 4)), list(b.batches("val", 4))
+    assert len(plain) == len(val) == -(-a.info.num_train // 4)
+    for p, v in zip(plain, val, strict=True):
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(p[key], v[key])

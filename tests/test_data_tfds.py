@@ -39,12 +39,16 @@ class CnnjaxTinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield i, {"image": np.full((16, 16, 3), 8 * i + offset, np.uint8), "label": i % 3}
 
 
+def prepare(builder_cls, data_dir) -> str:
+    """Generate and prepare the dataset of ``builder_cls`` into ``data_dir`` offline; returns ``data_dir``."""
+    builder_cls(data_dir=str(data_dir)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return str(data_dir)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tfds")
-    CnnjaxTinyImages(data_dir=str(d)).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    return str(d)
+    return prepare(CnnjaxTinyImages, tmp_path_factory.mktemp("tfds"))
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +144,14 @@ def test_tfds_missing_dataset_fails_fast_and_offline(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing downloaded or created
     with pytest.raises(ValueError, match="namespaced"):
         data.load("tfds:huggingface:mnist", data_dir=str(tmp_path))
+
+
+def test_tfds_plain_train_batches_every_example_once_unaugmented(tiny):
+    """What a linear-probe feature cache reads: each train example once, with the val transform (a constant image
+    stays constant: no crop/flip/colour change), the last batch padded."""
+    batches = list(tiny.plain_batches("train", 5))
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert len(batches) == 5 and mask.sum() == NUM_TRAIN and not mask[NUM_TRAIN:].any()
+    images = np.concatenate([b["image"] for b in batches])[mask]
+    assert np.ptp(images.reshape(len(images), -1, 3), axis=1).max() < 1e-6  # each channel constant
+    assert sorted(_values(tiny, batches)[mask].tolist()) == [8 * i for i in range(NUM_TRAIN)]

@@ -224,20 +224,23 @@ def test_synthetic_training_runs_without_tensorflow(tmp_path):
     assert "epoch 1:" in proc.stdout
 
 
-def test_evaluate_with_torchvision_weights_from_the_cache(tmp_path):
+def test_evaluate_with_torchvision_weights_from_the_cache(tmp_path, monkeypatch, capsys):
     """`--init torchvision:ARCH` reads the cached file (here an .npz written from random variables): evaluation
-    then equals the converted model's own predictions, and a class-count mismatch is refused."""
+    then equals the converted model's own predictions, and a class-count mismatch is refused (in-process: the
+    subprocess CLI path is covered by the other evaluate test)."""
     from cnnjax import models, weights
+    from train import evaluate
 
     model = models.create("resnet18", conv_impl="fast")  # the algorithm train.evaluate uses by default
     variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
     name = pathlib.Path(weights.torchvision_info("resnet18")["url"]).name
     weights.export_npz(weights.to_torchvision("resnet18", jax.device_get(variables)),
                        tmp_path / "torchvision" / pathlib.Path(name).with_suffix(".npz").name)
+    monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path))
     spec = "synthetic:num_classes=1000,image_size=32,num_train=16,num_val=12"
-    proc = run_cli(["--arch", "resnet18", "--init", "torchvision:resnet18", "--dataset", spec, "--batch-size", "4",
-                    "--no-progress"], module="train.evaluate", env={"CNNJAX_CACHE": str(tmp_path)})
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert evaluate.main(["--arch", "resnet18", "--init", "torchvision:resnet18", "--dataset", spec,
+                          "--batch-size", "4", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["val_count"] == 12
     from cnnjax.data import load
 
@@ -245,6 +248,6 @@ def test_evaluate_with_torchvision_weights_from_the_cache(tmp_path):
     logits = model.apply(variables, batches[0]["image"], False)
     expected = float(np.mean(np.argmax(np.asarray(logits), -1) == batches[0]["label"]))
     assert result["val_top1"] == pytest.approx(expected, abs=1e-9)
-    bad = run_cli(["--arch", "resnet18", "--init", "torchvision:resnet18", "--dataset", "digits:channels=3",
-                   "--no-progress"], module="train.evaluate", env={"CNNJAX_CACHE": str(tmp_path)}, check=False)
-    assert bad.returncode == 2 and "1000 ImageNet classes" in bad.stderr
+    assert evaluate.main(["--arch", "resnet18", "--init", "torchvision:resnet18", "--dataset", "digits:channels=3",
+                          "--no-progress"]) == 2
+    assert "1000 ImageNet classes" in capsys.readouterr().err

@@ -194,7 +194,7 @@ def test_transfer_without_init_is_refused(tmp_path):
     assert proc.returncode == 2 and "--transfer needs --init" in proc.stderr
 
 
-def test_cli_linear_probe_from_torchvision_weights(tmp_path):
+def test_cli_linear_probe_from_torchvision_weights(tmp_path, monkeypatch, capsys):
     """`--init torchvision:resnet18` with a cached converted file: the backbone equals the torchvision weights
     after training, the 1000-class head is replaced by a fresh 4-class one."""
     from cnnjax import weights
@@ -203,12 +203,61 @@ def test_cli_linear_probe_from_torchvision_weights(tmp_path):
     pretrained = jax.device_get(jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 32, 32, 3))))
     name = weights.torchvision_info("resnet18")["url"].rsplit("/", 1)[1].replace(".pth", ".npz")
     weights.export_npz(weights.to_torchvision("resnet18", pretrained), tmp_path / "torchvision" / name)
-    proc = run_cli(["--arch", "resnet18", "--init", "torchvision:resnet18", "--transfer", "linear-probe",
-                    "--dataset", "synthetic:num_classes=4,image_size=32,num_train=32,num_val=8", "--batch-size", "16",
-                    "--max-steps", "2", "--no-progress", "--workdir", str(tmp_path / "tv")],
-                   env={"CNNJAX_CACHE": str(tmp_path)})
-    assert "train" in proc.stdout
+    from train import main as train_main
+
+    monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path))  # in-process: the subprocess CLI is tested above
+    assert train_main.main(["--arch", "resnet18", "--init", "torchvision:resnet18", "--transfer", "linear-probe",
+                            "--dataset", "synthetic:num_classes=4,image_size=32,num_train=32,num_val=8",
+                            "--batch-size", "16", "--max-steps", "2", "--no-progress",
+                            "--workdir", str(tmp_path / "tv")]) == 0
+    assert "transfer linear-probe from torchvision:resnet18" in capsys.readouterr().out
     after = transfer.paths(checkpoint.restore(tmp_path / "tv")["params"])
     before = transfer.paths(pretrained["params"])
     assert after["head/kernel"].shape == (512, 4)
     assert all(np.array_equal(np.asarray(before[p]), np.asarray(after[p])) for p in before if not p.startswith("head/"))
+
+
+# ------------------------------------------------------------------ linear-probe feature cache
+@pytest.mark.parametrize("arch", ["lenet5", "resnet20", "mlp"])
+def test_head_on_cached_features_recomposes_the_model(arch):
+    """head(head_inputs(x)) equals the full model's logits: the cache feeds the head exactly what it sees."""
+    model = models.create(arch, num_classes=5, in_channels=3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x, False)
+    feats = transfer.head_inputs(model, variables, x)
+    probe = transfer.HeadOnFeatures(transfer.head_module(model, x))
+    np.testing.assert_allclose(np.asarray(probe.apply(variables, feats)), np.asarray(model.apply(variables, x)),
+                               rtol=1e-5, atol=1e-6)
+    # negative case: features from other images do not give this batch's logits
+    wrong = probe.apply(variables, feats[::-1])
+    assert not np.allclose(np.asarray(wrong), np.asarray(model.apply(variables, x)), atol=1e-4)
+
+
+def test_feature_cache_gives_the_same_linear_probe(pretrained_run, tmp_path):
+    """On un-augmented data (``shapes``) a cached linear probe trains the same head as the uncached one: same
+    batches, same optimizer; the backbone stays bit-identical to the pretrained one in both."""
+    from train.loop import TrainConfig, train
+
+    results = {}
+    for cached in (False, True):
+        cfg = TrainConfig(arch="lenet5_modern", dataset="shapes:num_train=96,num_val=40,data_seed=3", batch_size=32,
+                          epochs=3, init=str(pretrained_run), transfer="linear-probe", feature_cache=cached,
+                          workdir=str(tmp_path / f"cached{cached}"), progress=False)
+        results[cached] = train(cfg, log=lambda s: None)
+    before = transfer.paths(checkpoint.restore(pretrained_run)["params"])
+    after = {c: transfer.paths(checkpoint.restore(tmp_path / f"cached{c}")["params"]) for c in (False, True)}
+    for p in before:
+        if not p.startswith("head/"):
+            assert np.array_equal(np.asarray(before[p]), np.asarray(after[True][p])), p
+    for p in ("head/kernel", "head/bias"):
+        np.testing.assert_allclose(np.asarray(after[True][p]), np.asarray(after[False][p]), rtol=1e-4, atol=1e-6)
+        assert not np.allclose(np.asarray(after[True][p]), np.asarray(before[p]))  # the head did train
+    assert results[True]["val_top1"] == pytest.approx(results[False]["val_top1"], abs=1 / 40 + 1e-9)
+    assert results[True]["step"] == results[False]["step"] == 9
+
+
+def test_feature_cache_needs_linear_probe():
+    from train.loop import TrainConfig, validate
+
+    with pytest.raises(ValueError, match="--feature-cache applies to --transfer linear-probe only"):
+        validate(TrainConfig(arch="lenet5", init="x", transfer="finetune", feature_cache=True))

@@ -1,6 +1,16 @@
 """``python -m train.evaluate --arch ARCH --init RUN_DIR --dataset D``: top-1/top-5 of saved weights, no training.
 
-Prints a JSON line with ``val_top1``, ``val_top5``, ``val_loss`` and the example count.
+Prints a JSON line with ``val_top1``, ``val_top5``, ``val_loss``, the example count and ``preprocessing``, the
+val transform used.
+
+Preprocessing of the ``folder:`` and ``tfds:`` datasets (decoded image files): with ``--init torchvision:ARCH``
+the val images get ARCH's torchvision eval transform (PIL ``Resize(resize, interpolation, antialias=True)``,
+``CenterCrop(crop)``, ``ToTensor``, ``Normalize(mean, std)`` with the values of torchvision's IMAGENET1K_V1
+weights, e.g. 256/224 bilinear for resnet50, 236/224 for convnext_tiny, 256/224 bicubic for efficientnet_b0) and
+``--image-size`` defaults to its crop. ``--resize-size``, ``--crop-size`` and ``--interpolation`` override those
+values, and select the same PIL transform for any ``--init`` (unset values then: crop ``--image-size`` or 224,
+resize ``round(crop / 0.875)``, bilinear, ImageNet mean/std). Otherwise the dataset's own val transform is used
+(for a cnnjax run: the one its training validated with).
 """
 
 from __future__ import annotations
@@ -15,19 +25,70 @@ import jax.numpy as jnp
 
 from cnnjax import checkpoint, models
 from cnnjax import data as cdata
+from cnnjax.data.preprocess import Preprocess
 from train import parallel
 from train.loop import PRECISIONS, TrainConfig, build_model, evaluate, main_exit, validate
 from train.step import TrainState, make_eval_step
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+_FLAGS = (("resize", "resize_size", "--resize-size"), ("crop", "crop_size", "--crop-size"),
+          ("interpolation", "interpolation", "--interpolation"))
+
+
+def _torchvision_arch(init: str, arch: str) -> str | None:
+    """ARCH of ``--init torchvision:ARCH`` (which must be ``--arch``), or None for a cnnjax run."""
+    if not init.startswith("torchvision:"):
+        return None
+    source = init.split(":", 1)[1]
+    if source != arch:
+        raise ValueError(f"--init {init}: the weights are for {source} but --arch is {arch}")
+    return source
+
+
+def resolve_preprocess(args: argparse.Namespace) -> tuple[Preprocess | None, str | None]:
+    """The val transform for ``args.dataset`` and where its values come from, or (None, None) for the dataset's
+    own (see the module docstring). Raises ``ValueError`` for bad values, naming the valid ones."""
+    for _, attr, flag in _FLAGS[:2]:
+        value = getattr(args, attr)
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be a positive number of pixels, got {value}")
+    if args.interpolation is not None and args.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown --interpolation {args.interpolation!r}; valid choices: {', '.join(INTERPOLATIONS)}")
+    if args.image_size is not None and args.crop_size is not None and args.image_size != args.crop_size:
+        raise ValueError(f"--image-size {args.image_size} and --crop-size {args.crop_size} differ: the crop is the "
+                         "model's input, pass one of them")
+    flags = [flag for _, attr, flag in _FLAGS if getattr(args, attr) is not None]
+    arch = _torchvision_arch(args.init, args.arch)
+    if not cdata.takes_eval_preprocess(args.dataset):
+        if flags:
+            raise ValueError(f"{', '.join(flags)}: only the tfds: and folder: datasets (decoded image files) take a "
+                             f"resize/crop transform, not {args.dataset!r}")
+        return None, None
+    if arch is None and not flags:
+        return None, None
+    if arch is not None:
+        from cnnjax.weights.preprocess import eval_preprocess
+
+        values = eval_preprocess(arch).as_dict()
+        origin = [f"torchvision:{arch}"]
+    else:
+        values = {"crop": args.image_size or 224, "interpolation": "bilinear"}
+        origin = []
+    if args.image_size is not None and args.crop_size is None:
+        values["crop"] = args.image_size
+        origin.append("--image-size")
+    for key, attr, _ in _FLAGS:
+        if getattr(args, attr) is not None:
+            values[key] = getattr(args, attr)
+    values.setdefault("resize", int(round(values["crop"] / 0.875)))
+    return Preprocess.from_value(values), ", ".join(origin + flags)
 
 
 def load_variables(init: str, arch: str, num_classes: int, step: int | None = None) -> dict:
     """Variables from a cnnjax run directory/checkpoint or ``torchvision:ARCH`` (ImageNet-1k weights, cached or
     downloaded with a SHA-256 check; see :func:`cnnjax.weights.load_torchvision`)."""
-    if not init.startswith("torchvision:"):
+    if _torchvision_arch(init, arch) is None:
         return checkpoint.restore(init, step=step)
-    source = init.split(":", 1)[1]
-    if source != arch:
-        raise ValueError(f"--init {init}: the weights are for {source} but --arch is {arch}")
     if num_classes != 1000:
         raise ValueError(f"--init {init} has torchvision's 1000 ImageNet classes but the dataset has {num_classes}; "
                          "evaluate on ImageNet (tfds:imagenet2012 or folder:) or fine-tune with train.main")
@@ -40,7 +101,14 @@ def run(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, batch_size=args.batch_size, precision=args.precision,
                       conv_impl=args.conv_impl, zero_init_residual=False)
     validate(cfg)
-    source = cdata.load(args.dataset, data_dir=args.data_dir, image_size=args.image_size)
+    spec, origin = resolve_preprocess(args)
+    source = cdata.load(args.dataset, data_dir=args.data_dir, image_size=args.image_size, eval_preprocess=spec)
+    info = source.info
+    if spec is not None:
+        preprocessing = {"method": "pil", **spec.as_dict(), "from": origin}
+    else:
+        preprocessing = {"method": "dataset", "image_size": info.image_size, "mean": list(info.mean),
+                         "std": list(info.std)}
     model = build_model(cfg, source.info)
     models.check_input_size(model, source.info.image_size)
     variables = load_variables(args.init, args.arch, source.info.num_classes, args.step)
@@ -50,12 +118,13 @@ def run(args: argparse.Namespace) -> dict:
     state = jax.device_put(state, replicated)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
     result = evaluate(state, eval_step, source, args.batch_size, batch_sharding, progress=not args.no_progress)
-    result = {"arch": args.arch, "dataset": args.dataset, "init": args.init, **result}
+    result = {"arch": args.arch, "dataset": args.dataset, "init": args.init, "preprocessing": preprocessing,
+              **result}
     print(json.dumps(result))
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", required=True, help="architecture: " + ", ".join(models.names()))
     p.add_argument("--init", required=True,
@@ -63,11 +132,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest readable)")
     p.add_argument("--dataset", default=cdata.DEFAULT, help="one of: " + ", ".join(cdata.DATASETS))
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input side in pixels (default: the crop size of the val transform, else the dataset's)")
+    p.add_argument("--resize-size", type=int, default=None,
+                   help="folder:/tfds: val transform: resize the shorter side to this (default: the torchvision "
+                        "arch's for --init torchvision:ARCH, else round(crop / 0.875))")
+    p.add_argument("--crop-size", type=int, default=None,
+                   help="folder:/tfds: val transform: centre crop, the model's input (default: --image-size, else "
+                        "the torchvision arch's, else 224)")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
+                   help="folder:/tfds: val transform: resize interpolation, antialiased (default: the torchvision "
+                        "arch's, else bilinear)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
     p.add_argument("--conv-impl", default="fast")
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.arch not in models.names():
         p.error(models.registry.unknown_name_message(args.arch))

@@ -66,10 +66,12 @@ class TrainConfig:
     eval_every: int = 1
     log_every: int = 10
     conv_impl: str = "fast"
+    autotune: str | None = None
     zero_init_residual: bool = True
     init: str | None = None
     transfer: str | None = None
     backbone_lr_mult: float = 1.0
+    feature_cache: bool = False
     progress: bool = True
 
 
@@ -107,6 +109,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError("--transfer needs --init (a cnnjax run directory or torchvision:ARCH)")
     if cfg.backbone_lr_mult != 1.0 and cfg.transfer not in (None, "finetune"):
         raise ValueError("--backbone-lr-mult applies to --transfer finetune only")
+    if cfg.feature_cache and cfg.transfer != "linear-probe":
+        raise ValueError("--feature-cache applies to --transfer linear-probe only")
 
 
 def trainable_of(cfg: TrainConfig) -> transfer.Trainable:
@@ -146,6 +150,10 @@ def build_model(cfg: TrainConfig, info: cdata.DatasetInfo):
     Residual networks that support it start with the last BN of each block at zero (Goyal et al. 2017), which
     makes from-scratch training of deep ResNets stable; ``--no-zero-init-residual`` turns it off.
     """
+    if cfg.autotune is not None:
+        from cnnjax.ops import autotune
+
+        autotune.configure(mode=cfg.autotune)
     extra = {}
     if cfg.zero_init_residual and "zero_init_last_bn" in models.registry.options(cfg.arch):
         extra["zero_init_last_bn"] = True
@@ -173,6 +181,17 @@ def init_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicated,
                       batch_stats=variables["batch_stats"],
                       opt_state=jax.jit(tx.init, out_shardings=replicated)(train_part),
                       rng=jax.device_put(jax.random.key_data(jax.random.fold_in(key, 2)), replicated))
+
+
+def jit_steps(model, tx, cfg: TrainConfig, replicated, batch_sharding, trainable: transfer.Trainable = None,
+              frozen_modules: Callable[[str], bool] | None = None) -> tuple[Callable, Callable]:
+    """``(train_step, eval_step)`` jitted with explicit shardings: state replicated, batches split over ``data``;
+    the train step donates the old state."""
+    train_step = jax.jit(make_train_step(model, tx, cfg.label_smoothing, trainable, frozen_modules),
+                         in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+                         donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+    return train_step, eval_step
 
 
 def default_workdir(cfg: TrainConfig) -> pathlib.Path:
@@ -278,10 +297,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     state = init_state(model, tx, cfg, info, replicated, cfg.init if not cfg.resume else None, log)
     trainable = trainable_of(cfg)
     frozen_modules = None if trainable is None else transfer.frozen_module_predicate(state.params, trainable)
-    train_step = jax.jit(make_train_step(model, tx, cfg.label_smoothing, trainable, frozen_modules),
-                         in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
-                         donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
     metrics_path, is_main = workdir / "metrics.jsonl", jax.process_index() == 0
     store = CheckpointStore(workdir / "checkpoints", keep=cfg.keep)
     position = {"epoch": 0, "batch": 0, "sums": [0.0, 0.0, 0.0, 0]}
@@ -293,6 +308,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         if is_main:
             _truncate_metrics(metrics_path, step)
         log(f"resumed from {workdir} at step {step} (epoch {position['epoch']}, batch {position['batch']})")
+    if cfg.feature_cache:  # the frozen backbone runs once; the loop below trains the head on its outputs
+        from train.feature_cache import cache_features
+
+        source, model = cache_features(model, state, source, cfg.batch_size, cfg.seed, replicated, batch_sharding,
+                                       progress=cfg.progress and jax.process_index() == 0, log=log)
+    train_step, eval_step = jit_steps(model, tx, cfg, replicated, batch_sharding, trainable, frozen_modules)
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "workdir": str(workdir),
@@ -389,40 +410,48 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     return {**last_record, "workdir": str(workdir), "step": step}
 
 
+class BenchmarkStep:
+    """The full train step of ``cfg`` on one synthetic batch, compiled and ready to time (``train.main
+    --benchmark`` and ``benchmarks/compare_torchvision.py`` both use it). ``first_step_s`` is the first call:
+    compile plus one step."""
+
+    def __init__(self, cfg: TrainConfig):
+        cfg = resolve_defaults(cfg)
+        validate(cfg)
+        self.cfg, self.size = cfg, cfg.image_size or 224
+        source = cdata.load(f"synthetic:num_classes=1000,image_size={self.size},num_train={cfg.batch_size * 2}")
+        model = build_model(cfg, source.info)
+        models.check_input_size(model, self.size)
+        tx = optim.make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, 1000, 0, cfg.momentum)
+        replicated, batch_sharding = parallel.shardings(parallel.data_mesh())
+        self.step_fn, _ = jit_steps(model, tx, cfg, replicated, batch_sharding)
+        self.state = init_state(model, tx, cfg, source.info, replicated)
+        local = next(iter(source.batches("train", cfg.batch_size, process_index=jax.process_index(),
+                                         process_count=jax.process_count())))
+        self.batch = parallel.global_batch(local, batch_sharding)
+        t0 = time.perf_counter()
+        self()
+        self.first_step_s = time.perf_counter() - t0
+
+    def __call__(self) -> float:
+        """Run one step to completion; returns its wall time in seconds."""
+        t = time.perf_counter()
+        self.state, m = self.step_fn(self.state, self.batch)
+        jax.block_until_ready(m)
+        return time.perf_counter() - t
+
+
 def benchmark(cfg: TrainConfig, warmup: int = 3, steps: int = 10, log: Callable[[str], None] = print) -> dict:
     """Steady-state images/s of the full train step on synthetic data (compile and warm-up excluded)."""
-    cfg = resolve_defaults(cfg)
-    validate(cfg)
-    size = cfg.image_size or 224
-    source = cdata.load(f"synthetic:num_classes=1000,image_size={size},num_train={cfg.batch_size * 2}")
-    model = build_model(cfg, source.info)
-    models.check_input_size(model, size)
-    tx = optim.make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, 1000, 0, cfg.momentum)
-    replicated, batch_sharding = parallel.shardings(parallel.data_mesh())
-    step_fn = jax.jit(make_train_step(model, tx, cfg.label_smoothing), in_shardings=(replicated, batch_sharding),
-                      out_shardings=(replicated, replicated), donate_argnums=0)
-    state = init_state(model, tx, cfg, source.info, replicated)
-    batch = parallel.global_batch(next(iter(source.batches("train", cfg.batch_size,
-                                                           process_index=jax.process_index(),
-                                                           process_count=jax.process_count()))), batch_sharding)
-    t0 = time.perf_counter()
-    state, m = step_fn(state, batch)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
+    bench = BenchmarkStep(cfg)
     for _ in range(warmup - 1):
-        state, m = step_fn(state, batch)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        state, m = step_fn(state, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
-    med = float(np.median(times))
+        bench()
+    med = float(np.median([bench() for _ in range(steps)]))
+    cfg = bench.cfg
     result = {"images_per_sec": cfg.batch_size / med, "step_time_s": med, "arch": cfg.arch,
-              "batch_size": cfg.batch_size, "image_size": size, "precision": cfg.precision,
+              "batch_size": cfg.batch_size, "image_size": bench.size, "precision": cfg.precision,
               "conv_impl": cfg.conv_impl, "devices": jax.device_count(), "backend": jax.default_backend(),
-              "first_step_s": compile_s, "steps_timed": steps}
+              "first_step_s": bench.first_step_s, "steps_timed": steps}
     log(json.dumps(result))
     return result
 

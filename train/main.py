@@ -43,13 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=d.keep, help="checkpoints kept")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between evaluations")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between host metric fetches")
-    p.add_argument("--conv-impl", choices=CONV_IMPLS, default=d.conv_impl, help="convolution algorithm")
+    p.add_argument("--conv-impl", choices=CONV_IMPLS, default=d.conv_impl,
+                   help="convolution algorithm (auto: the fastest per layer, measured once and cached)")
+    p.add_argument("--autotune", choices=("benchmark", "deterministic"), default=d.autotune,
+                   help="--conv-impl auto: measure and cache (default; $CNNJAX_AUTOTUNE) or a fixed rule")
     t = p.add_argument_group("transfer learning")
     t.add_argument("--init", default=None, help="start from a cnnjax run directory/checkpoint or torchvision:ARCH")
     t.add_argument("--transfer", default=None, metavar="MODE",
                    help="finetune | linear-probe | freeze:<regex> (freeze parameters whose path matches)")
     t.add_argument("--backbone-lr-mult", type=float, default=1.0,
                    help="finetune: learning rate multiplier for every parameter outside the head")
+    t.add_argument("--feature-cache", action="store_true",
+                   help="linear-probe: run the frozen backbone once and train the head on the cached features "
+                        "(un-augmented; no dropout before the head)")
     p.add_argument("--no-zero-init-residual", dest="zero_init_residual", action="store_false",
                    help="keep torchvision's init of the last BN in residual blocks (default: zero, Goyal et al.)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -6,25 +6,42 @@ Specs (``DATASETS``):
 * ``shapes[:key=value,...]``: procedurally generated shapes with region control (``shapes.py``);
 * ``synthetic[:key=value,...]``: random images and labels made on the fly (``synthetic.py``);
 * ``tfds:NAME[/CONFIG]``: a TFDS dataset already prepared under ``data_dir`` / ``$TFDS_DATA_DIR`` (``tfds.py``);
-* ``folder:PATH``: ``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` image files (``folder.py``).
+* ``folder:PATH``: ``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` image files, or ``val/`` alone for
+  evaluation (``folder.py``).
 
 Every source yields dicts of NumPy arrays for this process: ``image`` float32 NHWC ``(local, S, S, C)`` normalised
 with ``info.mean``/``info.std`` (raw pixels in ``[0, 1]``), ``label`` int32 ``(local,)``, ``mask`` bool ``(local,)``;
 see :class:`~cnnjax.data.base.DataSource`. TensorFlow is imported only by ``tfds:`` and ``folder:``.
+
+``tfds:`` and ``folder:`` also take ``eval_preprocess``, a :class:`Preprocess` (resize, crop, interpolation,
+mean, std): their val images are then decoded and transformed with PIL exactly as torchvision's
+``Resize``/``CenterCrop``/``ToTensor``/``Normalize`` eval transform (``preprocess.py``; per-architecture values:
+:func:`cnnjax.weights.preprocess.eval_preprocess`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from cnnjax.data.base import DatasetInfo, DataSource
+from cnnjax.data.preprocess import Preprocess
 
 DATASETS = ("digits", "shapes", "synthetic", "tfds:NAME[/CONFIG]", "folder:PATH")
 DEFAULT = "digits"
+PREPROCESS_KINDS = ("tfds", "folder")  # the datasets that take eval_preprocess
 
-__all__ = ["DATASETS", "DEFAULT", "DataSource", "DatasetInfo", "load"]
+__all__ = ["DATASETS", "DEFAULT", "PREPROCESS_KINDS", "DataSource", "DatasetInfo", "Preprocess", "load",
+           "takes_eval_preprocess"]
+
+
+def takes_eval_preprocess(spec: str) -> bool:
+    """Whether the dataset named by ``spec`` accepts ``eval_preprocess`` (``tfds:`` and ``folder:``)."""
+    return isinstance(spec, str) and spec.strip().partition(":")[0] in PREPROCESS_KINDS
 
 
 def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | None = None,
-         seed: int = 0) -> DataSource:
+         seed: int = 0, eval_preprocess: Preprocess | Mapping[str, Any] | None = None) -> DataSource:
     """Build the dataset named by ``spec``.
 
     Args:
@@ -33,6 +50,8 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
             ``folder:`` path. Ignored by the built-in datasets.
         image_size: side in pixels of the square images batches come out at; each dataset has a default.
         seed: the run seed: train shuffling and augmentation (not the data of ``shapes``, see its ``data_seed``).
+        eval_preprocess: ``tfds:`` and ``folder:`` only: a :class:`Preprocess` (or a mapping of its fields) for
+            torchvision-exact val images; ``image_size`` then defaults to its ``crop`` and must equal it.
 
     Raises:
         ValueError: unknown spec or option, or a dataset that cannot be loaded (with the reason).
@@ -40,6 +59,9 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
     if not isinstance(spec, str):
         raise ValueError(f"dataset spec must be a string, got {spec!r}")
     kind, _, rest = spec.strip().partition(":")
+    if eval_preprocess is not None and kind not in PREPROCESS_KINDS:
+        raise ValueError(f"dataset {spec!r}: eval_preprocess applies only to the tfds: and folder: datasets "
+                         "(decoded image files)")
     if kind == "digits":
         from cnnjax.data.digits import load_digits
 
@@ -55,9 +77,11 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
     if kind == "tfds":
         from cnnjax.data.tfds import load_tfds
 
-        return load_tfds(rest.strip(), data_dir=data_dir, image_size=image_size, seed=seed)
+        return load_tfds(rest.strip(), data_dir=data_dir, image_size=image_size, seed=seed,
+                         eval_preprocess=eval_preprocess)
     if kind == "folder":
         from cnnjax.data.folder import load_folder
 
-        return load_folder(rest, data_dir=data_dir, image_size=image_size, seed=seed)
+        return load_folder(rest, data_dir=data_dir, image_size=image_size, seed=seed,
+                           eval_preprocess=eval_preprocess)
     raise ValueError(f"unknown dataset {spec!r}: valid choices are {', '.join(DATASETS)}")

@@ -268,6 +268,22 @@ class DataSource(abc.ABC):
         return self._batches(split, global_batch_size, local, epoch=epoch, start_batch=start_batch,
                              process_index=process_index, process_count=process_count)
 
+    def plain_batches(self, split: str, global_batch_size: int, *, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[Batch]:
+        """Every example of ``split`` once, in index order, without augmentation (the val transform); the last
+        batch is padded with ``mask`` False rows. For ``val`` this is ``batches('val', ...)``; for ``train`` it
+        is what a linear-probe feature cache reads (see :mod:`train.feature_cache`)."""
+        check_split(split)
+        if split == "val":
+            return self.batches("val", global_batch_size, process_index=process_index, process_count=process_count)
+        local = local_batch_size(global_batch_size, process_count, process_index)
+        return self._plain_train_batches(global_batch_size, local, process_index=process_index,
+                                         process_count=process_count)
+
+    def _plain_train_batches(self, global_batch_size: int, local: int, *, process_index: int,
+                             process_count: int) -> Iterator[Batch]:
+        raise ValueError(f"dataset {self.info.name!r} has no fixed training set to read without augmentation")
+
     @abc.abstractmethod
     def _batches(self, split: str, global_batch_size: int, local: int, *, epoch: int, start_batch: int,
                  process_index: int, process_count: int) -> Iterator[Batch]:
@@ -306,8 +322,19 @@ class ArraySource(DataSource):
         self.pad, self.flip, self.seed, self.scale = int(pad), bool(flip), int(seed), float(scale)
 
     def _batches(self, split, global_batch_size, local, *, epoch, start_batch, process_index, process_count):
-        images, labels = self._data[split]
+        return self._iterate(split, split, global_batch_size, epoch=epoch, start_batch=start_batch,
+                             process_index=process_index, process_count=process_count)
+
+    def _plain_train_batches(self, global_batch_size, local, *, process_index, process_count):
+        return self._iterate("train", "val", global_batch_size, epoch=0, start_batch=0,
+                             process_index=process_index, process_count=process_count)
+
+    def _iterate(self, data: str, mode: str, global_batch_size: int, *, epoch: int, start_batch: int,
+                 process_index: int, process_count: int) -> Iterator[Batch]:
+        """Batches of the ``data`` split read as ``mode`` prescribes (train: shuffled, augmented; val: in order)."""
+        images, labels = self._data[data]
         n = len(labels)
+        split = mode
         perm = epoch_permutation(n, self.seed, epoch) if split == "train" else None
         rows = process_rows(global_batch_size, process_index, process_count)
         size = self.info.image_size

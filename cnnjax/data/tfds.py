@@ -8,10 +8,17 @@ Offline by construction: ``NO_GCE_CHECK=true`` is set (if unset) before TFDS is 
 * ``data_dir``: the ``data_dir`` argument, else ``$TFDS_DATA_DIR``, else TFDS's default ``~/tensorflow_datasets``.
 * Splits: ``train`` for train; ``validation`` for val, else ``test``.
 * Features: the builder's ``supervised_keys`` (else ``image``/``label``); the label must be a ``ClassLabel``.
-* Channels: the image feature's (1 or 3). ``image_size`` defaults to the images' fixed side if it is <= 64 (e.g.
-  32 for cifar10), else 224.
+* Channels: the image feature's (1 or 3); 3 with ``eval_preprocess``. ``image_size`` defaults to the images'
+  fixed side if it is <= 64 (e.g. 32 for cifar10), else 224; to ``eval_preprocess.crop`` (which it must equal
+  when both are given).
 * Transforms: those of :mod:`cnnjax.data.tfpipe` (random-resized-crop + flip above 64 pixels, pad-and-crop + flip
-  at and below; torchvision's resize/centre-crop eval transform), ImageNet mean/std (their averages for grayscale).
+  at and below; torchvision's resize/centre-crop eval transform, approximated with tf.image), ImageNet mean/std
+  (their averages for grayscale).
+* ``eval_preprocess`` (a :class:`~cnnjax.data.preprocess.Preprocess`): the val images' stored bytes are decoded by
+  PIL (converted to RGB) and transformed exactly as torchvision's ``Resize(resize, interpolation,
+  antialias=True)``, ``CenterCrop(crop)``, ``ToTensor()``, ``Normalize(mean, std)`` in a thread pool
+  (:mod:`cnnjax.data.pilpipe`) -- what torchvision's ImageNet reference gets from the original JPEG files. Its
+  mean/std then normalise the train split too.
 * Train order: TFDS file shuffling and a 10,000-example shuffle buffer, both seeded from (seed, epoch);
   ``start_batch`` is implemented with ``Dataset.skip`` (records are skipped before decoding).
 """
@@ -19,10 +26,12 @@ Offline by construction: ``NO_GCE_CHECK=true`` is set (if unset) before TFDS is 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
-from cnnjax.data import tfpipe
-from cnnjax.data.base import DatasetInfo, DataSource, make_rng, num_batches_for, resolve_image_size
+from cnnjax.data import pilpipe, tfpipe
+from cnnjax.data.base import DatasetInfo, DataSource, make_rng, num_batches_for
+from cnnjax.data.preprocess import Preprocess, resolve_preprocess
 
 SHUFFLE_BUFFER = 10_000
 DEFAULT_SIZE = 224
@@ -54,7 +63,8 @@ def _prepare_hint(name: str, data_dir: str | None) -> str:
 class TFDSSource(DataSource):
     """Batches of ``(local, S, S, C)`` float32 NHWC images from a prepared TFDS dataset (see the module docstring)."""
 
-    def __init__(self, name: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0):
+    def __init__(self, name: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0,
+                 eval_preprocess: Preprocess | Mapping[str, Any] | None = None):
         if not name or ":" in name:
             raise ValueError(f"tfds dataset: bad name {name!r}; expected tfds:NAME or tfds:NAME/CONFIG "
                              f"(namespaced/community datasets are not supported offline)")
@@ -96,27 +106,50 @@ class TFDSSource(DataSource):
             raise ValueError(f"tfds dataset {name!r}: images with {channels} channels are not supported")
         native = h if h is not None and h == w else None
         default = native if native is not None and native <= tfpipe.SMALL else DEFAULT_SIZE
-        size = resolve_image_size(f"tfds:{name}", None, image_size, default)
-        mean, std = tfpipe.channel_constants(channels)
+        self.eval_preprocess, size = resolve_preprocess(f"tfds:{name}", eval_preprocess, image_size, default)
+        if self.eval_preprocess is not None:
+            channels = 3  # PIL converts to RGB, as torchvision's loader; train decodes to 3 channels too
+            mean, std = self.eval_preprocess.mean, self.eval_preprocess.std
+        else:
+            mean, std = tfpipe.channel_constants(channels)
         self.info = DatasetInfo(name=f"tfds:{name}", num_classes=label_f.num_classes, image_size=size,
                                 channels=channels, num_train=splits["train"].num_examples,
                                 num_val=splits[self.val_split].num_examples, class_names=list(label_f.names),
                                 mean=mean, std=std)
 
     def _batches(self, split, global_batch_size, local, *, epoch, start_batch, process_index, process_count):
+        return self._read(split, split, global_batch_size, local, epoch=epoch, start_batch=start_batch,
+                          process_index=process_index, process_count=process_count)
+
+    def _plain_train_batches(self, global_batch_size, local, *, process_index, process_count):
+        return self._read("train", "val", global_batch_size, local, epoch=0, start_batch=0,
+                          process_index=process_index, process_count=process_count)
+
+    def _read(self, data: str, split: str, global_batch_size: int, local: int, *, epoch: int, start_batch: int,
+              process_index: int, process_count: int):
+        """Batches of the ``data`` split's examples, read as ``split`` is (train: shuffled, augmented; val: in
+        order, the eval transform, padded)."""
         tf = tfpipe.import_tf()
         tfds = import_tfds()
         train = split == "train"
-        n = self.info.num_train if train else self.info.num_val
+        n = self.info.num_train if data == "train" else self.info.num_val
         nb = num_batches_for(split, n, global_batch_size)
         size, channels = self.info.image_size, self.info.channels
         mean, std = self.info.mean, self.info.std
         file_seed, buffer_seed = (int(v) for v in make_rng(self.seed, epoch, 0x7466).integers(0, 2**31, size=2))
         read_config = tfds.ReadConfig(shuffle_seed=file_seed, try_autocache=False, interleave_cycle_length=16,
                                       add_tfds_id=False)
-        ds = self.builder.as_dataset(split="train" if train else self.val_split, shuffle_files=train,
+        ds = self.builder.as_dataset(split="train" if data == "train" else self.val_split, shuffle_files=train,
                                      read_config=read_config,
                                      decoders={self.image_key: tfds.decode.SkipDecoding()})
+        if not train and self.eval_preprocess is not None:
+            spec = self.eval_preprocess
+            ds = ds.map(lambda ex: (ex[self.image_key], ex[self.label_key])).skip(start_batch * global_batch_size)
+            yield from pilpipe.val_batches(
+                ds.as_numpy_iterator(), n=n, global_batch_size=global_batch_size, local=local,
+                start_batch=start_batch, process_index=process_index, load=lambda data: (spec(data), True),
+                shape=(size, size, 3))
+            return
         ds = ds.map(lambda ex: (ex[self.image_key], tf.cast(ex[self.label_key], tf.int32), tf.constant(True)))
         if train:
             ds = ds.shuffle(min(n, SHUFFLE_BUFFER), seed=buffer_seed, reshuffle_each_iteration=False)
@@ -145,7 +178,8 @@ class TFDSSource(DataSource):
         yield from tfpipe.numpy_batches(tfpipe.finish(tf, ds, local))
 
 
-def load_tfds(name: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0) -> TFDSSource:
+def load_tfds(name: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0,
+              eval_preprocess: Preprocess | Mapping[str, Any] | None = None) -> TFDSSource:
     """Build the ``tfds:NAME[/CONFIG]`` source (see the module docstring)."""
-    return TFDSSource(name, data_dir=data_dir, image_size=image_size, seed=seed)
+    return TFDSSource(name, data_dir=data_dir, image_size=image_size, seed=seed, eval_preprocess=eval_preprocess)
 

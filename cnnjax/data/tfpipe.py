@@ -13,6 +13,9 @@ Transforms, on uint8 ``(h, w, C)`` images, ending in float32 ``(S, S, C)`` norma
 * val, ``S > 64`` (torchvision's eval transform): resize the shorter side to ``round(S / 0.875)`` (256 for 224)
   bilinearly with antialiasing, centre crop ``S x S``;
 * val, ``S <= 64``: resize to ``S x S``.
+
+(The val transform here differs from torchvision's PIL resize by up to 1/255 per pixel; the sources' exact,
+per-architecture alternative is ``eval_preprocess``: :mod:`cnnjax.data.preprocess`, :mod:`cnnjax.data.pilpipe`.)
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ from typing import Any
 import numpy as np
 
 from cnnjax.data.base import TAG_TF, make_rng
+from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL = 64  # image sizes up to this use pad-and-crop instead of random-resized-crop
 EVAL_CROP_FRACTION = 0.875
 

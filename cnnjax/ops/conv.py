@@ -20,11 +20,15 @@ from jax import lax
 IntPair = int | tuple[int, int]
 Padding = int | tuple[int, int] | Sequence[tuple[int, int]]
 
-#: Convolution algorithms ``conv2d`` accepts.
-#: ``xla``: ``lax.conv_general_dilated``; ``gemm``: im2col + matrix product (:mod:`cnnjax.ops.gemm`);
-#: ``fast``: a fixed per-shape rule for CPUs — ``gemm`` for 1x1 convolutions and for feature maps of at most
-#: 4x4 (where XLA's CPU convolution is pathologically slow), ``xla`` otherwise and on GPU/TPU.
-CONV_IMPLS = ("xla", "gemm", "fast")
+#: Convolution algorithms ``conv2d`` accepts:
+#: ``xla``: ``lax.conv_general_dilated``; ``gemm``: im2col + one matrix product (:mod:`cnnjax.ops.gemm`);
+#: ``winograd``: Winograd minimal filtering for 3x3 stride-1 convolutions, F(4x4, 3x3) in float32 and
+#: F(2x2, 3x3) in bf16/fp16 (:mod:`cnnjax.ops.winograd`; other configurations use ``gemm``);
+#: ``fft``: products in the Fourier domain, any kernel (:mod:`cnnjax.ops.fft`);
+#: ``fast``: the fixed per-shape CPU rule of :func:`cnnjax.ops.autotune.fixed_choice` (``gemm`` for 1x1
+#: convolutions and maps of at most 4x4, ``xla`` otherwise and on GPU/TPU);
+#: ``auto``: the fastest per configuration, measured once and cached (:mod:`cnnjax.ops.autotune`).
+CONV_IMPLS = ("xla", "gemm", "winograd", "fft", "fast", "auto")
 
 
 def pair(v: IntPair, name: str = "value") -> tuple[int, int]:
@@ -101,20 +105,33 @@ def conv2d(
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {w.shape[2]} x {groups} groups")
     stride, dilation, padding = pair(stride, "stride"), pair(dilation, "dilation"), normalize_padding(padding)
     if impl == "fast":
-        small = (w.shape[0] == w.shape[1] == 1 and groups == 1) or max(x.shape[1:3]) <= 4
-        impl = "gemm" if small and jax.default_backend() == "cpu" else "xla"
-    if impl == "gemm":
-        from cnnjax.ops.gemm import conv2d_gemm
+        from cnnjax.ops.autotune import fixed_choice
 
-        return conv2d_gemm(x, w, stride, padding, dilation, groups, precision, preferred_element_type)
-    return lax.conv_general_dilated(
-        x,
-        w,
-        window_strides=stride,
-        padding=padding,
-        rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+        impl = fixed_choice(x.shape, w.shape, groups)
+    elif impl == "auto":
+        from cnnjax.ops.autotune import choose
+
+        impl = choose(x.shape, w.shape, x.dtype, stride, padding, dilation, groups, precision, preferred_element_type)
+    if impl == "xla":
+        return lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=stride,
+            padding=padding,
+            rhs_dilation=dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=groups,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    if impl == "gemm":
+        from cnnjax.ops.gemm import conv2d_gemm as algorithm
+    elif impl == "winograd":
+        from cnnjax.ops.winograd import conv2d_winograd
+
+        # F(4x4, 3x3) in float32; F(2x2, 3x3) for bf16/fp16, where F(4x4)'s transforms lose too much (~8e-2)
+        tile = 4 if jnp.result_type(x, w) in (jnp.float32, jnp.float64) else 2
+        return conv2d_winograd(x, w, stride, padding, dilation, groups, precision, preferred_element_type, tile=tile)
+    else:
+        from cnnjax.ops.fft import conv2d_fft as algorithm
+    return algorithm(x, w, stride, padding, dilation, groups, precision, preferred_element_type)

@@ -1,0 +1,118 @@
+"""cnnjax vs torchvision: the full training step on the same machine, in the same run, alternating.
+
+    python -m benchmarks.compare_torchvision --archs resnet50 resnet18 mobilenet_v2 --precisions fp32 bf16
+
+For each (architecture, precision) both trainers are built on one synthetic batch (224x224, batch 16 by default,
+1000 classes): cnnjax through ``train.loop.BenchmarkStep`` (exactly what ``train.main --benchmark`` times:
+jitted step, SGD with Nesterov momentum and weight decay, BatchNorm in training mode, ``--conv-impl``), and
+torchvision in eager mode with ``channels_last`` and the same optimizer (bf16: ``torch.autocast`` on CPU/GPU;
+cnnjax: bf16 compute with float32 parameters). After ``--warmup`` steps each, ``--repeats`` rounds alternate one
+cnnjax step and one torchvision step, so both see the same machine load; medians are reported.
+Prints one JSON line per configuration and a markdown table at the end. Needs torch/torchvision
+(``pip install -e '.[torch]'``); no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import torch  # torch before anything that could import TensorFlow (see tests/conftest.py); nothing here does
+import torchvision
+
+from train.loop import BenchmarkStep, TrainConfig
+
+
+class TorchStep:
+    """One torchvision training step (zero_grad, forward, cross-entropy, backward, SGD) on a fixed batch."""
+
+    def __init__(self, arch: str, batch_size: int, image_size: int, precision: str, device: str, compile_: bool):
+        torch.manual_seed(0)
+        self.device = device
+        model = getattr(torchvision.models, arch)(num_classes=1000).to(device)
+        self.model = model.to(memory_format=torch.channels_last).train()
+        lr = 0.1 * batch_size / 256
+        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+        self.opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-5}, {"params": no_decay, "weight_decay": 0}],
+                                   lr=lr, momentum=0.9, nesterov=True)
+        self.x = torch.randn(batch_size, 3, image_size, image_size, device=device).to(
+            memory_format=torch.channels_last)
+        self.y = torch.randint(0, 1000, (batch_size,), device=device)
+        self.bf16 = precision == "bf16"
+        self.forward = torch.compile(self.model) if compile_ else self.model
+
+    def __call__(self) -> float:
+        t = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16):
+            loss = torch.nn.functional.cross_entropy(self.forward(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        else:
+            loss.item()
+        return time.perf_counter() - t
+
+
+def compare(arch: str, precision: str, args: argparse.Namespace) -> dict:
+    cfg = TrainConfig(arch=arch, batch_size=args.batch_size, image_size=args.image_size, precision=precision,
+                      conv_impl=args.conv_impl, zero_init_residual=False)
+    t0 = time.perf_counter()
+    ours = BenchmarkStep(cfg)
+    build_s = time.perf_counter() - t0
+    theirs = TorchStep(arch, args.batch_size, args.image_size, precision, args.torch_device, args.torch_compile)
+    for _ in range(args.warmup):
+        ours()
+        theirs()
+    t_ours, t_theirs = [], []
+    for _ in range(args.repeats):
+        t_ours.append(ours())
+        time.sleep(args.pause)
+        t_theirs.append(theirs())
+        time.sleep(args.pause)
+    a, b = statistics.median(t_ours), statistics.median(t_theirs)
+    return {"arch": arch, "precision": precision, "batch_size": args.batch_size, "image_size": args.image_size,
+            "conv_impl": args.conv_impl, "cnnjax_img_s": args.batch_size / a, "torchvision_img_s": args.batch_size / b,
+            "ratio": b / a, "cnnjax_step_s": t_ours, "torchvision_step_s": t_theirs,
+            "cnnjax_first_step_s": ours.first_step_s, "cnnjax_build_s": build_s, "repeats": args.repeats}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--archs", nargs="+", default=["resnet50", "resnet18", "mobilenet_v2"])
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--conv-impl", default="fast")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--pause", type=float, default=0.1, help="seconds between steps (lets idle threads settle)")
+    p.add_argument("--torch-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--torch-compile", action="store_true", help="torch.compile the torchvision model")
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "jax": jax.__version__, "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+           "torch": torch.__version__, "torchvision": torchvision.__version__}
+    print(json.dumps(env), flush=True)
+    rows = []
+    for arch in args.archs:
+        for precision in args.precisions:
+            rows.append(compare(arch, precision, args))
+            print(json.dumps(rows[-1]), flush=True)
+    print("\n| arch | precision | cnnjax img/s | torchvision img/s | ratio | cnnjax compile + first step s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['arch']} | {r['precision']} | {r['cnnjax_img_s']:.2f} | {r['torchvision_img_s']:.2f} | "
+              f"{r['ratio']:.2f} | {r['cnnjax_first_step_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

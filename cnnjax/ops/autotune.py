@@ -1,0 +1,215 @@
+"""``impl='auto'``: pick the fastest convolution algorithm per layer by measurement, like ``cudnn.benchmark``.
+
+The first time a convolution configuration is traced — the key is (input shape, kernel shape, dtype, stride,
+padding, dilation, groups, precision, backend and device kind) — every applicable algorithm of
+:data:`ALGORITHMS` is compiled and its forward + backward pass (output, input gradient, kernel gradient) is
+timed on random data of those shapes; the fastest wins. Winners are kept in memory and in a JSON file that later
+runs (and other processes) reuse, so a configuration is measured once per machine.
+
+* Cache file: ``$CNNJAX_AUTOTUNE_CACHE`` if set, else ``$CNNJAX_CACHE/autotune.json``, else
+  ``~/.cache/cnnjax/autotune.json``. Written atomically (temporary file + rename), merged with what is there.
+* Modes (``$CNNJAX_AUTOTUNE`` or :func:`configure`): ``benchmark`` (default: measure, use the cache) and
+  ``deterministic`` (no timing, no cache: the fixed per-shape rule of :func:`fixed_choice`, so every machine
+  and run computes the same algorithms and results are reproducible bit for bit).
+* The tuning runs eagerly even when ``conv2d`` is being traced inside ``jax.jit`` (it escapes the trace with
+  ``jax.ensure_compile_time_eval``); its cost is a compile of each candidate, paid once per configuration.
+* :func:`records` lists what was measured (milliseconds per algorithm and the winner), which
+  ``benchmarks/conv_algorithms.py`` prints as a per-layer table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: Algorithms ``auto`` chooses among (each only where :func:`applicable`).
+ALGORITHMS = ("xla", "gemm", "winograd", "fft")
+MODES = ("benchmark", "deterministic")
+
+_lock = threading.Lock()
+_memory: dict[str, dict] = {}
+_settings: dict[str, Any] = {"mode": None, "cache_path": None, "repeats": 3}
+
+
+def configure(mode: str | None = None, cache_path: str | os.PathLike | None = None,
+              repeats: int | None = None) -> dict:
+    """Set the mode (``benchmark``/``deterministic``), the JSON cache path and the timed runs per candidate
+    (the median is used). ``None`` leaves a setting as it is. Returns the previous settings."""
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"unknown autotune mode {mode!r}; valid choices: {', '.join(MODES)}")
+    old = dict(_settings)
+    if mode is not None:
+        _settings["mode"] = mode
+    if cache_path is not None:
+        _settings["cache_path"] = str(cache_path)
+    if repeats is not None:
+        _settings["repeats"] = max(1, int(repeats))
+    return old
+
+
+@contextlib.contextmanager
+def settings(**kwargs) -> Iterator[None]:
+    """``with settings(mode='deterministic'): ...`` — :func:`configure` for a block."""
+    old = configure(**kwargs)
+    try:
+        yield
+    finally:
+        _settings.update(old)
+
+
+def mode() -> str:
+    m = _settings["mode"] or os.environ.get("CNNJAX_AUTOTUNE", "benchmark")
+    if m not in MODES:
+        raise ValueError(f"CNNJAX_AUTOTUNE={m!r}; valid choices: {', '.join(MODES)}")
+    return m
+
+
+def cache_path() -> pathlib.Path:
+    if _settings["cache_path"]:
+        return pathlib.Path(_settings["cache_path"])
+    if os.environ.get("CNNJAX_AUTOTUNE_CACHE"):
+        return pathlib.Path(os.environ["CNNJAX_AUTOTUNE_CACHE"])
+    root = os.environ.get("CNNJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cnnjax")
+    return pathlib.Path(root) / "autotune.json"
+
+
+def clear_memory() -> None:
+    """Forget the in-memory winners (the JSON file is kept)."""
+    with _lock:
+        _memory.clear()
+
+
+def applicable(impl: str, kernel_hw: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+               groups: int) -> bool:
+    """Whether ``impl`` is worth timing for this configuration (``xla`` and ``gemm`` always are)."""
+    if impl in ("xla", "gemm"):
+        return True
+    if impl == "winograd":
+        from cnnjax.ops.winograd import supports_winograd
+
+        return supports_winograd(kernel_hw, stride, dilation, groups)
+    if impl == "fft":  # an FFT pays off only for larger kernels; 1x1 is a plain product
+        return max(kernel_hw) > 1
+    raise ValueError(f"unknown algorithm {impl!r}; valid choices: {', '.join(ALGORITHMS)}")
+
+
+def fixed_choice(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int, backend: str | None = None) -> str:
+    """The deterministic rule (also ``impl='fast'``): on CPU, ``gemm`` for 1x1 convolutions and for feature maps of
+    at most 4x4 (where XLA's CPU convolution is pathologically slow), ``xla`` otherwise and on GPU/TPU."""
+    backend = backend or jax.default_backend()
+    small = (w_shape[0] == w_shape[1] == 1 and groups == 1) or max(x_shape[1:3]) <= 4
+    return "gemm" if small and backend == "cpu" else "xla"
+
+
+def config_key(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred) -> str:
+    dev = jax.devices()[0]
+    return json.dumps({"x": list(x_shape), "w": list(w_shape), "dtype": str(jnp.dtype(dtype)),
+                       "stride": list(stride), "padding": [list(p) for p in padding], "dilation": list(dilation),
+                       "groups": groups, "precision": str(precision),
+                       "preferred": None if preferred is None else str(jnp.dtype(preferred)),
+                       "backend": jax.default_backend(), "device": dev.device_kind}, sort_keys=True)
+
+
+def _load_file() -> dict[str, dict]:
+    path = cache_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return {}  # an unreadable cache is only a cache: measure again and rewrite it
+    return data.get("entries", {}) if isinstance(data, dict) else {}
+
+
+def _save_entry(key: str, record: dict) -> None:
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = _load_file()
+    entries[key] = record
+    fd, tmp = tempfile.mkstemp(prefix=".autotune-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"version": 1, "entries": entries}, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _time_candidate(impl: str, x, w, cot, kwargs: dict, repeats: int) -> tuple[float, float]:
+    """(compile seconds, median seconds of one forward + backward)."""
+    from cnnjax.ops.conv import conv2d
+
+    def fwd_bwd(x, w, cot):
+        y, vjp = jax.vjp(lambda x, w: conv2d(x, w, impl=impl, **kwargs), x, w)
+        return (y, *vjp(cot))
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(fwd_bwd).lower(x, w, cot).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(x, w, cot))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(x, w, cot))
+        times.append(time.perf_counter() - t)
+    return compile_s, float(np.median(times))
+
+
+def measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None,
+            candidates: tuple[str, ...] = ALGORITHMS) -> dict:
+    """Time every applicable candidate; ``{'impl': winner, 'ms': {impl: ms}, 'compile_s': {...}}``."""
+    from cnnjax.ops.conv import conv2d
+
+    kwargs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "precision": precision,
+              "preferred_element_type": preferred}
+    with jax.ensure_compile_time_eval():
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal(x_shape, dtype=np.float32), dtype)
+        w = jnp.asarray(rng.standard_normal(w_shape, dtype=np.float32) * 0.1, dtype)
+        out = jax.eval_shape(lambda x, w: conv2d(x, w, impl="xla", **kwargs), x, w)
+        cot = jnp.asarray(rng.standard_normal(out.shape, dtype=np.float32), out.dtype)
+        ms, compile_s = {}, {}
+        for impl in candidates:
+            if not applicable(impl, tuple(w_shape[:2]), stride, dilation, groups):
+                continue
+            try:
+                c, t = _time_candidate(impl, x, w, cot, kwargs, _settings["repeats"])
+            except Exception as err:  # noqa: BLE001  (a candidate that fails to compile just does not compete)
+                ms[impl] = None
+                compile_s[impl] = repr(err)[:200]
+                continue
+            ms[impl], compile_s[impl] = t * 1e3, c
+    timed = {k: v for k, v in ms.items() if v is not None}
+    return {"impl": min(timed, key=timed.get), "ms": ms, "compile_s": compile_s, "jax": jax.__version__}
+
+
+def choose(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None) -> str:
+    """The algorithm for this configuration: cached, measured now, or (deterministic mode) the fixed rule."""
+    if mode() == "deterministic":
+        return fixed_choice(x_shape, w_shape, groups)
+    key = config_key(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)
+    with _lock:
+        if key in _memory:
+            return _memory[key]["impl"]
+        from_file = _load_file().get(key)
+        if from_file is not None and from_file.get("impl") in ALGORITHMS:
+            _memory[key] = from_file
+            return from_file["impl"]
+        record = measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)
+        _memory[key] = record
+        _save_entry(key, record)
+    return record["impl"]
+
+
+def records() -> list[dict]:
+    """What this process has chosen: the configuration, per-algorithm milliseconds and the winner."""
+    with _lock:
+        return [{**json.loads(k), **v} for k, v in _memory.items()]

@@ -1,0 +1,123 @@
+"""``impl='auto'``: measured choice per configuration, JSON cache reuse, deterministic mode, models train with
+every algorithm."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+from cnnjax import models
+from cnnjax.ops import CONV_IMPLS, autotune, conv2d
+from train.step import TrainState, make_train_step
+
+
+@pytest.fixture()
+def cache(tmp_path):
+    autotune.clear_memory()
+    with autotune.settings(cache_path=tmp_path / "autotune.json", mode="benchmark", repeats=1):
+        yield tmp_path / "autotune.json"
+    autotune.clear_memory()
+
+
+def _data(shape=(2, 6, 6, 3), kernel=(3, 3, 3, 4)):
+    rng = np.random.default_rng(0)
+    return (jnp.asarray(rng.normal(size=shape), jnp.float32), jnp.asarray(rng.normal(size=kernel), jnp.float32))
+
+
+def _ref(x, w, padding=1):
+    return lax.conv_general_dilated(x, w, (1, 1), ((padding, padding),) * 2,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+
+
+def test_auto_measures_once_caches_in_json_and_is_correct_under_jit(cache, monkeypatch):
+    x, w = _data()
+    f = jax.jit(lambda x, w: conv2d(x, w, padding=1, impl="auto"))
+    np.testing.assert_allclose(np.asarray(f(x, w)), np.asarray(_ref(x, w)), rtol=1e-4, atol=1e-4)
+    g = jax.grad(lambda x, w: jnp.sum(conv2d(x, w, padding=1, impl="auto") ** 2), (0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: jnp.sum(_ref(x, w) ** 2), (0, 1))(x, w)
+    for a, b in zip(g, g_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-3)
+    entries = json.loads(cache.read_text())["entries"]
+    assert len(entries) == 1
+    (key, record), = entries.items()
+    assert json.loads(key)["x"] == [2, 6, 6, 3] and json.loads(key)["backend"] == jax.default_backend()
+    assert set(record["ms"]) == {"xla", "gemm", "winograd", "fft"}  # 3x3 stride 1: every algorithm applies
+    assert record["impl"] == min(record["ms"], key=lambda k: record["ms"][k])
+    [row] = autotune.records()
+    assert row["impl"] == record["impl"] and row["w"] == [3, 3, 3, 4]
+
+    # a later run (fresh memory) reuses the file without timing anything
+    autotune.clear_memory()
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured again despite the cache"))
+    assert autotune.choose(x.shape, w.shape, x.dtype, (1, 1), ((1, 1), (1, 1)), (1, 1), 1) == record["impl"]
+
+
+def test_a_cached_choice_is_obeyed(cache):
+    """Plant 'fft' as the winner: the traced computation then contains FFTs (and still equals lax.conv)."""
+    x, w = _data()
+    key = autotune.config_key(x.shape, w.shape, x.dtype, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, None, None)
+    cache.write_text(json.dumps({"version": 1, "entries": {key: {"impl": "fft", "ms": {}}}}))
+    jaxpr = str(jax.make_jaxpr(lambda x, w: conv2d(x, w, padding=1, impl="auto"))(x, w))
+    assert "fft" in jaxpr and "conv_general_dilated" not in jaxpr
+    np.testing.assert_allclose(np.asarray(conv2d(x, w, padding=1, impl="auto")), np.asarray(_ref(x, w)),
+                               rtol=1e-4, atol=1e-4)
+    # negative case: with 'xla' planted instead, the same check sees a lax convolution and no FFT
+    autotune.clear_memory()
+    cache.write_text(json.dumps({"version": 1, "entries": {key: {"impl": "xla", "ms": {}}}}))
+    jaxpr = str(jax.make_jaxpr(lambda x, w: conv2d(x, w, padding=1, impl="auto"))(x, w))
+    assert "fft" not in jaxpr and "conv_general_dilated" in jaxpr
+
+
+def test_corrupt_cache_file_is_measured_again_and_rewritten(cache):
+    cache.write_text("{not json")
+    x, w = _data((1, 5, 5, 2), (1, 1, 2, 2))
+    impl = autotune.choose(x.shape, w.shape, x.dtype, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    record = next(iter(json.loads(cache.read_text())["entries"].values()))
+    assert impl == record["impl"] and set(record["ms"]) == {"xla", "gemm"}  # 1x1: no winograd, no fft
+
+
+def test_deterministic_mode_uses_the_fixed_rule_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNJAX_AUTOTUNE", "deterministic")
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("deterministic mode must not time"))
+    with autotune.settings(cache_path=tmp_path / "a.json"):
+        x, w = _data()
+        np.testing.assert_allclose(np.asarray(conv2d(x, w, padding=1, impl="auto")), np.asarray(_ref(x, w)),
+                                   rtol=1e-4, atol=1e-4)
+        assert autotune.choose(x.shape, w.shape, x.dtype, (1, 1), ((1, 1),) * 2, (1, 1), 1) == \
+            autotune.fixed_choice(x.shape, w.shape, 1)
+    assert not (tmp_path / "a.json").exists()
+    with pytest.raises(ValueError, match="valid choices: benchmark, deterministic"):
+        autotune.configure(mode="fastest")
+
+
+@pytest.mark.slow
+def test_a_model_trains_with_every_algorithm(cache):
+    """One SGD step of a CIFAR ResNet of depth 8 (one block per stage; 3x3 convs, where Winograd applies, strided
+    ones, where it falls back) gives the same parameters with every ``conv_impl`` as with ``lax.conv``."""
+    rng = np.random.default_rng(1)
+    batch = {"image": jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 10, 4), jnp.int32), "mask": jnp.ones(4, bool)}
+    tx = optax.sgd(0.5)
+    results = {}
+    # the parameters do not depend on the algorithm: initialise once (jitted; eager init compiles op by op)
+    variables = jax.jit(models.create("resnet20", num_classes=10, depth=8).init)(jax.random.key(0), batch["image"])
+    # 'auto' runs one of the others per layer (which one is a timing outcome); measuring all of them per layer
+    # here would double this test's time, and auto under jit is tested above
+    for impl in [i for i in CONV_IMPLS if i != "auto"]:
+        model = models.create("resnet20", num_classes=10, depth=8, conv_impl=impl)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                           batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+                           rng=jax.random.key_data(jax.random.key(1)))
+        state, metrics = jax.jit(make_train_step(model, tx))(state, batch)
+        results[impl] = (state.params, float(metrics["loss"]))
+    ref_params, ref_loss = results["xla"]
+    for impl, (params, loss) in results.items():
+        assert loss == pytest.approx(ref_loss, rel=1e-4), impl
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-4, err_msg=impl)
