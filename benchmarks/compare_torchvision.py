@@ -4,10 +4,11 @@
 
 For each (architecture, precision) both trainers are built on one synthetic batch (224x224, batch 16 by default,
 1000 classes): cnnjax through ``train.loop.BenchmarkStep`` (exactly what ``train.main --benchmark`` times:
-jitted step, SGD with Nesterov momentum and weight decay, BatchNorm in training mode, ``--conv-impl``), and
+jitted step, SGD with Nesterov momentum and weight decay, BatchNorm in training mode, one trainer per
+``--conv-impl`` given), and
 torchvision in eager mode with ``channels_last`` and the same optimizer (bf16: ``torch.autocast`` on CPU/GPU;
-cnnjax: bf16 compute with float32 parameters). After ``--warmup`` steps each, ``--repeats`` rounds alternate one
-cnnjax step and one torchvision step, so both see the same machine load; medians are reported.
+cnnjax: bf16 compute with float32 parameters). After ``--warmup`` steps each, ``--repeats`` rounds run one step of
+every trainer in turn, so all see the same machine load; medians are reported.
 Prints one JSON line per configuration and a markdown table at the end. Needs torch/torchvision
 (``pip install -e '.[torch]'``); no TensorFlow.
 """
@@ -61,27 +62,32 @@ class TorchStep:
         return time.perf_counter() - t
 
 
-def compare(arch: str, precision: str, args: argparse.Namespace) -> dict:
-    cfg = TrainConfig(arch=arch, batch_size=args.batch_size, image_size=args.image_size, precision=precision,
-                      conv_impl=args.conv_impl, zero_init_residual=False)
-    t0 = time.perf_counter()
-    ours = BenchmarkStep(cfg)
-    build_s = time.perf_counter() - t0
+def compare(arch: str, precision: str, args: argparse.Namespace) -> list[dict]:
+    """One row per ``--conv-impl``; all of them and torchvision alternate step by step in one loop."""
+    ours, build_s = {}, {}
+    for impl in args.conv_impl:
+        cfg = TrainConfig(arch=arch, batch_size=args.batch_size, image_size=args.image_size, precision=precision,
+                          conv_impl=impl, zero_init_residual=False)
+        t0 = time.perf_counter()
+        ours[impl] = BenchmarkStep(cfg)
+        build_s[impl] = time.perf_counter() - t0
     theirs = TorchStep(arch, args.batch_size, args.image_size, precision, args.torch_device, args.torch_compile)
+    steppers = {**ours, "torchvision": theirs}
     for _ in range(args.warmup):
-        ours()
-        theirs()
-    t_ours, t_theirs = [], []
+        for step in steppers.values():
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steppers}
     for _ in range(args.repeats):
-        t_ours.append(ours())
-        time.sleep(args.pause)
-        t_theirs.append(theirs())
-        time.sleep(args.pause)
-    a, b = statistics.median(t_ours), statistics.median(t_theirs)
-    return {"arch": arch, "precision": precision, "batch_size": args.batch_size, "image_size": args.image_size,
-            "conv_impl": args.conv_impl, "cnnjax_img_s": args.batch_size / a, "torchvision_img_s": args.batch_size / b,
-            "ratio": b / a, "cnnjax_step_s": t_ours, "torchvision_step_s": t_theirs,
-            "cnnjax_first_step_s": ours.first_step_s, "cnnjax_build_s": build_s, "repeats": args.repeats}
+        for name, step in steppers.items():
+            times[name].append(step())
+            time.sleep(args.pause)
+    tv = statistics.median(times["torchvision"])
+    return [{"arch": arch, "precision": precision, "batch_size": args.batch_size, "image_size": args.image_size,
+             "conv_impl": impl, "cnnjax_img_s": args.batch_size / statistics.median(times[impl]),
+             "torchvision_img_s": args.batch_size / tv, "ratio": tv / statistics.median(times[impl]),
+             "cnnjax_step_s": times[impl], "torchvision_step_s": times["torchvision"],
+             "cnnjax_first_step_s": ours[impl].first_step_s, "cnnjax_build_s": build_s[impl],
+             "repeats": args.repeats} for impl in ours]
 
 
 def main() -> None:
@@ -90,7 +96,7 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--conv-impl", default="fast")
+    p.add_argument("--conv-impl", nargs="+", default=["fast"], help="one or more cnnjax algorithms to time")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--pause", type=float, default=0.1, help="seconds between steps (lets idle threads settle)")
@@ -105,13 +111,14 @@ def main() -> None:
     rows = []
     for arch in args.archs:
         for precision in args.precisions:
-            rows.append(compare(arch, precision, args))
-            print(json.dumps(rows[-1]), flush=True)
-    print("\n| arch | precision | cnnjax img/s | torchvision img/s | ratio | cnnjax compile + first step s |")
-    print("|---|---|---|---|---|---|")
+            for row in compare(arch, precision, args):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print("\n| arch | precision | conv impl | cnnjax img/s | torchvision img/s | ratio | compile + first step s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} | {r['precision']} | {r['cnnjax_img_s']:.2f} | {r['torchvision_img_s']:.2f} | "
-              f"{r['ratio']:.2f} | {r['cnnjax_first_step_s']:.1f} |")
+        print(f"| {r['arch']} | {r['precision']} | {r['conv_impl']} | {r['cnnjax_img_s']:.2f} | "
+              f"{r['torchvision_img_s']:.2f} | {r['ratio']:.2f} | {r['cnnjax_first_step_s']:.1f} |")
 
 
 if __name__ == "__main__":

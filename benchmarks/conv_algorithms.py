@@ -4,9 +4,11 @@
 
 Finds every convolution the model runs (layer names, input and kernel shapes, stride, padding, groups) by an
 abstract trace, times each applicable algorithm of :data:`cnnjax.ops.autotune.ALGORITHMS` on each distinct
-configuration exactly as ``impl='auto'`` does (:func:`cnnjax.ops.autotune.measure`: compile, then the median of
-``--repeats`` forward + backward runs), and prints a markdown table: layers, shapes, milliseconds per algorithm,
-the winner, and totals over the whole network per algorithm (layer time x number of layers with that shape).
+configuration exactly as ``impl='auto'`` does (:func:`cnnjax.ops.autotune.tune`: compile, then the median of
+``--repeats`` forward + backward runs; results already in the autotune cache are reused, new ones are saved
+there, so a later ``--conv-impl auto`` run starts tuned), and prints a markdown table: layers, shapes,
+milliseconds per algorithm, the winner, and totals over the whole network per algorithm (layer time x number of
+layers with that shape).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def main() -> None:
     layers = conv_layers(model, args.image_size, args.batch_size, DTYPES[args.precision])
     rows = []
     for (xs, ws, dt, stride, padding, dilation, groups), paths in layers.items():
-        rec = autotune.measure(xs, ws, jnp.dtype(dt), stride, padding, dilation, groups)
+        rec = autotune.tune(xs, ws, jnp.dtype(dt), stride, padding, dilation, groups)  # measured or cached
         rows.append({"layers": paths, "x": xs, "w": ws, "stride": stride, "groups": groups, **rec})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "layers"} | {"first": paths[0]}), flush=True)
     algos = autotune.ALGORITHMS

@@ -167,7 +167,9 @@ def init_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicated,
     replicated on the mesh. The optimizer state covers only the trainable parameters."""
     key = jax.random.key(cfg.seed)
     x = jnp.zeros((1, info.image_size, info.image_size, info.channels), jnp.float32)
-    variables = jax.jit(lambda: model.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, x, False),
+    # the parameters do not depend on the conv algorithm: don't autotune the batch-1 init forward
+    init_model = model.clone(conv_impl="fast") if getattr(model, "conv_impl", None) == "auto" else model
+    variables = jax.jit(lambda: init_model.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, x, False),
                         out_shardings=replicated)()
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     if init is not None:

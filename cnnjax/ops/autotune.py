@@ -99,16 +99,18 @@ def applicable(impl: str, kernel_hw: tuple[int, int], stride: tuple[int, int], d
         from cnnjax.ops.winograd import supports_winograd
 
         return supports_winograd(kernel_hw, stride, dilation, groups)
-    if impl == "fft":  # an FFT pays off only for larger kernels; 1x1 is a plain product
-        return max(kernel_hw) > 1
+    if impl == "fft":  # 1x1 is a plain product; strided FFT convs compute every output and subsample: never faster
+        return max(kernel_hw) > 1 and tuple(stride) == (1, 1)
     raise ValueError(f"unknown algorithm {impl!r}; valid choices: {', '.join(ALGORITHMS)}")
 
 
 def fixed_choice(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int, backend: str | None = None) -> str:
-    """The deterministic rule (also ``impl='fast'``): on CPU, ``gemm`` for 1x1 convolutions and for feature maps of
-    at most 4x4 (where XLA's CPU convolution is pathologically slow), ``xla`` otherwise and on GPU/TPU."""
+    """The deterministic rule (also ``impl='fast'``): on CPU, ``gemm`` for 1x1 convolutions, for depthwise ones
+    (a shifted multiply-add) and for feature maps of at most 4x4 (where XLA's CPU convolution is pathologically
+    slow), ``xla`` otherwise and on GPU/TPU."""
     backend = backend or jax.default_backend()
-    small = (w_shape[0] == w_shape[1] == 1 and groups == 1) or max(x_shape[1:3]) <= 4
+    depthwise = groups > 1 and w_shape[2] == 1 and w_shape[3] == groups
+    small = (w_shape[0] == w_shape[1] == 1 and groups == 1) or depthwise or max(x_shape[1:3]) <= 4
     return "gemm" if small and backend == "cpu" else "xla"
 
 
@@ -191,22 +193,27 @@ def measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precisio
     return {"impl": min(timed, key=timed.get), "ms": ms, "compile_s": compile_s, "jax": jax.__version__}
 
 
+def tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None) -> dict:
+    """The record of this configuration — from memory, from the JSON file, or measured now (and saved)."""
+    key = config_key(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)
+    with _lock:
+        if key in _memory:
+            return _memory[key]
+        from_file = _load_file().get(key)
+        if from_file is not None and from_file.get("impl") in ALGORITHMS:
+            _memory[key] = from_file
+            return from_file
+        record = measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)
+        _memory[key] = record
+        _save_entry(key, record)
+    return record
+
+
 def choose(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None) -> str:
     """The algorithm for this configuration: cached, measured now, or (deterministic mode) the fixed rule."""
     if mode() == "deterministic":
         return fixed_choice(x_shape, w_shape, groups)
-    key = config_key(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)
-    with _lock:
-        if key in _memory:
-            return _memory[key]["impl"]
-        from_file = _load_file().get(key)
-        if from_file is not None and from_file.get("impl") in ALGORITHMS:
-            _memory[key] = from_file
-            return from_file["impl"]
-        record = measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)
-        _memory[key] = record
-        _save_entry(key, record)
-    return record["impl"]
+    return tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)["impl"]
 
 
 def records() -> list[dict]:

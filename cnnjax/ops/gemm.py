@@ -2,7 +2,9 @@
 
 A k x k convolution gathers the k*k shifted (strided, dilated) views of the padded input, concatenates them on
 the channel axis — the im2col matrix of shape (N*H'*W', k*k*C) — and multiplies by the kernel reshaped to
-(k*k*C, O). A 1x1 convolution is a plain product. Grouped convolutions use one batched product over groups.
+(k*k*C, O). A 1x1 convolution is a plain product. Grouped convolutions use one batched product over groups;
+depthwise ones (one input and one output channel per group), whose per-channel "product" is only kh*kw long,
+are a multiply-add of the kh*kw shifted views instead (:func:`depthwise_shift_add`).
 NHWC input, HWIO kernel, PyTorch padding semantics (see :mod:`cnnjax.ops.conv`).
 """
 
@@ -29,6 +31,29 @@ def im2col(x: jax.Array, kh: int, kw: int, stride: tuple[int, int], padding, dil
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
+def depthwise_shift_add(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding, dilation: tuple[int, int],
+                        preferred_element_type=None) -> jax.Array:
+    """Depthwise convolution (``w``: (kh, kw, 1, C)) as ``sum_ij shift_ij(x) * w[i, j]``; NHWC in and out."""
+    kh, kw = w.shape[:2]
+    dtype = preferred_element_type or jnp.result_type(x, w)
+    x = x.astype(dtype)
+    w = w.astype(dtype)
+    (pt, pb), (pl, pr) = padding
+    sh, sw = stride
+    dh, dw = dilation
+    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    ow = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = lax.slice(x, (0, i * dh, j * dw, 0), (x.shape[0], i * dh + sh * (oh - 1) + 1,
+                                                        j * dw + sw * (ow - 1) + 1, x.shape[3]), (1, sh, sw, 1))
+            term = tap * w[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
 def conv2d_gemm(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding, dilation: tuple[int, int],
                 groups: int = 1, precision=None, preferred_element_type=None) -> jax.Array:
     """The convolution as im2col + one matrix product (per group)."""
@@ -39,6 +64,10 @@ def conv2d_gemm(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding, di
                        preferred_element_type=preferred_element_type)
     n, oh, ow, _ = patches.shape
     og = cout // groups
+    if cin_g == 1 and og == 1:
+        # depthwise: the "product" is per channel, kh*kw taps long -- a multiply-add of shifted views (one fused
+        # elementwise loop), far faster than a batched product of (.., kh*kw) x (kh*kw, 1) matrices
+        return depthwise_shift_add(x, w, stride, padding, dilation, preferred_element_type)
     # patches: (..., kh*kw, groups, cin_g); kernel: (groups, kh*kw*cin_g, og)
     p = patches.reshape(n, oh, ow, kh * kw, groups, cin_g)
     p = jnp.moveaxis(p, 4, 3).reshape(n, oh, ow, groups, kh * kw * cin_g)
