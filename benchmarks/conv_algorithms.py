@@ -87,8 +87,8 @@ def main() -> None:
             totals[a] += n * (ms[a] if ms.get(a) is not None else ms["gemm"])  # not applicable: gemm fallback
         totals["best"] += n * ms[r["impl"]]
         totals["fast"] += n * ms[autotune.fixed_choice(r["x"], r["w"], r["groups"])]
-    print("\nwhole network, sum over conv layers (ms, forward + backward): " +
-          ", ".join(f"{k} {v:.0f}" for k, v in totals.items()))
+    print("\nwhole network, sum over conv layers (ms, forward + backward; where an algorithm does not apply, "
+          "gemm's time is counted): " + ", ".join(f"{k} {v:.0f}" for k, v in totals.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "totals_ms": totals, "arch": args.arch, "image_size": args.image_size,

@@ -157,7 +157,9 @@ def head_module(model: nn.Module, example: jax.Array | jax.ShapeDtypeStruct) -> 
         return next_fun(*args, **kwargs)
 
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    with nn.intercept_methods(grab):
+    from cnnjax.ops.autotune import shape_only
+
+    with nn.intercept_methods(grab), shape_only():
         jax.eval_shape(lambda x: model.init(rngs, x, False), example)
     if not found:
         raise ValueError(f"{type(model).__name__} has no top-level 'head' module to probe")

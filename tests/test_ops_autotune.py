@@ -121,3 +121,29 @@ def test_a_model_trains_with_every_algorithm(cache):
         assert loss == pytest.approx(ref_loss, rel=1e-4), impl
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-4, err_msg=impl)
+
+
+def test_shape_only_traces_and_init_never_tune(cache, monkeypatch):
+    """Input-size checks and batch-1 initialisation of an ``auto`` model measure nothing (they are not the shapes
+    that will run); the same conv outside ``shape_only`` does measure."""
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured in a shape-only trace"))
+    model = models.create("resnet20", num_classes=10, depth=8, conv_impl="auto")
+    models.check_input_size(model, 8)
+    with autotune.shape_only():
+        jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
+    assert not cache.exists()
+    x, w = _data()
+    with pytest.raises(pytest.fail.Exception, match="measured"):
+        conv2d(x, w, padding=1, impl="auto")
+
+
+def test_unwritable_cache_only_warns(tmp_path):
+    autotune.clear_memory()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with autotune.settings(cache_path=blocker / "autotune.json", mode="benchmark", repeats=1), \
+            pytest.warns(RuntimeWarning, match="cannot write the cache"):
+        x, w = _data((1, 4, 4, 2), (1, 1, 2, 2))
+        assert autotune.choose(x.shape, w.shape, x.dtype, (1, 1), ((0, 0), (0, 0)), (1, 1), 1) in ("xla", "gemm")
+    autotune.clear_memory()
+    assert list(tmp_path.iterdir()) == [blocker]  # no temporary file left behind

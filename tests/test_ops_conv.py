@@ -68,3 +68,37 @@ def test_negative_check_detects_a_wrong_kernel_layout():
     w = jnp.asarray(rng.normal(size=(3, 3, 2, 2)), jnp.float32)
     flipped = conv2d(x, w[::-1, ::-1], padding=1, impl="gemm")
     assert not np.allclose(np.asarray(flipped), np.asarray(_reference(x, w, 1, 1, 1, 1)), atol=1e-3)
+
+
+@pytest.mark.parametrize("impl", ["gemm", "fast"])
+def test_depthwise_shift_add_equals_lax_conv(impl):
+    """The depthwise path (a multiply-add of shifted views): stride 2, dilation 2, asymmetric padding, values and
+    both gradients in fp32; bf16 accumulates in float32 (error at bf16 rounding of the output, not of each tap)."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 11, 9, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 1, 6)), jnp.float32)
+    pad = ((1, 2), (0, 1))
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (2, 2), pad, rhs_dilation=(2, 2), feature_group_count=6,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+
+    def ours(x, w):
+        return conv2d(x, w, stride=2, padding=pad, dilation=2, groups=6, impl=impl)
+
+    np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(ref(x, w)), rtol=1e-5, atol=1e-5)
+    cot = jnp.asarray(rng.normal(size=ref(x, w).shape), jnp.float32)
+    for a, b in zip(jax.grad(lambda x, w: jnp.vdot(ours(x, w), cot), (0, 1))(x, w),
+                    jax.grad(lambda x, w: jnp.vdot(ref(x, w), cot), (0, 1))(x, w)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    exact = ref(xb.astype(jnp.float32), wb.astype(jnp.float32))
+    low = ours(xb, wb)
+    assert low.dtype == jnp.bfloat16
+    err = float(jnp.max(jnp.abs(low.astype(jnp.float32) - exact)) / jnp.max(jnp.abs(exact)))
+    assert err < 2 ** -8  # one bf16 rounding of the result
+    wide = ours(xb, wb) if impl == "fast" else conv2d(xb, wb, stride=2, padding=pad, dilation=2, groups=6,
+                                                       impl=impl, preferred_element_type=jnp.float32)
+    if impl == "gemm":
+        assert wide.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(wide), np.asarray(exact), rtol=1e-5, atol=1e-5)

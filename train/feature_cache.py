@@ -8,7 +8,9 @@ shuffling (same seed and example count), same checkpoints (the full model's para
 
 It is the same computation as an uncached linear probe when the training data is not augmented and nothing
 random sits between the backbone and the head; training-time augmentation and dropout before the head (VGG,
-AlexNet, MobileNet, EfficientNet) are not applied to cached features.
+AlexNet, MobileNet, EfficientNet) are not applied to cached features, and GoogLeNet's auxiliary losses (which
+only reach frozen parameters) are not computed. Shuffling is the same as uncached for in-memory and folder
+datasets; ``tfds:`` shuffles its files and a buffer instead, so the example order differs there.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def cache_features(model, state, source: DataSource, batch_size: int, seed: int,
             feats.append(f[m])
             labels.append(y[m])
         arrays[split] = (np.concatenate(feats)[:, None, None, :], np.concatenate(labels).astype(np.int32))
+    for split, n in (("train", info.num_train), ("val", info.num_val)):
+        if len(arrays[split][1]) != n:  # e.g. image files that failed to decode (mask False)
+            raise ValueError(f"feature cache: {n - len(arrays[split][1])} of {n} {split} images could not be read; "
+                             "the cached run would not match the uncached one (run without --feature-cache)")
     dim = arrays["train"][0].shape[-1]
     feature_info = DatasetInfo(name=f"{info.name} (cached head inputs)", num_classes=info.num_classes,
                                image_size=1, channels=dim, num_train=len(arrays["train"][1]),

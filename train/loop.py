@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cnnjax import checkpoint, models, transfer
 from cnnjax import data as cdata
 from cnnjax.checkpoint import CheckpointStore, abstract_like
+from cnnjax.ops.autotune import shape_only
 from train import optim, parallel
 from train.step import TrainState, make_eval_step, make_train_step
 
@@ -168,9 +169,9 @@ def init_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicated,
     key = jax.random.key(cfg.seed)
     x = jnp.zeros((1, info.image_size, info.image_size, info.channels), jnp.float32)
     # the parameters do not depend on the conv algorithm: don't autotune the batch-1 init forward
-    init_model = model.clone(conv_impl="fast") if getattr(model, "conv_impl", None) == "auto" else model
-    variables = jax.jit(lambda: init_model.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, x, False),
-                        out_shardings=replicated)()
+    with shape_only():
+        variables = jax.jit(lambda: model.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, x, False),
+                            out_shardings=replicated)()
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     if init is not None:
         variables, notes = apply_init(init, cfg.arch, jax.device_get(variables))

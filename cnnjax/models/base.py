@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from cnnjax import nn as cnn
 from cnnjax.nn import InputTooSmallError
+from cnnjax.ops.autotune import shape_only
 
 _SEARCHING = contextvars.ContextVar("cnnjax_min_size_search", default=False)
 
@@ -88,7 +89,8 @@ def _fits(model: nn.Module, size: int, channels: int) -> bool:
     x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     try:
-        jax.eval_shape(lambda x: model.init(rngs, x, False), x)
+        with shape_only():
+            jax.eval_shape(lambda x: model.init(rngs, x, False), x)
     except InputTooSmallError:
         return False
     return True
@@ -118,4 +120,5 @@ def check_input_size(model: nn.Module, image_size: int | tuple[int, int]) -> Non
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     x = jax.ShapeDtypeStruct((1, h, w, getattr(model, "in_channels", 3)), jnp.float32)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    jax.eval_shape(lambda x: model.init(rngs, x, False), x)
+    with shape_only():
+        jax.eval_shape(lambda x: model.init(rngs, x, False), x)

@@ -13,6 +13,10 @@ runs (and other processes) reuse, so a configuration is measured once per machin
   and run computes the same algorithms and results are reproducible bit for bit).
 * The tuning runs eagerly even when ``conv2d`` is being traced inside ``jax.jit`` (it escapes the trace with
   ``jax.ensure_compile_time_eval``); its cost is a compile of each candidate, paid once per configuration.
+  Shapes are the traced ones: under a data-sharded ``jit`` that is the global batch, timed on one device.
+* Not tuned: traces inside :func:`shape_only` (input-size checks, batch-1 initialisation) and runs with several
+  processes (each could choose differently); both use :func:`fixed_choice`. The cache key includes
+  :data:`ALGORITHMS_VERSION` and the JAX version, so measurements of older code are not reused.
 * :func:`records` lists what was measured (milliseconds per algorithm and the winner), which
   ``benchmarks/conv_algorithms.py`` prints as a per-layer table.
 """
@@ -20,12 +24,14 @@ runs (and other processes) reuse, so a configuration is measured once per machin
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import pathlib
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +42,11 @@ import numpy as np
 #: Algorithms ``auto`` chooses among (each only where :func:`applicable`).
 ALGORITHMS = ("xla", "gemm", "winograd", "fft")
 MODES = ("benchmark", "deterministic")
+#: Part of every cache key: bump when an algorithm's implementation or the candidate set changes, so that old
+#: measurements are not reused.
+ALGORITHMS_VERSION = 2
+
+_shape_only = contextvars.ContextVar("cnnjax_autotune_shape_only", default=False)
 
 _lock = threading.Lock()
 _memory: dict[str, dict] = {}
@@ -66,6 +77,17 @@ def settings(**kwargs) -> Iterator[None]:
         yield
     finally:
         _settings.update(old)
+
+
+@contextlib.contextmanager
+def shape_only() -> Iterator[None]:
+    """Within this block ``auto`` uses the fixed rule and measures nothing: for abstract traces (input-size checks,
+    parameter initialisation) whose shapes (e.g. batch 1) are not the ones that will run."""
+    token = _shape_only.set(True)
+    try:
+        yield
+    finally:
+        _shape_only.reset(token)
 
 
 def mode() -> str:
@@ -116,7 +138,8 @@ def fixed_choice(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int
 
 def config_key(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred) -> str:
     dev = jax.devices()[0]
-    return json.dumps({"x": list(x_shape), "w": list(w_shape), "dtype": str(jnp.dtype(dtype)),
+    return json.dumps({"version": ALGORITHMS_VERSION, "jax": jax.__version__,
+                       "x": list(x_shape), "w": list(w_shape), "dtype": str(jnp.dtype(dtype)),
                        "stride": list(stride), "padding": [list(p) for p in padding], "dilation": list(dilation),
                        "groups": groups, "precision": str(precision),
                        "preferred": None if preferred is None else str(jnp.dtype(preferred)),
@@ -135,14 +158,25 @@ def _load_file() -> dict[str, dict]:
 
 
 def _save_entry(key: str, record: dict) -> None:
+    """Merge ``record`` into the JSON file atomically; a cache that cannot be written only costs a warning."""
     path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entries = _load_file()
-    entries[key] = record
-    fd, tmp = tempfile.mkstemp(prefix=".autotune-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"version": 1, "entries": entries}, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries = _load_file()
+        entries[key] = record
+        fd, tmp = tempfile.mkstemp(prefix=".autotune-", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"version": 1, "entries": entries}, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        warnings.warn(f"autotune: cannot write the cache {path} ({err}); choices are kept in memory only",
+                      RuntimeWarning, stacklevel=2)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _time_candidate(impl: str, x, w, cot, kwargs: dict, repeats: int) -> tuple[float, float]:
@@ -211,9 +245,23 @@ def tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=N
 
 def choose(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None) -> str:
     """The algorithm for this configuration: cached, measured now, or (deterministic mode) the fixed rule."""
-    if mode() == "deterministic":
+    if mode() == "deterministic" or _shape_only.get():
+        return fixed_choice(x_shape, w_shape, groups)
+    if jax.process_count() > 1:  # processes timing on their own could pick different programs: stay consistent
+        if not _warned_multiprocess:
+            _warn_multiprocess()
         return fixed_choice(x_shape, w_shape, groups)
     return tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)["impl"]
+
+
+_warned_multiprocess = False
+
+
+def _warn_multiprocess() -> None:
+    global _warned_multiprocess
+    _warned_multiprocess = True
+    warnings.warn("conv impl 'auto' with several processes uses the deterministic rule (each process timing on its "
+                  "own could choose different algorithms)", RuntimeWarning, stacklevel=3)
 
 
 def records() -> list[dict]:

@@ -35,9 +35,13 @@ def depthwise_shift_add(x: jax.Array, w: jax.Array, stride: tuple[int, int], pad
                         preferred_element_type=None) -> jax.Array:
     """Depthwise convolution (``w``: (kh, kw, 1, C)) as ``sum_ij shift_ij(x) * w[i, j]``; NHWC in and out."""
     kh, kw = w.shape[:2]
-    dtype = preferred_element_type or jnp.result_type(x, w)
-    x = x.astype(dtype)
-    w = w.astype(dtype)
+    in_dtype = jnp.result_type(x, w)
+    out_dtype = jnp.dtype(preferred_element_type) if preferred_element_type is not None else in_dtype
+    # accumulate the kh*kw products in float32 for 16-bit inputs (as a product with f32 accumulation would)
+    acc = jnp.promote_types(out_dtype, jnp.float32) if jnp.dtype(in_dtype).itemsize < 4 else \
+        jnp.promote_types(in_dtype, out_dtype)
+    x = x.astype(acc)
+    w = w.astype(acc)
     (pt, pb), (pl, pr) = padding
     sh, sw = stride
     dh, dw = dilation
@@ -51,7 +55,7 @@ def depthwise_shift_add(x: jax.Array, w: jax.Array, stride: tuple[int, int], pad
                                                         j * dw + sw * (ow - 1) + 1, x.shape[3]), (1, sh, sw, 1))
             term = tap * w[i, j, 0]
             out = term if out is None else out + term
-    return out
+    return out.astype(out_dtype)
 
 
 def conv2d_gemm(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding, dilation: tuple[int, int],
