@@ -39,11 +39,10 @@ from cnnjax.analysis import occlusion as occ
 from cnnjax.analysis import receptive_field as rf
 from cnnjax.analysis import training
 from cnnjax.analysis import visualize as vis
+from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from cnnjax.ops import conv2d
 
 DEFAULT_OUT = "analysis_out"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -27,22 +27,12 @@ from cnnjax import checkpoint, models
 from cnnjax import data as cdata
 from cnnjax.data.preprocess import Preprocess
 from train import parallel
-from train.loop import PRECISIONS, TrainConfig, build_model, evaluate, main_exit, validate
+from train.loop import PRECISIONS, TrainConfig, build_model, evaluate, main_exit, torchvision_arch, validate
 from train.step import TrainState, make_eval_step
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 _FLAGS = (("resize", "resize_size", "--resize-size"), ("crop", "crop_size", "--crop-size"),
           ("interpolation", "interpolation", "--interpolation"))
-
-
-def _torchvision_arch(init: str, arch: str) -> str | None:
-    """ARCH of ``--init torchvision:ARCH`` (which must be ``--arch``), or None for a cnnjax run."""
-    if not init.startswith("torchvision:"):
-        return None
-    source = init.split(":", 1)[1]
-    if source != arch:
-        raise ValueError(f"--init {init}: the weights are for {source} but --arch is {arch}")
-    return source
 
 
 def resolve_preprocess(args: argparse.Namespace) -> tuple[Preprocess | None, str | None]:
@@ -58,7 +48,7 @@ def resolve_preprocess(args: argparse.Namespace) -> tuple[Preprocess | None, str
         raise ValueError(f"--image-size {args.image_size} and --crop-size {args.crop_size} differ: the crop is the "
                          "model's input, pass one of them")
     flags = [flag for _, attr, flag in _FLAGS if getattr(args, attr) is not None]
-    arch = _torchvision_arch(args.init, args.arch)
+    arch = torchvision_arch(args.init, args.arch)
     if not cdata.takes_eval_preprocess(args.dataset):
         if flags:
             raise ValueError(f"{', '.join(flags)}: only the tfds: and folder: datasets (decoded image files) take a "
@@ -87,7 +77,7 @@ def resolve_preprocess(args: argparse.Namespace) -> tuple[Preprocess | None, str
 def load_variables(init: str, arch: str, num_classes: int, step: int | None = None) -> dict:
     """Variables from a cnnjax run directory/checkpoint or ``torchvision:ARCH`` (ImageNet-1k weights, cached or
     downloaded with a SHA-256 check; see :func:`cnnjax.weights.load_torchvision`)."""
-    if _torchvision_arch(init, arch) is None:
+    if torchvision_arch(init, arch) is None:
         return checkpoint.restore(init, step=step)
     if num_classes != 1000:
         raise ValueError(f"--init {init} has torchvision's 1000 ImageNet classes but the dataset has {num_classes}; "

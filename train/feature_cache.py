@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from cnnjax import transfer
 from cnnjax.data import DatasetInfo, DataSource
-from cnnjax.data.base import ArraySource
+from cnnjax.data.base import ArraySource, num_batches_for
 from train import parallel
 
 
@@ -46,7 +46,8 @@ def cache_features(model, state, source: DataSource, batch_size: int, seed: int,
         feats, labels = [], []
         batches = source.plain_batches(split, batch_size, process_index=jax.process_index(),
                                        process_count=jax.process_count())
-        total = -(-(info.num_train if split == "train" else info.num_val) // batch_size)
+        # plain batches visit every example once, padded like val: ceil(n / B)
+        total = num_batches_for("val", info.num_train if split == "train" else info.num_val, batch_size)
         for local in tqdm(batches, total=total, desc=f"caching {split} features", leave=False,
                           disable=not progress, unit="batch"):
             f, y, m = jax.device_get(extract(state.params, state.batch_stats,

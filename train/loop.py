@@ -119,17 +119,24 @@ def trainable_of(cfg: TrainConfig) -> transfer.Trainable:
     return None if cfg.transfer in (None, "finetune") else transfer.mode_predicate(cfg.transfer)
 
 
+def torchvision_arch(init: str, arch: str) -> str | None:
+    """ARCH of ``--init torchvision:ARCH`` (which must be ``--arch``), or None for a cnnjax run directory."""
+    if not init.startswith("torchvision:"):
+        return None
+    source = init.split(":", 1)[1]
+    if source != arch:
+        raise ValueError(f"--init {init}: the weights are for {source} but --arch is {arch}")
+    return source
+
+
 def apply_init(spec: str, arch: str, fresh: dict) -> tuple[dict, list[str]]:
     """``fresh`` variables overlaid with pretrained ones from a cnnjax run directory / checkpoint or
     ``torchvision:ARCH`` (strict; heads re-initialised when the class count differs)."""
     from cnnjax.weights.torchvision import head_modules
 
-    if spec.startswith("torchvision:"):
+    if torchvision_arch(spec, arch) is not None:
         from cnnjax import weights
 
-        source = spec.split(":", 1)[1]
-        if source != arch:
-            raise ValueError(f"--init {spec}: the weights are for {source} but --arch is {arch}")
         return weights.init_from_torchvision(arch, fresh), []
     return transfer.load_pretrained(fresh, checkpoint.restore(spec), tuple("/".join(h) for h in head_modules(arch)))
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from cnnjax import data as cdata
 from cnnjax import models
-from cnnjax.ops import CONV_IMPLS
+from cnnjax.ops import CONV_IMPLS, autotune
 from train import optim
 from train.loop import PRECISIONS, TrainConfig, benchmark, main_exit, train
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between host metric fetches")
     p.add_argument("--conv-impl", choices=CONV_IMPLS, default=d.conv_impl,
                    help="convolution algorithm (auto: the fastest per layer, measured once and cached)")
-    p.add_argument("--autotune", choices=("benchmark", "deterministic"), default=d.autotune,
+    p.add_argument("--autotune", choices=autotune.MODES, default=d.autotune,
                    help="--conv-impl auto: measure and cache (default; $CNNJAX_AUTOTUNE) or a fixed rule")
     t = p.add_argument_group("transfer learning")
     t.add_argument("--init", default=None, help="start from a cnnjax run directory/checkpoint or torchvision:ARCH")

@@ -322,19 +322,18 @@ class ArraySource(DataSource):
         self.pad, self.flip, self.seed, self.scale = int(pad), bool(flip), int(seed), float(scale)
 
     def _batches(self, split, global_batch_size, local, *, epoch, start_batch, process_index, process_count):
-        return self._iterate(split, split, global_batch_size, epoch=epoch, start_batch=start_batch,
-                             process_index=process_index, process_count=process_count)
+        return self._read(split, split, global_batch_size, epoch=epoch, start_batch=start_batch,
+                          process_index=process_index, process_count=process_count)
 
     def _plain_train_batches(self, global_batch_size, local, *, process_index, process_count):
-        return self._iterate("train", "val", global_batch_size, epoch=0, start_batch=0,
-                             process_index=process_index, process_count=process_count)
+        return self._read("train", "val", global_batch_size, epoch=0, start_batch=0,
+                          process_index=process_index, process_count=process_count)
 
-    def _iterate(self, data: str, mode: str, global_batch_size: int, *, epoch: int, start_batch: int,
-                 process_index: int, process_count: int) -> Iterator[Batch]:
-        """Batches of the ``data`` split read as ``mode`` prescribes (train: shuffled, augmented; val: in order)."""
+    def _read(self, data: str, split: str, global_batch_size: int, *, epoch: int, start_batch: int,
+              process_index: int, process_count: int) -> Iterator[Batch]:
+        """Batches of the ``data`` split read as ``split`` is (train: shuffled, augmented; val: in order)."""
         images, labels = self._data[data]
         n = len(labels)
-        split = mode
         perm = epoch_permutation(n, self.seed, epoch) if split == "train" else None
         rows = process_rows(global_batch_size, process_index, process_count)
         size = self.info.image_size
