@@ -2,10 +2,11 @@
 
     python -m benchmarks.layer_micro
 
-Times forward + backward (input and weight gradients) of (1) torchvision-style ``Conv2d`` layers of ResNet-50's
-3x3 stride-1 shapes and its 7x7 stem, in PyTorch (channels_last) — compare with the cnnjax per-layer table of
-``benchmarks/conv_algorithms.py`` — and (2) a 1x1-BN-ReLU-1x1-BN-add bottleneck fragment at 16x56x56x256 in
-PyTorch and in JAX with pixel-major (NHWC) and channel-major activations. Batch 16, fp32, median of 5-7 runs.
+Times forward + backward (input and weight gradients) of (1) ResNet-50's 3x3 stride-1 convolution shapes and its
+7x7 stem, as torchvision-style ``Conv2d`` in PyTorch (channels_last) and as ``cnnjax.ops.conv2d`` with every
+algorithm (what ``impl='auto'`` measures), in the same run, and (2) a 1x1-BN-ReLU-1x1-BN-add bottleneck fragment
+at 16x56x56x256 in PyTorch and in JAX with pixel-major (NHWC) and channel-major activations. Batch 16, fp32,
+median of 3-7 runs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ def _median_ms(fn, runs: int = 5, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times)) * 1e3
+
+
+def cnnjax_convs() -> None:
+    """The same layers in cnnjax, every algorithm, exactly as ``impl='auto'`` times them (fwd + both gradients)."""
+    from cnnjax.ops import autotune
+
+    for n, c, h, o, k, s in CONVS:
+        rec = autotune.measure((n, h, h, c), (k, k, c, o), jnp.float32, (s, s), ((k // 2, k // 2),) * 2, (1, 1), 1)
+        cells = ", ".join(f"{impl} {t:.1f}" for impl, t in rec["ms"].items() if t is not None)
+        print(f"cnnjax conv2d {n}x{h}x{h}x{c} -> {o}, {k}x{k} stride {s}: {cells} ms fwd+bwd (best {rec['impl']})")
 
 
 def torch_convs() -> None:
@@ -81,4 +92,5 @@ def bottleneck_fragment() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(os.cpu_count() or 1)
     torch_convs()
+    cnnjax_convs()
     bottleneck_fragment()
