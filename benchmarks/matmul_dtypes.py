@@ -4,7 +4,10 @@ convolutions at batch 16 and a square 2048^3.
     python -m benchmarks.matmul_dtypes
 
 Variants: fp32; bf16 inputs cast inside (bf16 output; f32 output via ``preferred_element_type``); bf16 arrays in
-and out. Median of 5 after a warm-up, GFLOP/s counting the three products.
+and out with JAX's own gradients, and with :func:`cnnjax.ops.products.einsum` (bf16 x bf16 -> f32 accumulation in
+all three products, what cnnjax's convolution algorithms use for 16-bit inputs).
+Then the forward product alone: fp32, bf16 -> bf16, bf16 -> f32 (``preferred_element_type``).
+Median of 5 after a warm-up, GFLOP/s counting the three products (one for the forward line).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cnnjax.ops import products
 
 SHAPES = [(50176, 256, 64), (50176, 64, 256), (12544, 512, 128), (3136, 1024, 256), (2048, 2048, 2048)]
 
@@ -29,10 +34,10 @@ def _ms(f, *args) -> float:
     return float(np.median(times)) * 1e3
 
 
-def _fwd_bwd(dtype, out_dtype):
+def _fwd_bwd(dtype, out_dtype, product=None):
     def f(x, w, g):
-        y, vjp = jax.vjp(lambda x, w: jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=out_dtype),
-                         x, w)
+        y, vjp = jax.vjp(product or (lambda x, w: jnp.dot(x.astype(dtype), w.astype(dtype),
+                                                           preferred_element_type=out_dtype)), x, w)
         return (y, *vjp(g.astype(y.dtype)))
     return f
 
@@ -48,9 +53,16 @@ def main() -> None:
         rows = {"fp32": _ms(_fwd_bwd(jnp.float32, None), x, w, g),
                 "bf16 (cast in)": _ms(_fwd_bwd(jnp.bfloat16, None), x, w, g),
                 "bf16 -> f32": _ms(_fwd_bwd(jnp.bfloat16, jnp.float32), x, w, g),
-                "bf16 arrays": _ms(_fwd_bwd(jnp.bfloat16, None), *bf)}
-        print(f"({m}x{k})·({k}x{n}): " + ", ".join(f"{name} {t:.1f} ms ({gflop / t * 1e3:.0f} GFLOP/s)"
-                                                 for name, t in rows.items()), flush=True)
+                "bf16 arrays": _ms(_fwd_bwd(jnp.bfloat16, None), *bf),
+                "bf16 arrays, products.einsum": _ms(_fwd_bwd(None, None, lambda x, w: products.einsum(
+                    "mk,kn->mn", x, w)), *bf)}
+        print(f"({m}x{k})·({k}x{n}) fwd+bwd: " + ", ".join(f"{name} {t:.1f} ms ({gflop / t * 1e3:.0f} GFLOP/s)"
+                                                         for name, t in rows.items()), flush=True)
+        fwd = {"fp32": _ms(jnp.dot, x, w),
+               "bf16 -> bf16": _ms(jnp.dot, *bf[:2]),
+               "bf16 -> f32": _ms(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32), *bf[:2])}
+        print(f"({m}x{k})·({k}x{n}) forward: " + ", ".join(f"{name} {t:.1f} ms ({gflop / 3 / t * 1e3:.0f} GFLOP/s)"
+                                                         for name, t in fwd.items()), flush=True)
 
 
 if __name__ == "__main__":

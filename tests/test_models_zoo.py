@@ -123,22 +123,22 @@ FAMILIES = [("resnet18", 32), ("alexnet", 63), ("vgg11_bn", 32), ("lenet5", 32),
 def test_real_forward_and_batchnorm_modes(arch, size):
     model = models.create(arch, num_classes=5)
     x = jax.random.normal(jax.random.key(1), (2, size, size, model.in_channels))
-    variables = jax.jit(model.init)({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
 
-    @jax.jit
-    def both(variables, x):
+    @jax.jit  # one compile: init, an eval pass, a train pass, an eval pass with a mutable collection
+    def both(x):
+        variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
         eval_out = model.apply(variables, x, False)
         train_out, updates = model.apply(variables, x, True, rngs={"dropout": jax.random.key(2)},
                                          mutable=["batch_stats"])
-        return eval_out, train_out, updates
+        frozen = model.apply(variables, x, False, mutable=["batch_stats"])[1]
+        return variables, eval_out, train_out, updates, frozen
 
-    eval_out, train_out, updates = both(variables, x)
+    variables, eval_out, train_out, updates, frozen = both(x)
     assert eval_out.shape == train_out.shape == (2, 5)
     assert np.isfinite(np.asarray(eval_out)).all() and np.isfinite(np.asarray(train_out)).all()
     if "batch_stats" in variables:  # statistics move only in training mode
         before, after = jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updates["batch_stats"])
         assert any(not np.allclose(a, b) for a, b in zip(before, after))
-        frozen = model.apply(variables, x, False, mutable=["batch_stats"])[1]
         assert all(np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(frozen["batch_stats"])))
 
 

@@ -18,6 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
+from cnnjax.ops import conv2d
 from cnnjax.ops import winograd as winograd_mod
 from cnnjax.ops.fft import conv2d_fft, next_fast_len
 from cnnjax.ops.winograd import TRANSFORMS, conv2d_winograd, supports_winograd
@@ -222,6 +223,17 @@ def test_bfloat16_inputs(fn, tol):
     out32 = jax.jit(lambda x, w: fn(x, w, 1, 1, 1, preferred_element_type=jnp.float32))(xb, wb)
     assert out32.dtype == jnp.float32
     assert _rel_err(out32, ref) < tol
+
+
+@pytest.mark.parametrize("impl", ["gemm", "winograd"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_bfloat16_gradients(impl, groups):
+    """bf16 values and both gradients (mixed-precision products, :mod:`cnnjax.ops.products`) near a bf16 lax
+    convolution's, also grouped (XLA:CPU rejects some bf16 x bf16 -> f32 batched products; this must run)."""
+    x, w = _inputs(5, 2, 9, 8, 8, 3, 3, 8 // groups, 6)
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    _check(lambda x, w: conv2d(x, w, stride=1, padding=1, groups=groups, impl=impl), xb, wb, (1, 1),
+           ((1, 1), (1, 1)), (1, 1), groups, tol=3e-2)
 
 
 # --- The checks can fail --------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ ALGORITHMS = ("xla", "gemm", "winograd", "fft")
 MODES = ("benchmark", "deterministic")
 #: Part of every cache key: bump when an algorithm's implementation or the candidate set changes, so that old
 #: measurements are not reused.
-ALGORITHMS_VERSION = 2
+ALGORITHMS_VERSION = 3
 
 _shape_only = contextvars.ContextVar("cnnjax_autotune_shape_only", default=False)
 

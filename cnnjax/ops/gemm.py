@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnjax.ops import products
+
 
 def im2col(x: jax.Array, kh: int, kw: int, stride: tuple[int, int], padding, dilation: tuple[int, int]
            ) -> jax.Array:
@@ -63,10 +65,12 @@ def conv2d_gemm(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding, di
     """The convolution as im2col + one matrix product (per group)."""
     kh, kw, cin_g, cout = w.shape
     patches = im2col(x, kh, kw, stride, padding, dilation)
-    if groups == 1:
-        return jnp.dot(patches, w.reshape(kh * kw * cin_g, cout), precision=precision,
-                       preferred_element_type=preferred_element_type)
     n, oh, ow, _ = patches.shape
+    if groups == 1:
+        y = products.einsum("mk,ko->mo", patches.reshape(n * oh * ow, kh * kw * cin_g),
+                            w.reshape(kh * kw * cin_g, cout), precision=precision,
+                            preferred_element_type=preferred_element_type)
+        return y.reshape(n, oh, ow, cout)
     og = cout // groups
     if cin_g == 1 and og == 1:
         # depthwise: the "product" is per channel, kh*kw taps long -- a multiply-add of shifted views (one fused
@@ -74,7 +78,7 @@ def conv2d_gemm(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding, di
         return depthwise_shift_add(x, w, stride, padding, dilation, preferred_element_type)
     # patches: (..., kh*kw, groups, cin_g); kernel: (groups, kh*kw*cin_g, og)
     p = patches.reshape(n, oh, ow, kh * kw, groups, cin_g)
-    p = jnp.moveaxis(p, 4, 3).reshape(n, oh, ow, groups, kh * kw * cin_g)
+    p = jnp.moveaxis(p, 4, 3).reshape(n * oh * ow, groups, kh * kw * cin_g)
     k = w.reshape(kh * kw, cin_g, groups, og).transpose(2, 0, 1, 3).reshape(groups, kh * kw * cin_g, og)
-    y = jnp.einsum("nhwgk,gko->nhwgo", p, k, precision=precision, preferred_element_type=preferred_element_type)
+    y = products.einsum("mgk,gko->mgo", p, k, precision=precision, preferred_element_type=preferred_element_type)
     return y.reshape(n, oh, ow, cout)

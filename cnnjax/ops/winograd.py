@@ -11,7 +11,8 @@ elementwise product becomes, for each of the (m+2)^2 transform positions (xi, nu
 
     M[xi, nu] = V[xi, nu] @ U[xi, nu],  V: (tiles, C_in),  U: (C_in, C_out),
 
-computed here as a single batched ``dot_general`` with the positions as the batch dimension.
+computed here as a single batched product with the positions as the batch dimension
+(:func:`cnnjax.ops.products.einsum`: mixed precision for 16-bit inputs, gradients included).
 
 Multiplications per output and per (input, output) channel pair, against 9 for the direct method:
 
@@ -52,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnnjax.ops import products
 from cnnjax.ops.conv import conv_output_size, normalize_padding, pair
 from cnnjax.ops.gemm import conv2d_gemm
 
@@ -189,11 +191,11 @@ def conv2d_winograd(x: jax.Array, w: jax.Array, stride: int | tuple[int, int], p
     u = winograd_kernel_transform(w.astype(dtype), m)                # (m+2, m+2, C_in/g, C_out)
 
     if groups == 1:
-        prod = lax.dot_general(v.reshape(p, t, c), u.reshape(p, c, cout), (((2,), (1,)), ((0,), (0,))),
+        prod = products.einsum("ptc,pco->pto", v.reshape(p, t, c), u.reshape(p, c, cout),
                                precision=precision, preferred_element_type=acc_dtype)
     else:
         og = cout // groups
-        prod = jnp.einsum("ptgc,pcgo->ptgo", v.reshape(p, t, groups, cin_g), u.reshape(p, cin_g, groups, og),
+        prod = products.einsum("ptgc,pcgo->ptgo", v.reshape(p, t, groups, cin_g), u.reshape(p, cin_g, groups, og),
                           precision=precision, preferred_element_type=acc_dtype)
     prod = prod.reshape(m + 2, m + 2, n, th, tw, cout)
 
