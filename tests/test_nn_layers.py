@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jax import lax
 
 from cnnjax import nn as cnn
 from cnnjax.ops import conv_output_size
@@ -82,6 +83,66 @@ def test_max_pool_matches_pytorch_definition(params):
     x = np.random.default_rng(h * 31 + w).normal(size=(2, h, w, 3))
     y = cnn.max_pool2d(jnp.asarray(x, jnp.float32), k, s, p, d, ceil_mode)
     np.testing.assert_allclose(np.asarray(y), ref_max_pool(x, k, s, p, d, ceil_mode), rtol=1e-6, atol=1e-6)
+
+
+def _lax_max_pool(x, k, s, p, d, ceil_mode):
+    """The plain ``lax.reduce_window`` max pool, differentiated by JAX (``select_and_scatter``)."""
+    oh, ow = ref_pool_out(x.shape[1], k, s, p, d, ceil_mode), ref_pool_out(x.shape[2], k, s, p, d, ceil_mode)
+    hi_h = max((oh - 1) * s + d * (k - 1) + 1 - x.shape[1] - p, 0)
+    hi_w = max((ow - 1) * s + d * (k - 1) + 1 - x.shape[2] - p, 0)
+    y = lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, (1, k, k, 1), (1, s, s, 1),
+                          ((0, 0), (p, hi_h), (p, hi_w), (0, 0)), window_dilation=(1, d, d, 1))
+    return y[:, :oh, :ow]
+
+
+def ref_max_pool_derivatives(x, cot, t, k, s, p, d, ceil_mode):
+    """PyTorch's rule in NumPy: each output depends on the first maximum of its window (row-major scan).
+    Returns (gradient of sum(cot * pool(x)) w.r.t. x, directional derivative of pool at x along t)."""
+    n, h, w, c = x.shape
+    oh, ow = ref_pool_out(h, k, s, p, d, ceil_mode), ref_pool_out(w, k, s, p, d, ceil_mode)
+    grad, jvp = np.zeros_like(x), np.zeros((n, oh, ow, c))
+    for b_ in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    best, pos = -np.inf, None
+                    for a in range(k):
+                        for b in range(k):
+                            r, q = i * s - p + a * d, j * s - p + b * d
+                            if 0 <= r < h and 0 <= q < w and x[b_, r, q, ch] > best:
+                                best, pos = x[b_, r, q, ch], (r, q)
+                    grad[b_, pos[0], pos[1], ch] += cot[b_, i, j, ch]
+                    jvp[b_, i, j, ch] = t[b_, pos[0], pos[1], ch]
+    return grad, jvp
+
+
+@given(pool_params, st.integers(0, 2**16))
+def test_max_pool_derivatives_route_to_the_first_maximum(params, seed):
+    """Inputs with many ties (values in {0, 1, 2}): the mask-based reverse and forward modes give exactly PyTorch's
+    routing (float64 NumPy reference), also with dilation, where JAX's own max-pool VJP is not implemented."""
+    k, s, p, d, ceil_mode, h, w = params
+    if ref_pool_out(h, k, s, p, d, ceil_mode) < 1 or ref_pool_out(w, k, s, p, d, ceil_mode) < 1:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, size=(2, h, w, 2)).astype(np.float32)
+    t = rng.normal(size=x.shape).astype(np.float32)
+    out_shape = (2, ref_pool_out(h, k, s, p, d, ceil_mode), ref_pool_out(w, k, s, p, d, ceil_mode), 2)
+    cot = rng.normal(size=out_shape).astype(np.float32)
+    pool = lambda x: cnn.max_pool2d(x, k, s, p, d, ceil_mode)  # noqa: E731
+    g, jt = jax.jit(lambda x, t: (jax.grad(lambda x: jnp.vdot(pool(x), cot))(x), jax.jvp(pool, (x,), (t,))[1]))(x, t)
+    g_ref, jt_ref = ref_max_pool_derivatives(x, cot, t, k, s, p, d, ceil_mode)
+    np.testing.assert_allclose(np.asarray(g), g_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(jt), jt_ref)
+
+
+def test_max_pool_gradient_check_can_fail():
+    """Negative case: routing each window's gradient to its *last* maximum differs from the reference on ties."""
+    x = jnp.zeros((1, 4, 4, 1))  # every window is a tie
+    ref = jax.grad(lambda x: _lax_max_pool(x, 2, 2, 0, 1, False).sum())(x)
+    ours = jax.grad(lambda x: cnn.max_pool2d(x, 2, 2).sum())(x)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+    last = jax.grad(lambda x: _lax_max_pool(jnp.flip(x, (1, 2)), 2, 2, 0, 1, False).sum())(x)  # last maximum
+    assert not np.array_equal(np.asarray(last), np.asarray(ref))
 
 
 @given(pool_params, st.booleans())
@@ -227,6 +288,11 @@ def test_pools_equal_torch(params, count_include_pad):
     xt = torch.from_numpy(x).permute(0, 3, 1, 2)
     tm = torch.nn.functional.max_pool2d(xt, k, s, p, d, ceil_mode).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(np.asarray(cnn.max_pool2d(jnp.asarray(x), k, s, p, d, ceil_mode)), tm, atol=1e-6)
+    ties = np.round(x).astype(np.float32)  # many equal values per window: the gradient's routing shows
+    tt = torch.from_numpy(ties).permute(0, 3, 1, 2).requires_grad_()
+    torch.nn.functional.max_pool2d(tt, k, s, p, d, ceil_mode).pow(2).sum().backward()
+    ours = jax.jit(jax.grad(lambda z: jnp.sum(cnn.max_pool2d(z, k, s, p, d, ceil_mode) ** 2)))(jnp.asarray(ties))
+    np.testing.assert_allclose(np.asarray(ours), tt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-6)
     if ref_pool_out(h, k, s, p, 1, ceil_mode) >= 1 and ref_pool_out(w, k, s, p, 1, ceil_mode) >= 1:
         ta = torch.nn.functional.avg_pool2d(xt, k, s, p, ceil_mode, count_include_pad).permute(0, 2, 3, 1).numpy()
         ours = cnn.avg_pool2d(jnp.asarray(x), k, s, p, ceil_mode, count_include_pad)

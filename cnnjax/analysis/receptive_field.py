@@ -144,6 +144,7 @@ def _name_of(eqn, prefix: str) -> str:
 
 
 _SUBJAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+_CUSTOM_CALLS = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
 _REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "argmax",
                "argmin", "reduce_precision_sum")
 
@@ -180,7 +181,15 @@ class _Walker:
                 sub = p[key]
                 sub_jaxpr = sub.jaxpr if hasattr(sub, "jaxpr") else sub
                 sub_env = {v: m for v, m in zip(sub_jaxpr.invars, ins) if m}
-                self.walk(sub_jaxpr, sub_env, _name_of(eqn, prefix), top=False)
+                # a custom-derivative wrapper (e.g. max_pool2d's custom JVP) is inlined at the top level: a layer
+                # that is its output has a top-level value, the wrapper's output
+                inline = top and name in _CUSTOM_CALLS
+                first = len(self.records)
+                self.walk(sub_jaxpr, sub_env, _name_of(eqn, prefix), top=inline)
+                if inline:
+                    outer = {v: o for v, o in zip(sub_jaxpr.outvars, eqn.outvars)
+                             if not isinstance(v, jex_core.Literal)}
+                    self.records[first:] = [(r, outer.get(v)) for r, v in self.records[first:]]
                 return [sub_env.get(v, {}) if not isinstance(v, jex_core.Literal) else {}
                         for v in sub_jaxpr.outvars]
         if name == "conv_general_dilated":
