@@ -196,7 +196,7 @@ def conv2d_winograd(x: jax.Array, w: jax.Array, stride: int | tuple[int, int], p
     else:
         og = cout // groups
         prod = products.einsum("ptgc,pcgo->ptgo", v.reshape(p, t, groups, cin_g), u.reshape(p, cin_g, groups, og),
-                          precision=precision, preferred_element_type=acc_dtype)
+                               precision=precision, preferred_element_type=acc_dtype)
     prod = prod.reshape(m + 2, m + 2, n, th, tw, cout)
 
     # Output transform Y = A^T M A, laid out directly as (N, th, m, tw, m, O) so untiling is a reshape.
