@@ -279,6 +279,11 @@ def test_layernorm_is_two_pass_pytorch_layernorm():
 
 
 # ---------------------------------------------------------------- torch itself
+def _every_window_reads_input(size, k, s, p, d, ceil_mode) -> bool:
+    return all(any(0 <= i * s - p + a * d < size for a in range(k)) for i in range(ref_pool_out(size, k, s, p, d,
+                                                                                                  ceil_mode)))
+
+
 @pytest.mark.parity
 @given(pool_params, st.booleans())
 def test_pools_equal_torch(params, count_include_pad):
@@ -290,11 +295,15 @@ def test_pools_equal_torch(params, count_include_pad):
     xt = torch.from_numpy(x).permute(0, 3, 1, 2)
     tm = torch.nn.functional.max_pool2d(xt, k, s, p, d, ceil_mode).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(np.asarray(cnn.max_pool2d(jnp.asarray(x), k, s, p, d, ceil_mode)), tm, atol=1e-6)
-    ties = np.round(x).astype(np.float32)  # many equal values per window: the gradient's routing shows
-    tt = torch.from_numpy(ties).permute(0, 3, 1, 2).requires_grad_()
-    torch.nn.functional.max_pool2d(tt, k, s, p, d, ceil_mode).pow(2).sum().backward()
-    ours = jax.jit(jax.grad(lambda z: jnp.sum(cnn.max_pool2d(z, k, s, p, d, ceil_mode) ** 2)))(jnp.asarray(ties))
-    np.testing.assert_allclose(np.asarray(ours), tt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    # gradients with many equal values per window, where the routing shows; not when a (dilated) window holds
+    # only padding: PyTorch's backward then indexes outside the input and aborts the process
+    if _every_window_reads_input(h, k, s, p, d, ceil_mode) and _every_window_reads_input(w, k, s, p, d, ceil_mode):
+        ties = np.round(x).astype(np.float32)
+        tt = torch.from_numpy(ties).permute(0, 3, 1, 2).requires_grad_()
+        torch.nn.functional.max_pool2d(tt, k, s, p, d, ceil_mode).pow(2).sum().backward()
+        ours = jax.jit(jax.grad(lambda z: jnp.sum(cnn.max_pool2d(z, k, s, p, d, ceil_mode) ** 2)))(
+            jnp.asarray(ties))
+        np.testing.assert_allclose(np.asarray(ours), tt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-6)
     if ref_pool_out(h, k, s, p, 1, ceil_mode) >= 1 and ref_pool_out(w, k, s, p, 1, ceil_mode) >= 1:
         ta = torch.nn.functional.avg_pool2d(xt, k, s, p, ceil_mode, count_include_pad).permute(0, 2, 3, 1).numpy()
         ours = cnn.avg_pool2d(jnp.asarray(x), k, s, p, ceil_mode, count_include_pad)
