@@ -19,6 +19,7 @@ from jax import lax
 from cnnjax.nn.errors import check_output_size
 from cnnjax.ops import conv_output_size, pair
 from cnnjax.ops.conv import IntPair
+from cnnjax.ops.gemm import window_taps
 
 
 def _window_geometry(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool, layer: str):
@@ -52,15 +53,6 @@ def max_pool2d(x: jax.Array, kernel_size: IntPair, stride: IntPair | None = None
     return _max_pool(k, s, d, pads, x)[:, :oh, :ow, :]
 
 
-def _window_taps(xp: jax.Array, k, s, d, out_hw):
-    """The strided view of padded ``xp`` that each window offset (i, j) reads, offsets in row-major order."""
-    n, c = xp.shape[0], xp.shape[3]
-    for i in range(k[0]):
-        for j in range(k[1]):
-            end = (n, i * d[0] + s[0] * (out_hw[0] - 1) + 1, j * d[1] + s[1] * (out_hw[1] - 1) + 1, c)
-            yield lax.slice(xp, (0, i * d[0], j * d[1], 0), end, (1, *s, 1))
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
 def _max_pool(k, s, d, pads, x: jax.Array) -> jax.Array:
     init = np.array(-np.inf, x.dtype)
@@ -79,8 +71,8 @@ def _max_pool_jvp(k, s, d, pads, primals, tangents):
     (x,), (t,) = primals, tangents
     y = _max_pool(k, s, d, pads, x)
     spatial = ((0, 0), *pads, (0, 0))
-    x_taps = _window_taps(jnp.pad(x, spatial, constant_values=-np.inf), k, s, d, y.shape[1:3])
-    t_taps = _window_taps(jnp.pad(t, spatial), k, s, d, y.shape[1:3])
+    x_taps = window_taps(jnp.pad(x, spatial, constant_values=-np.inf), k, s, d)
+    t_taps = window_taps(jnp.pad(t, spatial), k, s, d)
     claimed = jnp.zeros(y.shape, bool)
     out = jnp.zeros(y.shape, t.dtype)
     for x_tap, t_tap in zip(x_taps, t_taps):

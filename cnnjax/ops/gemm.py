@@ -17,19 +17,25 @@ from jax import lax
 from cnnjax.ops import products
 
 
+def window_taps(xp: jax.Array, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+                ) -> list[jax.Array]:
+    """The strided views of an already padded (N, H, W, C) ``xp`` that the kernel offsets (i, j) read, offsets in
+    row-major order, one (N, H', W', C) view each: view (i, j) holds ``xp[:, i*dh + sh*a, j*dw + sw*b]`` at output
+    (a, b), for every window that fits (H' = (H - dh*(kh-1) - 1) // sh + 1)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    n, h, w, c = xp.shape
+    oh = (h - dh * (kh - 1) - 1) // sh + 1
+    ow = (w - dw * (kw - 1) - 1) // sw + 1
+    return [lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + sh * (oh - 1) + 1, j * dw + sw * (ow - 1) + 1, c),
+                      (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+
+
 def im2col(x: jax.Array, kh: int, kw: int, stride: tuple[int, int], padding, dilation: tuple[int, int]
            ) -> jax.Array:
     """(N, H, W, C) -> (N, H', W', kh*kw*C), taps ordered (i, j, c) to match an HWIO kernel's reshape."""
     (pt, pb), (pl, pr) = padding
-    sh, sw = stride
-    dh, dw = dilation
-    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    h, w = x.shape[1], x.shape[2]
-    oh = (h - dh * (kh - 1) - 1) // sh + 1
-    ow = (w - dw * (kw - 1) - 1) // sw + 1
-    cols = [lax.slice(x, (0, i * dh, j * dw, 0), (x.shape[0], i * dh + sh * (oh - 1) + 1,
-                                                   j * dw + sw * (ow - 1) + 1, x.shape[3]), (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
+    cols = window_taps(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), (kh, kw), stride, dilation)
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
@@ -42,21 +48,12 @@ def depthwise_shift_add(x: jax.Array, w: jax.Array, stride: tuple[int, int], pad
     # accumulate the kh*kw products in float32 for 16-bit inputs (as a product with f32 accumulation would)
     acc = jnp.promote_types(out_dtype, jnp.float32) if jnp.dtype(in_dtype).itemsize < 4 else \
         jnp.promote_types(in_dtype, out_dtype)
-    x = x.astype(acc)
-    w = w.astype(acc)
     (pt, pb), (pl, pr) = padding
-    sh, sw = stride
-    dh, dw = dilation
-    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    oh = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
-    ow = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = lax.slice(x, (0, i * dh, j * dw, 0), (x.shape[0], i * dh + sh * (oh - 1) + 1,
-                                                        j * dw + sw * (ow - 1) + 1, x.shape[3]), (1, sh, sw, 1))
-            term = tap * w[i, j, 0]
-            out = term if out is None else out + term
+    taps = window_taps(jnp.pad(x.astype(acc), ((0, 0), (pt, pb), (pl, pr), (0, 0))), (kh, kw), stride, dilation)
+    w = w.astype(acc).reshape(kh * kw, -1)
+    out = taps[0] * w[0]
+    for t in range(1, kh * kw):
+        out = out + taps[t] * w[t]
     return out.astype(out_dtype)
 
 
