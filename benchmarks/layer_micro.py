@@ -12,26 +12,16 @@ median of 3-7 runs.
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
+from benchmarks.timing import median_ms
+
 CONVS = [(16, 64, 56, 64, 3, 1), (16, 128, 28, 128, 3, 1), (16, 256, 14, 256, 3, 1), (16, 512, 7, 512, 3, 1),
          (16, 3, 224, 64, 7, 2)]  # (batch, in, side, out, kernel, stride)
-
-
-def _median_ms(fn, runs: int = 5, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3
 
 
 def cnnjax_convs() -> None:
@@ -53,7 +43,7 @@ def torch_convs() -> None:
         def step(conv=conv, x=x, g=g):
             conv(x).backward(g)
 
-        print(f"torch Conv2d {n}x{h}x{h}x{c} -> {o}, {k}x{k} stride {s}: {_median_ms(step):.1f} ms fwd+bwd")
+        print(f"torch Conv2d {n}x{h}x{h}x{c} -> {o}, {k}x{k} stride {s}: {median_ms(step, warmup=2):.1f} ms fwd+bwd")
 
 
 def bottleneck_fragment() -> None:
@@ -75,8 +65,8 @@ def bottleneck_fragment() -> None:
     x = jnp.asarray(rng.standard_normal((m, c), dtype=np.float32))
     for name, f, xin in (("JAX pixel-major (NHWC)", rows, x), ("JAX channel-major", cols, x.T.copy())):
         g = jax.jit(jax.grad(lambda x, a, b, f=f: jnp.sum(f(x, a, b) ** 2), (0, 1, 2)))
-        print(f"{name} 1x1-BN-ReLU-1x1-BN-add: "
-              f"{_median_ms(lambda g=g, xin=xin: jax.block_until_ready(g(xin, w1, w2)), runs=7):.1f} ms fwd+bwd")
+        ms = median_ms(lambda g=g, xin=xin: jax.block_until_ready(g(xin, w1, w2)), runs=7, warmup=2)
+        print(f"{name} 1x1-BN-ReLU-1x1-BN-add: {ms:.1f} ms fwd+bwd")
     xt = torch.randn(16, c, 56, 56).to(memory_format=torch.channels_last).requires_grad_()
     c1 = torch.nn.Conv2d(c, r, 1, bias=False).to(memory_format=torch.channels_last)
     c2 = torch.nn.Conv2d(r, c, 1, bias=False).to(memory_format=torch.channels_last)
@@ -86,7 +76,7 @@ def bottleneck_fragment() -> None:
         y = torch.relu(b2(c2(torch.relu(b1(c1(xt))))) + xt)
         (y ** 2).sum().backward()
 
-    print(f"torch channels_last 1x1-BN-ReLU-1x1-BN-add: {_median_ms(step, runs=7):.1f} ms fwd+bwd")
+    print(f"torch channels_last 1x1-BN-ReLU-1x1-BN-add: {median_ms(step, runs=7, warmup=2):.1f} ms fwd+bwd")
 
 
 if __name__ == "__main__":

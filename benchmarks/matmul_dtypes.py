@@ -12,12 +12,11 @@ Median of 5 after a warm-up, GFLOP/s counting the three products (one for the fo
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import median_ms
 from cnnjax.ops import products
 
 SHAPES = [(50176, 256, 64), (50176, 64, 256), (12544, 512, 128), (3136, 1024, 256), (2048, 2048, 2048)]
@@ -25,13 +24,7 @@ SHAPES = [(50176, 256, 64), (50176, 64, 256), (12544, 512, 128), (3136, 1024, 25
 
 def _ms(f, *args) -> float:
     compiled = jax.jit(f).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3
+    return median_ms(lambda: jax.block_until_ready(compiled(*args)))
 
 
 def _fwd_bwd(dtype, out_dtype, product=None):

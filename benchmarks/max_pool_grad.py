@@ -8,24 +8,13 @@ warm-up, both compiled in the same process.
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from benchmarks.timing import median_ms
 from cnnjax.nn.pool import max_pool2d
-
-
-def _ms(f, *args) -> float:
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(7):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3
 
 
 def main() -> None:
@@ -37,7 +26,8 @@ def main() -> None:
     grads = {name: jax.jit(jax.grad(lambda x, f=f: jnp.vdot(f(x), cot))) for name, f in
              (("select_and_scatter", plain), ("cnnjax masks", ours))}
     same = np.array_equal(np.asarray(grads["select_and_scatter"](x)), np.asarray(grads["cnnjax masks"](x)))
-    print(", ".join(f"{name} {_ms(g, x):.1f} ms" for name, g in grads.items()) + f"; identical gradients: {same}")
+    ms = {name: median_ms(lambda g=g: jax.block_until_ready(g(x)), runs=7) for name, g in grads.items()}
+    print(", ".join(f"{name} {t:.1f} ms" for name, t in ms.items()) + f"; identical gradients: {same}")
 
 
 if __name__ == "__main__":
