@@ -3,7 +3,7 @@
     python -m benchmarks.compare_torchvision --archs resnet50 resnet18 mobilenet_v2 --precisions fp32 bf16
 
 For each (architecture, precision) both trainers are built on one synthetic batch (224x224, batch 16 by default,
-1000 classes): cnnjax through ``train.loop.BenchmarkStep`` (exactly what ``train.main --benchmark`` times:
+1000 classes): cnnjax through ``train.benchmark.BenchmarkStep`` (exactly what ``train.main --benchmark`` times:
 jitted step, SGD with Nesterov momentum and weight decay, BatchNorm in training mode, one trainer per
 ``--conv-impl`` given), and
 torchvision in eager mode with ``channels_last`` and the same optimizer (bf16: ``torch.autocast`` on CPU/GPU;
@@ -26,7 +26,8 @@ import jax
 import torch  # torch before anything that could import TensorFlow (see tests/conftest.py); nothing here does
 import torchvision
 
-from train.loop import BenchmarkStep, TrainConfig
+from train.benchmark import BenchmarkStep
+from train.config import TrainConfig
 
 
 class TorchStep:

@@ -3,7 +3,7 @@
     python -m benchmarks.linear_probe_cache --arch resnet18 --epochs 10
 
 Pretrains ``--arch`` briefly on digits 0-4 (the backbone's quality does not matter for timing), then linear-probes
-digits 5-9 both ways through ``train.loop.train`` exactly as the CLI does, alternating the two modes ``--repeats``
+digits 5-9 both ways through ``train.main.train`` exactly as the CLI does, alternating the two modes ``--repeats``
 times. Prints one JSON line per run and a summary: median wall time of the whole run (pretrained weights loaded,
 features extracted, checkpoints and evaluation included) and the steady-state training throughput of the last
 epoch (images/s), each with its speed-up, and the val top-1 of each mode. Digits
@@ -19,7 +19,8 @@ import statistics
 import tempfile
 import time
 
-from train.loop import TrainConfig, train
+from train.config import TrainConfig
+from train.main import train
 
 
 def main() -> None:

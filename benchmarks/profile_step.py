@@ -2,7 +2,7 @@
 
     CNNJAX_AUTOTUNE_CACHE=/tmp/bench/at.json python -m benchmarks.profile_step --arch resnet50 --conv-impl auto
 
-Builds ``train.loop.BenchmarkStep`` (224x224, batch 16 by default), traces two steps and prints the per-step
+Builds ``train.benchmark.BenchmarkStep`` (224x224, batch 16 by default), traces two steps and prints the per-step
 milliseconds and call counts of each operation kind (the XLA name without its ``.N`` suffix, e.g. ``ynn_fusion``,
 ``copy_bitcast_fusion``), largest first.
 """
@@ -19,7 +19,8 @@ import tempfile
 
 import jax
 
-from train.loop import BenchmarkStep, TrainConfig
+from train.benchmark import BenchmarkStep
+from train.config import TrainConfig
 
 
 def main() -> None:

@@ -11,10 +11,12 @@ Tools (each prints a table and writes PNGs under ``--out``, default ``analysis_o
   anti-aliasing (``--compare-antialias``);
 * ``occlusion``: occlusion sensitivity map (Zeiler & Fergus 2013) of one validation image;
 * ``filter-grid``: the first convolution's filters;
-* ``feature-maps``: the output of any named layer for one image (``--list`` prints the layer names).
+* ``feature-maps``: the output of any named layer for one image (``--list`` prints the layer names);
+* ``convert``: rewrite a variables file of the old ``.msgpack``/``.npz`` format as an orbax run directory.
 
-"Trained" models come from ``--checkpoint PATH`` (a variables dict saved as ``.msgpack`` or ``.npz``, see
-:mod:`cnnjax.analysis.training`) or from a short in-process SGD run (``--steps N``, 0 = untrained). The real
+"Trained" models come from ``--checkpoint PATH`` (a ``train.main`` run directory or any orbax checkpoint of the
+project, e.g. one written by ``--save-checkpoint``; old ``.msgpack``/``.npz`` files are still read) or from a
+short in-process run of the training core (``--steps N``, 0 = untrained; :mod:`cnnjax.analysis.training`). The
 training CLI lives in ``train/``.
 """
 
@@ -407,6 +409,16 @@ def cmd_feature_maps(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        variables = training.load_variables(args.source)
+    print(f"wrote {training.save_variables(args.dest, variables)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
@@ -415,12 +427,14 @@ def _add_training(p: argparse.ArgumentParser, steps: int, arch: str) -> None:
     p.add_argument("--data", default="digits", help="dataset spec for cnnjax.data.load (default digits)")
     p.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
     p.add_argument("--checkpoint", default=None,
-                   help="variables saved as .msgpack/.npz (file or directory); overrides --steps")
+                   help="a train.main run directory or orbax checkpoint (old .msgpack/.npz files are read too); "
+                        "overrides --steps")
     p.add_argument("--steps", type=int, default=steps, help=f"quick SGD steps, 0 = untrained (default {steps})")
     p.add_argument("--seconds", type=float, default=None, help="stop training after this many seconds")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--save-checkpoint", default=None, help="save the quickly trained variables here")
+    p.add_argument("--save-checkpoint", default=None,
+                   help="save the quickly trained variables here (an orbax run directory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default="0", help="validation image index, or 'photo' (untrained unless "
                                                  "--checkpoint; ImageNet normalisation)")
     p.add_argument("--list", action="store_true", help="print the layer names and exit")
+
+    p = add("convert", cmd_convert, "rewrite an old .msgpack/.npz variables file as an orbax run directory")
+    p.add_argument("source", help="the .msgpack or .npz file (or a directory holding variables.msgpack/.npz)")
+    p.add_argument("dest", help="the run directory to write (then --checkpoint DEST)")
     return parser
 
 

@@ -100,18 +100,47 @@ class _TinyNet(models.ImageClassifier):
 
 
 def test_quick_train_learns_and_checkpoints_round_trip(tmp_path):
-    from cnnjax import data
+    """The analysis trainer runs on the training core; its variables round-trip through the one (orbax)
+    checkpoint format, which ``cnnjax.checkpoint.restore`` (what ``train.evaluate --init`` uses) also reads."""
+    from cnnjax import checkpoint, data
 
     source = data.load("digits", image_size=8)
     model = _TinyNet(num_classes=10)
     variables, stats = training.quick_train(model, source, steps=40, lr=0.1, batch_size=128)
     assert stats["steps"] == 40 and stats["val_accuracy"] > 0.5  # chance is 0.1
-    for name in ("v.msgpack", "v.npz", "dir"):
-        path = training.save_variables(tmp_path / name, variables)
-        back = training.load_variables(path if name != "dir" else tmp_path / name)
-        assert jax.tree.structure(back) == jax.tree.structure(jax.tree.map(np.asarray, variables))
+    host = jax.tree.map(np.asarray, variables)
+    path = training.save_variables(tmp_path / "run", variables)
+    for back in (training.load_variables(path), checkpoint.restore(path)):
+        assert jax.tree.structure(back) == jax.tree.structure(host)
+        for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(host)):
+            np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_legacy_msgpack_and_npz_still_read_and_convert(tmp_path):
+    """Files of the old format (written here with flax serialization / np.savez directly, not by cnnjax) are
+    read with a warning naming the conversion command, and ``analyze convert`` turns them into orbax."""
+    from flax import serialization, traverse_util
+
+    rng = np.random.default_rng(0)
+    variables = {"params": {"c": {"kernel": rng.normal(size=(3, 3, 1, 4)).astype(np.float32)},
+                            "head": {"bias": rng.normal(size=(10,)).astype(np.float32)}},
+                 "batch_stats": {"bn": {"mean": rng.normal(size=(4,)).astype(np.float32)}}}
+    (tmp_path / "v.msgpack").write_bytes(serialization.msgpack_serialize(variables))
+    np.savez(tmp_path / "v.npz", **traverse_util.flatten_dict(variables, sep="/"))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "variables.msgpack").write_bytes(serialization.msgpack_serialize(variables))
+    for path in (tmp_path / "v.msgpack", tmp_path / "v.npz", tmp_path / "d"):
+        with pytest.warns(UserWarning, match="analyze convert"):
+            back = training.load_variables(path)
+        assert traverse_util.flatten_dict(jax.tree.map(np.asarray, back)).keys() == \
+            traverse_util.flatten_dict(variables).keys()
         for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables)):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(np.asarray(a), b)
+    assert analyze.main(["convert", str(tmp_path / "v.npz"), str(tmp_path / "new")]) == 0
+    back = training.load_variables(tmp_path / "new")  # orbax now: no warning needed
+    np.testing.assert_array_equal(np.asarray(back["params"]["c"]["kernel"]), variables["params"]["c"]["kernel"])
+    with pytest.raises(FileNotFoundError):
+        training.load_variables(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("tool", ["filters", "receptive-field", "erf", "equivariance", "occlusion", "filter-grid",

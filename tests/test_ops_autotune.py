@@ -14,7 +14,7 @@ from jax import lax
 
 from cnnjax import models
 from cnnjax.ops import CONV_IMPLS, autotune, conv2d
-from train.step import TrainState, make_train_step
+from cnnjax.training import TrainState, make_train_step
 
 
 @pytest.fixture()

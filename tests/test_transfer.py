@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from test_train import ROOT, _run_until_checkpoint_then_signal, assert_trees_equal, final_params, run_cli  # noqa: F401
 
 from cnnjax import checkpoint, models, transfer
-from train.step import TrainState, make_train_step
+from cnnjax.training import TrainState, make_train_step
 
 # ------------------------------------------------------------------ the optax-level law, on random trees and masks
 TREE = {"stem": {"kernel": jnp.linspace(-1, 1, 12).reshape(3, 4), "bias": jnp.arange(4.0)},
@@ -236,7 +236,8 @@ def test_head_on_cached_features_recomposes_the_model(arch):
 def test_feature_cache_gives_the_same_linear_probe(pretrained_run, tmp_path):
     """On un-augmented data (``shapes``) a cached linear probe trains the same head as the uncached one: same
     batches, same optimizer; the backbone stays bit-identical to the pretrained one in both."""
-    from train.loop import TrainConfig, train
+    from train.config import TrainConfig
+    from train.main import train
 
     results = {}
     for cached in (False, True):
@@ -257,7 +258,7 @@ def test_feature_cache_gives_the_same_linear_probe(pretrained_run, tmp_path):
 
 
 def test_feature_cache_needs_linear_probe():
-    from train.loop import TrainConfig, validate
+    from train.config import TrainConfig, validate
 
     with pytest.raises(ValueError, match="--feature-cache applies to --transfer linear-probe only"):
         validate(TrainConfig(arch="lenet5", init="x", transfer="finetune", feature_cache=True))

@@ -26,9 +26,13 @@ import jax.numpy as jnp
 from cnnjax import checkpoint, models
 from cnnjax import data as cdata
 from cnnjax.data.preprocess import Preprocess
-from train import parallel
-from train.loop import PRECISIONS, TrainConfig, build_model, evaluate, main_exit, torchvision_arch, validate
-from train.step import TrainState, make_eval_step
+from cnnjax.training import parallel
+from cnnjax.training.loop import evaluate
+from cnnjax.training.state import TrainState
+from cnnjax.training.step import make_eval_step
+from train import config as C
+from train.config import TrainConfig
+from train.main import build_model, torchvision_arch
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 _FLAGS = (("resize", "resize_size", "--resize-size"), ("crop", "crop_size", "--crop-size"),
@@ -90,7 +94,7 @@ def load_variables(init: str, arch: str, num_classes: int, step: int | None = No
 def run(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, batch_size=args.batch_size, precision=args.precision,
                       conv_impl=args.conv_impl, zero_init_residual=False)
-    validate(cfg)
+    C.validate(cfg)
     spec, origin = resolve_preprocess(args)
     source = cdata.load(args.dataset, data_dir=args.data_dir, image_size=args.image_size, eval_preprocess=spec)
     info = source.info
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
                        batch_stats=variables["batch_stats"], opt_state=(), rng=jnp.zeros((2,), jnp.uint32))
     state = jax.device_put(state, replicated)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-    result = evaluate(state, eval_step, source, args.batch_size, batch_sharding, progress=not args.no_progress)
+    result = evaluate(state, eval_step, source, args.batch_size, batch_sharding, progress=args.progress)
     result = {"arch": args.arch, "dataset": args.dataset, "init": args.init, "preprocessing": preprocessing,
               **result}
     print(json.dumps(result))
@@ -116,12 +120,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", required=True, help="architecture: " + ", ".join(models.names()))
-    p.add_argument("--init", required=True,
-                   help="a cnnjax run directory (or its checkpoints/ folder), or torchvision:ARCH")
+    C.add_arguments(p, ["arch", "init"], required=["arch", "init"])
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest readable)")
-    p.add_argument("--dataset", default=cdata.DEFAULT, help="one of: " + ", ".join(cdata.DATASETS))
-    p.add_argument("--data-dir", default=None)
+    C.add_arguments(p, ["dataset", "data_dir"])
     p.add_argument("--image-size", type=int, default=None,
                    help="input side in pixels (default: the crop size of the val transform, else the dataset's)")
     p.add_argument("--resize-size", type=int, default=None,
@@ -133,10 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
                    help="folder:/tfds: val transform: resize interpolation, antialiased (default: the torchvision "
                         "arch's, else bilinear)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
-    p.add_argument("--conv-impl", default="fast")
-    p.add_argument("--no-progress", action="store_true")
+    C.add_arguments(p, ["batch_size", "precision", "conv_impl", "progress"], defaults={"batch_size": 100})
     return p
 
 
@@ -145,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.arch not in models.names():
         p.error(models.registry.unknown_name_message(args.arch))
-    return main_exit(lambda: run(args))
+    return C.main_exit(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from cnnjax import transfer
 from cnnjax.data import DatasetInfo, DataSource
 from cnnjax.data.base import ArraySource, num_batches_for
-from train import parallel
+from cnnjax.training import parallel
 
 
 def cache_features(model, state, source: DataSource, batch_size: int, seed: int, replicated, batch_sharding,

@@ -1,96 +1,242 @@
 """``python -m train.main --arch ARCH [options]``: train a zoo architecture and report validation accuracy.
 
-With no option beyond ``--arch`` it trains on the bundled ``digits`` dataset (no network needed).
+With no option beyond ``--arch`` it trains on the bundled ``digits`` dataset (no network needed). :func:`train`
+turns a :class:`~train.config.TrainConfig` into a run of the training core (:mod:`cnnjax.training`): data,
+model, optimizer, state (fresh, pretrained or resumed), the jitted steps, and the loop with its hooks
+(progress, evaluation -> ``metrics.jsonl``/``curves.png``, checkpoints).
+
+Exact resume: a checkpoint holds the train state and the data position (epoch, next batch) plus the running
+sums of the epoch's training metrics; the data pipeline is a pure function of (seed, epoch, batch), so a run
+resumed from any checkpoint continues bit-identically. SIGINT/SIGTERM finish the current step, save, and exit.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
+import contextlib
+import datetime
+import json
+import pathlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import jax
+import optax
+
+from cnnjax import checkpoint, models, transfer
 from cnnjax import data as cdata
-from cnnjax import models
-from cnnjax.ops import CONV_IMPLS, autotune
-from train import optim
-from train.loop import PRECISIONS, TrainConfig, benchmark, main_exit, train
+from cnnjax.checkpoint import CheckpointStore, abstract_like
+from cnnjax.training import hooks as H
+from cnnjax.training import optim, parallel
+from cnnjax.training.loop import Hook, Loop, NonFiniteLossError, evaluate, source_batches
+from cnnjax.training.state import TrainState, init_state
+from cnnjax.training.step import jit_steps
+from train import config as C
+from train import report
+from train.config import PRECISIONS, TrainConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m train.main", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arch", default=d.arch, metavar="NAME", help="architecture: " + ", ".join(models.names()))
-    p.add_argument("--dataset", default=d.dataset, help="one of: " + ", ".join(cdata.DATASETS))
-    p.add_argument("--data-dir", default=None, help="TFDS data dir (else $TFDS_DATA_DIR); base of folder: paths")
-    p.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
-    p.add_argument("--epochs", type=int, default=None, help="default 10")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (all devices)")
-    p.add_argument("--optimizer", choices=optim.OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (sgd: 0.1 x batch/256; adamw: 1e-3)")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (Nesterov)")
-    p.add_argument("--weight-decay", type=float, default=None, help="sgd: 5e-5; adamw: 0.05 (never on biases/norms)")
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default=d.precision,
-                   help="bf16: bfloat16 compute, float32 parameters and loss")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workdir", default=None, help="run directory (default checkpoints/<arch>-<dataset>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 1 epoch)")
-    p.add_argument("--keep", type=int, default=d.keep, help="checkpoints kept")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between evaluations")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between host metric fetches")
-    p.add_argument("--conv-impl", choices=CONV_IMPLS, default=d.conv_impl,
-                   help="convolution algorithm (auto: the fastest per layer, measured once and cached)")
-    p.add_argument("--autotune", choices=autotune.MODES, default=d.autotune,
-                   help="--conv-impl auto: measure and cache (default; $CNNJAX_AUTOTUNE) or a fixed rule")
-    t = p.add_argument_group("transfer learning")
-    t.add_argument("--init", default=None, help="start from a cnnjax run directory/checkpoint or torchvision:ARCH")
-    t.add_argument("--transfer", default=None, metavar="MODE",
-                   help="finetune | linear-probe | freeze:<regex> (freeze parameters whose path matches)")
-    t.add_argument("--backbone-lr-mult", type=float, default=1.0,
-                   help="finetune: learning rate multiplier for every parameter outside the head")
-    t.add_argument("--feature-cache", action="store_true",
-                   help="linear-probe: run the frozen backbone once and train the head on the cached features "
-                        "(un-augmented; no dropout before the head)")
-    p.add_argument("--no-zero-init-residual", dest="zero_init_residual", action="store_false",
-                   help="keep torchvision's init of the last BN in residual blocks (default: zero, Goyal et al.)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--benchmark", action="store_true",
-                   help="time the train step on synthetic data; prints one JSON line")
-    p.add_argument("--benchmark-steps", type=int, default=10)
-    g = p.add_argument_group("multi-host (JAX's runtime)")
-    g.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with auto-detection")
-    g.add_argument("--coordinator", default=None, help="host:port of process 0")
-    g.add_argument("--num-processes", type=int, default=None)
-    g.add_argument("--process-id", type=int, default=None)
-    return p
+def trainable_of(cfg: TrainConfig) -> transfer.Trainable:
+    """The trainable predicate of the run (``None``: every parameter trains)."""
+    return None if cfg.transfer in (None, "finetune") else transfer.mode_predicate(cfg.transfer)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    kw = {k: v for k, v in vars(args).items() if k in fields}
-    kw["progress"] = not args.no_progress
-    return TrainConfig(**kw)
+def torchvision_arch(init: str, arch: str) -> str | None:
+    """ARCH of ``--init torchvision:ARCH`` (which must be ``--arch``), or None for a cnnjax run directory."""
+    if not init.startswith("torchvision:"):
+        return None
+    source = init.split(":", 1)[1]
+    if source != arch:
+        raise ValueError(f"--init {init}: the weights are for {source} but --arch is {arch}")
+    return source
+
+
+def apply_init(spec: str, arch: str, fresh: dict) -> tuple[dict, list[str]]:
+    """``fresh`` variables overlaid with pretrained ones from a cnnjax run directory / checkpoint or
+    ``torchvision:ARCH`` (strict; heads re-initialised when the class count differs)."""
+    from cnnjax.weights.torchvision import head_modules
+
+    if torchvision_arch(spec, arch) is not None:
+        from cnnjax import weights
+
+        return weights.init_from_torchvision(arch, fresh), []
+    return transfer.load_pretrained(fresh, checkpoint.restore(spec), tuple("/".join(h) for h in head_modules(arch)))
+
+
+def build_optimizer(cfg: TrainConfig, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
+    """The run's optimizer; with ``--backbone-lr-mult`` the non-head parameters get ``lr * mult``."""
+    make = lambda lr: optim.make_optimizer(cfg.optimizer, lr, cfg.weight_decay, total_steps,  # noqa: E731
+                                           warmup_steps, cfg.momentum)
+    if cfg.backbone_lr_mult == 1.0:
+        return make(cfg.lr)
+    labels = lambda params: transfer.labels(params, r"^head/")  # noqa: E731
+    return optax.multi_transform({"trainable": make(cfg.lr), "frozen": make(cfg.lr * cfg.backbone_lr_mult)},
+                                 labels)
+
+
+def build_model(cfg: TrainConfig, info: cdata.DatasetInfo):
+    """The architecture for this dataset's classes and channels, at the chosen precision and conv algorithm.
+
+    Residual networks that support it start with the last BN of each block at zero (Goyal et al. 2017), which
+    makes from-scratch training of deep ResNets stable; ``--no-zero-init-residual`` turns it off.
+    """
+    if cfg.autotune is not None:
+        from cnnjax.ops import autotune
+
+        autotune.configure(mode=cfg.autotune)
+    extra = {}
+    if cfg.zero_init_residual and "zero_init_last_bn" in models.registry.options(cfg.arch):
+        extra["zero_init_last_bn"] = True
+    return models.create(cfg.arch, num_classes=info.num_classes, in_channels=info.channels,
+                         dtype=PRECISIONS[cfg.precision], conv_impl=cfg.conv_impl, **extra)
+
+
+def initial_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicated, init: str | None = None,
+                  log: Callable[[str], None] = print) -> TrainState:
+    """The run's fresh state from ``cfg.seed``, overlaid with ``init``'s pretrained variables if given."""
+
+    def overlay(fresh: dict) -> dict:
+        variables, notes = apply_init(init, cfg.arch, fresh)
+        for note in notes:
+            log(note)
+        return variables
+
+    return init_state(model, tx, seed=cfg.seed, input_shape=(1, info.image_size, info.image_size, info.channels),
+                      replicated=replicated, overlay=overlay if init is not None else None,
+                      trainable=trainable_of(cfg))
+
+
+def default_workdir(cfg: TrainConfig) -> pathlib.Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = cfg.dataset.replace(":", "_").replace("/", "_").replace(",", "_").replace("=", "")
+    return pathlib.Path("checkpoints") / f"{cfg.arch}-{name}-{stamp}"
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag (the loop saves and exits after the current step); a second signal raises
+    ``KeyboardInterrupt`` at once. Call the object to read the flag."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print, hooks: Sequence[Hook] = ()) -> dict:
+    """Run training as configured; returns the last evaluation record (plus ``workdir``, ``step``).
+
+    ``hooks`` run after the standard progress/fetch hooks and before evaluation and checkpointing, each at its
+    own cadence. Raises :class:`~cnnjax.training.NonFiniteLossError` (the last good checkpoint is kept).
+    """
+    cfg = C.resolve_defaults(cfg)
+    C.validate(cfg)
+    workdir = pathlib.Path(cfg.workdir) if cfg.workdir else default_workdir(cfg)
+    source = cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
+    info = source.info
+    model = build_model(cfg, info)
+    models.check_input_size(model, info.image_size)  # before any compile
+    steps_per_epoch = source.num_batches("train", cfg.batch_size)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    tx = build_optimizer(cfg, total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+
+    mesh = parallel.data_mesh()
+    replicated, batch_sharding = parallel.shardings(mesh)
+    state = initial_state(model, tx, cfg, info, replicated, cfg.init if not cfg.resume else None, log)
+    trainable = trainable_of(cfg)
+    frozen_modules = None if trainable is None else transfer.frozen_module_predicate(state.params, trainable)
+    metrics_path, is_main = workdir / "metrics.jsonl", jax.process_index() == 0
+    store = CheckpointStore(workdir / "checkpoints", keep=cfg.keep)
+    sums = None
+    if cfg.resume:
+        if not store.steps():
+            raise FileNotFoundError(f"--resume: no checkpoint in {workdir / 'checkpoints'}")
+        restored, position, step = store.restore(abstract_like(state.as_dict()))
+        state, sums = TrainState.from_dict(restored), position.get("sums")
+        if is_main:
+            report.truncate_metrics(metrics_path, step)
+        log(f"resumed from {workdir} at step {step} (epoch {position['epoch']}, batch {position['batch']})")
+    if cfg.feature_cache:  # the frozen backbone runs once; the loop below trains the head on its outputs
+        from train.feature_cache import cache_features
+
+        source, model = cache_features(model, state, source, cfg.batch_size, cfg.seed, replicated, batch_sharding,
+                                       progress=cfg.progress and is_main, log=log)
+    train_step, eval_step = jit_steps(model, tx, replicated, batch_sharding, label_smoothing=cfg.label_smoothing,
+                                      trainable=trainable, frozen_modules=frozen_modules)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(C.to_json(
+            cfg, workdir=str(workdir), num_classes=info.num_classes, image_size=info.image_size,
+            steps_per_epoch=steps_per_epoch, total_steps=total_steps, devices=jax.device_count(),
+            processes=jax.process_count()), indent=2))
+    n_params = sum(p.size for p in jax.tree.leaves(state.params))
+    if trainable is not None:
+        n_train = sum(p.size for p in jax.tree.leaves(transfer.split(state.params, trainable)[0]))
+        log(f"transfer {cfg.transfer} from {cfg.init}: {n_train:,} of {n_params:,} parameters train")
+    log(f"{cfg.arch}: {n_params:,} parameters | {info.name}: {info.num_train} train / {info.num_val} val, "
+        f"{info.num_classes} classes, {info.image_size}x{info.image_size}x{info.channels} | "
+        f"{jax.device_count()} device(s) | {total_steps} steps | workdir {workdir}")
+
+    def on_record(record: dict) -> None:
+        log(report.epoch_line(record))
+
+    evaluation = H.Evaluate(cfg.eval_every, lambda s: evaluate(s, eval_step, source, cfg.batch_size, batch_sharding),
+                            on_record=([report.MetricsFile(workdir)] if is_main else []) + [on_record])
+    step0 = int(state.step)
+    with StopFlag() as stop:
+        try:
+            loop = Loop(state, train_step, source_batches(source, cfg.batch_size), total_steps=total_steps,
+                        steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size,
+                        to_global=lambda local: parallel.global_batch(local, batch_sharding), sums=sums,
+                        should_stop=stop,
+                        hooks=[H.FetchMetrics(cfg.log_every), H.Progress(cfg.progress and is_main), *hooks,
+                               evaluation,
+                               H.Checkpoint(store, cfg.checkpoint_every or steps_per_epoch,
+                                            saved=[step0] if cfg.resume else [])])
+            loop.run()
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"{err}; stopping. The last good checkpoint is kept in "
+                                     f"{workdir / 'checkpoints'} (steps {store.steps()}); try a lower --lr.") from None
+        finally:
+            store.close()
+    last_record = evaluation.last
+    if loop.stopped:
+        log(f"stopped by signal {stop.signum} at step {loop.step}; checkpoint saved in {workdir / 'checkpoints'}; "
+            f"continue with --resume --workdir {workdir}")
+        last_record = {**last_record, "interrupted": True, "signal": stop.signum}
+    return {**last_record, "workdir": str(workdir), "step": loop.step}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = C.build_parser()
     args = parser.parse_args(argv)
     if args.arch not in models.names():
         parser.error(models.registry.unknown_name_message(args.arch))
     if args.resume and not args.workdir:
         parser.error("--resume needs --workdir (the run directory to continue)")
-    from train import parallel
-
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed)
-    cfg = config_from_args(args)
-    if args.benchmark:
-        return main_exit(lambda: benchmark(cfg, steps=args.benchmark_steps))
-    return main_exit(lambda: train(cfg))
+    cfg = C.from_args(args)
+    if cfg.benchmark:
+        from train.benchmark import benchmark
+
+        return C.main_exit(lambda: benchmark(cfg, steps=cfg.benchmark_steps))
+    return C.main_exit(lambda: train(cfg))
 
 
 if __name__ == "__main__":

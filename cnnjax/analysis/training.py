@@ -1,15 +1,23 @@
-"""A deliberately tiny training helper for the analysis tools (trained-vs-untrained comparisons).
+"""Short in-process training for the analysis tools (trained-vs-untrained comparisons), on the training core.
 
-This is NOT the training CLI (that lives in ``train/``): no checkpoints of optimiser state, no sharding, no
-evaluation schedule. :func:`quick_train` runs SGD with momentum (optax) on a :mod:`cnnjax.data` dataset for a
-fixed number of steps or seconds, whichever comes first, and returns the variables (``params`` and
-``batch_stats``). :func:`save_variables` / :func:`load_variables` store a variables dict as flax msgpack
-(``.msgpack``) or as a flat ``.npz`` (keys ``params/stem/conv/kernel``), the format ``--checkpoint`` reads.
+:func:`quick_train` trains a model on a :mod:`cnnjax.data` dataset for a fixed number of steps or seconds,
+whichever comes first, through :mod:`cnnjax.training` — the same state initialisation (threefry keys from the
+seed), jitted train step, optimizer (SGD with Nesterov momentum, cosine learning rate, weight decay off biases
+and norms) and step loop as ``python -m train.main`` — and returns the variables (``params`` and
+``batch_stats``). There are no checkpoints during training, no evaluation schedule and no CLI (that is
+``train/``).
+
+:func:`save_variables` / :func:`load_variables` store a variables dict in the one checkpoint format of the
+project (orbax, as a run directory ``PATH/checkpoints/0/``), so ``cnnjax.analyze --checkpoint``, ``train.evaluate
+--init`` and ``train.main --init`` read each other's files. :func:`load_variables` also reads the flax
+``.msgpack`` and flat ``.npz`` files earlier versions wrote (with a note on converting them).
 """
 
 from __future__ import annotations
 
+import collections
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,72 +26,73 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import serialization, traverse_util
 
+from cnnjax import checkpoint
 from cnnjax.data import DataSource
+from cnnjax.training import hooks as H
+from cnnjax.training import optim, parallel
+from cnnjax.training.loop import Hook, Loop, source_batches
+from cnnjax.training.state import TrainState, init_state
+from cnnjax.training.state import init_variables as _core_init_variables
+from cnnjax.training.step import jit_steps, make_eval_step
 
 
 def init_variables(model: nn.Module, image_size: int, channels: int, seed: int = 0) -> Any:
-    """``model.init`` on a (1, image_size, image_size, channels) NHWC input, jit-compiled.
+    """``model.init`` on a (1, image_size, image_size, channels) NHWC input from ``jax.random.key(seed)``, as
+    the training core initialises (:func:`cnnjax.training.init_variables`)."""
+    return _core_init_variables(model, (1, image_size, image_size, channels), seed)
 
-    Keys use the ``rbg`` PRNG: XLA compiles its bit generator several times faster on CPU than the default
-    threefry (seconds saved per model); the model's own initialisers decide the distributions as usual.
-    """
-    x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
-    rngs = {"params": jax.random.key(seed, impl="rbg"), "dropout": jax.random.key(seed + 1, impl="rbg")}
-    return jax.jit(lambda x: model.init(rngs, x, False))(x)
+
+class _RecentLosses(Hook):
+    """Keeps the last ``n`` step losses (on the device until read); logs the mean every ``log_every`` steps."""
+
+    every = 1
+
+    def __init__(self, n: int, log: Callable[[str], None] | None, log_every: int = 50):
+        self.losses: collections.deque = collections.deque(maxlen=n)
+        self.log, self.log_every, self.count = log, log_every, 0
+
+    def after_step(self, loop: Loop) -> None:
+        self.losses.append(loop.pending[-1]["loss"] if loop.pending else jnp.float32(loop.last_loss))
+        if self.log and loop.step % self.log_every == 0:
+            self.log(f"step {loop.step}: loss {self.mean(self.log_every):.3f}")
+
+    def mean(self, last: int | None = None) -> float:
+        values = list(self.losses)[-last:] if last else list(self.losses)
+        return float(np.mean(jax.device_get(values))) if values else float("nan")
 
 
 def quick_train(model: nn.Module, source: DataSource, *, steps: int = 300, seconds: float | None = None,
                 batch_size: int = 64, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
                 seed: int = 0, variables: Any = None,
                 log: Callable[[str], None] | None = None) -> tuple[Any, dict[str, float]]:
-    """Train ``model`` on the train split of ``source`` with SGD + momentum and a cosine learning rate.
+    """Train ``model`` on the train split of ``source`` with SGD + Nesterov momentum and a cosine learning rate
+    (no warmup) through the training core.
 
-    Stops after ``steps`` optimiser steps or ``seconds`` of wall time (checked between steps), whichever comes
-    first. Returns ``(variables, stats)`` with ``stats``: ``steps``, ``seconds``, ``train_loss`` (mean of the last
-    20 steps) and ``val_accuracy`` (fraction in [0, 1]).
+    Stops after ``steps`` optimiser steps or ``seconds`` of wall time (checked after every step), whichever
+    comes first; ``variables`` (optional) are the starting point instead of a fresh initialisation from
+    ``seed``. Returns ``(variables, stats)`` with ``stats``: ``steps``, ``seconds``, ``train_loss`` (mean of the
+    last 20 steps) and ``val_accuracy`` (fraction in [0, 1]).
     """
     info = source.info
-    if variables is None:
-        variables = init_variables(model, info.image_size, info.channels, seed)
-    params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-    schedule = optax.cosine_decay_schedule(lr, max(steps, 1))
-    tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum))
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, state, opt_state, x, y, key):
-        def loss_fn(p):
-            logits, new_state = model.apply({"params": p, **state}, x, True, mutable=list(state),
-                                            rngs={"dropout": key})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_state
-
-        (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), dict(new_state), opt_state, loss
-
-    key = jax.random.key(seed + 2)
+    tx = optim.make_optimizer("sgd", lr, weight_decay, max(steps, 1), 0, momentum)
+    replicated, batch_sharding = parallel.shardings(parallel.data_mesh())
+    start = variables
+    state = init_state(model, tx, seed=seed, input_shape=(1, info.image_size, info.image_size, info.channels),
+                       replicated=replicated,
+                       overlay=None if start is None else (lambda fresh: {"params": start["params"],
+                                                                          "batch_stats": start.get("batch_stats",
+                                                                                                   {})}))
+    train_step, _ = jit_steps(model, tx, replicated, batch_sharding)
+    recent = _RecentLosses(50, log)
     t0 = time.perf_counter()
-    losses: list[float] = []
-    done, epoch = 0, 0
-    while done < steps:
-        for batch in source.batches("train", batch_size, epoch=epoch):
-            key, sub = jax.random.split(key)
-            params, state, opt_state, loss = step(params, state, opt_state, jnp.asarray(batch["image"]),
-                                                  jnp.asarray(batch["label"]), sub)
-            done += 1
-            losses.append(float(loss))
-            if log and done % 50 == 0:
-                log(f"step {done}: loss {np.mean(losses[-50:]):.3f}")
-            if done >= steps or (seconds is not None and time.perf_counter() - t0 > seconds):
-                break
-        epoch += 1
-        if seconds is not None and time.perf_counter() - t0 > seconds:
-            break
-    variables = {"params": params, **state}
-    stats = {"steps": done, "seconds": time.perf_counter() - t0, "train_loss": float(np.mean(losses[-20:])),
+    loop = Loop(state, train_step, source_batches(source, batch_size), total_steps=steps,
+                steps_per_epoch=source.num_batches("train", batch_size), batch_size=batch_size,
+                to_global=lambda local: parallel.global_batch(local, batch_sharding),
+                hooks=[recent], should_stop=H.TimeLimit(seconds)).run()
+    variables = jax.device_get(loop.state.variables)
+    stats = {"steps": loop.step, "seconds": time.perf_counter() - t0, "train_loss": recent.mean(20),
              "val_accuracy": evaluate(model, variables, source)}
     return variables, stats
 
@@ -98,50 +107,53 @@ def val_arrays(source: DataSource, batch_size: int = 256) -> tuple[np.ndarray, n
 
 
 def evaluate(model: nn.Module, variables: Any, source: DataSource, batch_size: int = 256) -> float:
-    """Top-1 accuracy on the validation split (fraction in [0, 1]), eval mode."""
-    apply = jax.jit(lambda x: jnp.argmax(model.apply(variables, x, False), -1))
-    correct = total = 0
-    for batch in source.batches("val", batch_size):
-        pred = np.asarray(apply(jnp.asarray(batch["image"])))
-        m = batch["mask"]
-        correct += int((pred[m] == batch["label"][m]).sum())
-        total += int(m.sum())
-    return correct / max(total, 1)
+    """Top-1 accuracy on the validation split (fraction in [0, 1]), eval mode, with the core's eval step."""
+    from cnnjax.training.loop import evaluate as core_evaluate
+
+    replicated, batch_sharding = parallel.shardings(parallel.data_mesh())
+    state = jax.device_put(TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                                      batch_stats=variables.get("batch_stats", {}), opt_state=(),
+                                      rng=jnp.zeros((2,), jnp.uint32)), replicated)
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+    return core_evaluate(state, eval_step, source, batch_size, batch_sharding)["val_top1"]
 
 
 def save_variables(path: str | Path, variables: Any) -> Path:
-    """Write ``variables`` to ``path`` (``.msgpack``: flax serialization; ``.npz``: flat ``a/b/c`` keys).
-    A directory path gets ``variables.msgpack`` inside it. Returns the file written."""
+    """Write ``variables`` (``params``, ``batch_stats``) as an orbax checkpoint in the run directory ``path``
+    (``path/checkpoints/0/``), readable by :func:`load_variables`, :func:`cnnjax.checkpoint.restore` and
+    ``train.evaluate --init``. Returns ``path``."""
     path = Path(path)
-    if path.suffix not in (".msgpack", ".npz"):
-        path.mkdir(parents=True, exist_ok=True)
-        path = path / "variables.msgpack"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    host = jax.tree.map(np.asarray, variables)
-    if path.suffix == ".npz":
-        flat = traverse_util.flatten_dict(serialization.to_state_dict(host), sep="/")
-        np.savez(path, **flat)
-    else:
-        path.write_bytes(serialization.msgpack_serialize(serialization.to_state_dict(host)))
+    store = checkpoint.CheckpointStore(path / "checkpoints", keep=1, async_save=False)
+    try:
+        host = jax.tree.map(np.asarray, {"params": variables["params"],
+                                         "batch_stats": variables.get("batch_stats", {}) or {}})
+        store.save(0, host, {"source": "cnnjax.analysis.training.save_variables"})
+    finally:
+        store.close()
     return path
 
 
-def load_variables(path: str | Path) -> dict:
-    """Read a variables dict written by :func:`save_variables` (or any flax msgpack / flat-key npz of one).
-
-    ``path`` is a file or a directory holding ``variables.msgpack`` or ``variables.npz``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        for name in ("variables.msgpack", "variables.npz"):
-            if (path / name).exists():
-                path = path / name
-                break
-        else:
-            raise FileNotFoundError(f"{path} holds neither variables.msgpack nor variables.npz")
+def _read_legacy(path: Path) -> dict:
     if path.suffix == ".npz":
         with np.load(path) as z:
             flat = {k: jnp.asarray(z[k]) for k in z.files}
         return traverse_util.unflatten_dict(flat, sep="/")
-    restored = serialization.msgpack_restore(path.read_bytes())
-    return jax.tree.map(jnp.asarray, restored)
+    return jax.tree.map(jnp.asarray, serialization.msgpack_restore(path.read_bytes()))
+
+
+def load_variables(path: str | Path) -> dict:
+    """Read a variables dict: an orbax run directory / checkpoint (what :func:`save_variables` and
+    ``train.main`` write), or a legacy flax ``.msgpack`` / flat-key ``.npz`` file (or a directory holding
+    ``variables.msgpack`` / ``variables.npz``), which is read with a warning saying how to convert it."""
+    path = Path(path)
+    legacy = path if path.suffix in (".msgpack", ".npz") and path.is_file() else None
+    if legacy is None and path.is_dir():
+        legacy = next((path / n for n in ("variables.msgpack", "variables.npz") if (path / n).exists()), None)
+    if legacy is None:
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        return checkpoint.restore(path)
+    variables = _read_legacy(legacy)
+    warnings.warn(f"{legacy} is in the old .msgpack/.npz format; convert it to the orbax format once with "
+                  f"`python -m cnnjax.analyze convert {legacy} NEW_DIR`", stacklevel=2)
+    return variables

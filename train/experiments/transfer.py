@@ -2,7 +2,7 @@
 examples per class, comparing training from scratch, linear probing, partial freezing and fine-tuning.
 
 Writes ``OUT/results.json``, ``OUT/table.md`` (final val top-1, train top-1, train-val gap, wall time; mean over
-seeds) and ``OUT/transfer.png``. Every run goes through ``train.loop.train`` exactly as the CLI would.
+seeds) and ``OUT/transfer.png``. Every run goes through ``train.main.train`` exactly as the CLI would.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pathlib
 import statistics
 import time
 
-from train.loop import TrainConfig, train
+from train.config import TrainConfig
+from train.main import train
 
 PRETRAIN = "digits:classes=0+1+2+3+4"
 MODES = {  # name -> (init from the pretrained run?, --transfer mode)

@@ -1,7 +1,9 @@
-"""The pure training and evaluation steps (one ``jax.jit`` each, built by the loop with shardings).
+"""The pure training and evaluation steps, and :func:`jit_steps`, which compiles them with explicit shardings.
 
 ``train_step(state, batch) -> (state, metrics)`` and ``eval_step(state, batch) -> sums``; ``batch`` is a dict
-of global arrays ``image`` (B, H, W, C) float32, ``label`` (B,) int32 and ``mask`` (B,) bool.
+of global arrays ``image`` (B, H, W, C) float32, ``label`` (B,) int32 and ``mask`` (B,) bool. ``metrics`` are
+batch means (``loss``, ``top1``, ``top5``) and ``finite`` (loss and new parameters all finite); ``sums`` are
+masked sums (``loss``, ``top1``, ``top5``, ``count``) over the batch.
 """
 
 from __future__ import annotations
@@ -13,33 +15,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
+from jax.sharding import NamedSharding
 
 from cnnjax import transfer
 from cnnjax.nn import frozen_batchnorm
+from cnnjax.training.state import TrainState
 
 #: Weight of each auxiliary classifier's loss (GoogLeNet: 0.3, as in the paper and torchvision's reference).
 AUX_WEIGHT = 0.3
-
-
-@struct.dataclass
-class TrainState:
-    """Everything that determines the rest of a run: parameters, BN statistics, optimizer state, step, RNG."""
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    rng: jax.Array  # raw uint32 key data, so checkpoints hold plain arrays
-
-    def as_dict(self) -> dict:
-        return {"step": self.step, "params": self.params, "batch_stats": self.batch_stats,
-                "opt_state": self.opt_state, "rng": self.rng}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainState:
-        return cls(step=d["step"], params=d["params"], batch_stats=d["batch_stats"], opt_state=d["opt_state"],
-                   rng=d["rng"])
 
 
 def split_outputs(out: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
@@ -121,3 +104,15 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict], dict]:
                 "count": jnp.sum(mask)}
 
     return eval_step
+
+
+def jit_steps(model: nn.Module, tx: optax.GradientTransformation, replicated: NamedSharding,
+              batch_sharding: NamedSharding, *, label_smoothing: float = 0.0, trainable: transfer.Trainable = None,
+              frozen_modules: Callable[[str], bool] | None = None) -> tuple[Callable, Callable]:
+    """``(train_step, eval_step)``, each one ``jax.jit`` with explicit shardings: the state replicated, batches
+    split over the mesh's ``data`` axis; the train step donates the old state."""
+    train_step = jax.jit(make_train_step(model, tx, label_smoothing, trainable, frozen_modules),
+                         in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+                         donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+    return train_step, eval_step

@@ -1,0 +1,235 @@
+"""Every option of a training run, declared once.
+
+Each field of :class:`TrainConfig` is declared with :func:`option`: its default, help text, command-line flag,
+choices and range check. From that one declaration come the argument parser (:func:`build_parser`,
+:func:`add_arguments`, also used by ``train.evaluate`` for the options it shares), the defaults, the
+validation (:func:`validate`) and the run's ``config.json`` (:func:`to_json`). ``None`` means "the default for
+this architecture, optimizer and dataset" (:func:`resolve_defaults`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax.numpy as jnp
+
+from cnnjax import data as cdata
+from cnnjax import models, transfer
+from cnnjax.ops import CONV_IMPLS
+from cnnjax.ops.autotune import MODES as AUTOTUNE_MODES
+from cnnjax.training import optim, parallel
+from cnnjax.training.loop import NonFiniteLossError
+
+PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+#: Exit codes of the CLIs: 0 done (or stopped by a signal after saving), 2 bad input, 3 non-finite loss.
+EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
+
+
+def option(default: Any, help: str, *, type: Callable | None = None, choices: Iterable | Callable | None = None,
+           check: Callable[[Any], bool] | None = None, must: str = "", flag: str | None = None,
+           group: str | None = None, metavar: str | None = None, negate: str | None = None,
+           saved: bool = True) -> Any:
+    """A :class:`TrainConfig` field with everything the parser and the validation need.
+
+    ``choices`` (a tuple, or a function returning one) and ``check`` (a predicate; ``must`` says what it
+    requires, e.g. ``"> 0"``) validate a set value; ``flag`` overrides ``--field-name``; a boolean that is on by
+    default is turned off by ``negate`` (e.g. ``--no-progress``); ``saved=False`` keeps a process setting
+    (multi-host addresses, benchmark mode) out of ``config.json``.
+    """
+    meta = {"help": help, "type": type, "choices": choices, "check": check, "must": must, "flag": flag,
+            "group": group, "metavar": metavar, "negate": negate, "saved": saved}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+positive = (lambda v: v > 0), "> 0"
+non_negative = (lambda v: v >= 0), ">= 0"
+at_least_1 = (lambda v: v >= 1), ">= 1"
+unit_interval = (lambda v: 0 <= v < 1), "in [0, 1)"
+
+
+def _check(pair: tuple[Callable, str]) -> dict:
+    return {"check": pair[0], "must": pair[1]}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a run (``config.json`` in the run directory)."""
+
+    arch: str = option("resnet50", "architecture", choices=models.names, metavar="NAME")
+    dataset: str = option(cdata.DEFAULT, "one of: " + ", ".join(cdata.DATASETS))
+    data_dir: str | None = option(None, "TFDS data dir (else $TFDS_DATA_DIR); base of folder: paths")
+    image_size: int | None = option(None, "input side in pixels (default: the dataset's)", type=int,
+                                    **_check(at_least_1))
+    epochs: int | None = option(None, "default 10", type=int, **_check(at_least_1))
+    max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", type=int,
+                                   **_check(at_least_1))
+    batch_size: int = option(64, "global batch size (all devices)", **_check(at_least_1))
+    optimizer: str = option("sgd", "optimizer", choices=optim.OPTIMIZERS)
+    lr: float | None = option(None, "peak learning rate (sgd: 0.1 x batch/256; adamw: 1e-3)", type=float,
+                              **_check(positive))
+    momentum: float = option(0.9, "SGD momentum (Nesterov)", **_check(unit_interval))
+    weight_decay: float | None = option(None, "sgd: 5e-5; adamw: 0.05 (never on biases/norms)", type=float,
+                                        **_check(non_negative))
+    warmup_epochs: float = option(1.0, "linear warmup from 0 to --lr", **_check(non_negative))
+    label_smoothing: float = option(0.0, "label smoothing of the cross entropy", **_check(unit_interval))
+    precision: str = option("fp32", "bf16: bfloat16 compute, float32 parameters and loss",
+                            choices=tuple(PRECISIONS))
+    seed: int = option(0, "seed of initialisation, data order, augmentation and dropout")
+    workdir: str | None = option(None, "run directory (default checkpoints/<arch>-<dataset>-<time>)")
+    resume: bool = option(False, "continue the run in --workdir from its last checkpoint")
+    checkpoint_every: int | None = option(None, "steps between checkpoints (default: 1 epoch)", type=int,
+                                          **_check(at_least_1))
+    keep: int = option(3, "checkpoints kept", **_check(at_least_1))
+    eval_every: int = option(1, "epochs between evaluations", **_check(at_least_1))
+    log_every: int = option(10, "steps between host metric fetches", **_check(at_least_1))
+    conv_impl: str = option("fast", "convolution algorithm (auto: the fastest per layer, measured once and cached)",
+                            choices=CONV_IMPLS)
+    autotune: str | None = option(None, "--conv-impl auto: measure and cache (default; $CNNJAX_AUTOTUNE) or a "
+                                        "fixed rule", choices=AUTOTUNE_MODES)
+    zero_init_residual: bool = option(True, "keep torchvision's init of the last BN in residual blocks "
+                                            "(default: zero, Goyal et al.)", negate="--no-zero-init-residual")
+    init: str | None = option(None, "start from a cnnjax run directory/checkpoint or torchvision:ARCH",
+                              group="transfer learning")
+    transfer: str | None = option(None, "finetune | linear-probe | freeze:<regex> (freeze parameters whose path "
+                                        "matches)", group="transfer learning", metavar="MODE")
+    backbone_lr_mult: float = option(1.0, "finetune: learning rate multiplier for every parameter outside the "
+                                          "head", group="transfer learning", **_check(non_negative))
+    feature_cache: bool = option(False, "linear-probe: run the frozen backbone once and train the head on the "
+                                        "cached features (un-augmented; no dropout before the head)",
+                                 group="transfer learning")
+    progress: bool = option(True, "no progress bar", negate="--no-progress")
+    benchmark: bool = option(False, "time the train step on synthetic data; prints one JSON line", saved=False)
+    benchmark_steps: int = option(10, "steps timed by --benchmark", saved=False, **_check(at_least_1))
+    distributed: bool = option(False, "jax.distributed.initialize() with auto-detection",
+                               group="multi-host (JAX's runtime)", saved=False)
+    coordinator: str | None = option(None, "host:port of process 0", group="multi-host (JAX's runtime)",
+                                     saved=False)
+    num_processes: int | None = option(None, "number of processes", type=int, group="multi-host (JAX's runtime)",
+                                       saved=False)
+    process_id: int | None = option(None, "this process's index", type=int, group="multi-host (JAX's runtime)",
+                                    saved=False)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata["negate"] or f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def _choices(f: dataclasses.Field) -> tuple | None:
+    c = f.metadata["choices"]
+    return tuple(c()) if callable(c) else (tuple(c) if c is not None else None)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None = None,
+                  defaults: dict[str, Any] | None = None, required: Iterable[str] = ()) -> None:
+    """Add the flags of the fields ``names`` (default: all) to ``parser``, with ``defaults`` overriding the
+    declared ones (``train.evaluate`` evaluates with batches of 100, say) and ``required`` flags."""
+    defaults, required, groups = defaults or {}, set(required), {}
+    for name in names or FIELDS:
+        f = FIELDS[name]
+        m, default = f.metadata, defaults.get(name, f.default)
+        target = parser
+        if m["group"]:
+            target = groups.setdefault(m["group"], parser.add_argument_group(m["group"]))
+        if isinstance(f.default, bool):
+            action = "store_false" if m["negate"] else "store_true"
+            target.add_argument(_flag(f), dest=name, action=action, default=default, help=m["help"])
+            continue
+        choices = _choices(f)
+        kw: dict[str, Any] = {"dest": name, "help": m["help"], "metavar": m["metavar"]}
+        if name in required:
+            kw["required"] = True
+        else:
+            kw["default"] = default
+        if choices is not None and name != "arch":  # --arch is checked with a did-you-mean message
+            kw["choices"] = choices
+        elif name == "arch":
+            kw["help"] = f"{m['help']}: " + ", ".join(choices)
+        kw["type"] = m["type"] or (type(f.default) if f.default is not None else str)
+        target.add_argument(_flag(f), **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m train.main``'s parser: every :class:`TrainConfig` field."""
+    p = argparse.ArgumentParser(prog="python -m train.main",
+                                description="Train a zoo architecture and report validation accuracy. With no "
+                                            "option beyond --arch it trains on the bundled digits dataset.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="exit codes: 0 done (also after SIGINT/SIGTERM, once the checkpoint is "
+                                       "saved), 2 bad input, 3 non-finite loss (the last good checkpoint is kept)")
+    add_arguments(p)
+    return p
+
+
+def from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config of parsed arguments (fields the parser did not have keep their defaults)."""
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in FIELDS})
+
+
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Fill the per-optimizer defaults: SGD lr 0.1 x batch/256 (Goyal et al.), wd 5e-5; AdamW lr 1e-3, wd 0.05;
+    10 epochs."""
+    cfg = dataclasses.replace(cfg)
+    if cfg.lr is None:
+        cfg.lr = 0.1 * cfg.batch_size / 256 if cfg.optimizer == "sgd" else 1e-3
+    if cfg.weight_decay is None:
+        cfg.weight_decay = 5e-5 if cfg.optimizer == "sgd" else 0.05
+    if cfg.epochs is None:
+        cfg.epochs = 10
+    return cfg
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise ``ValueError`` if ``value`` is not valid for the field ``name`` (its choices and range)."""
+    f = FIELDS[name]
+    if value is None or isinstance(f.default, bool):
+        return
+    choices = _choices(f)
+    if choices is not None and value not in choices:
+        if name == "arch":
+            raise ValueError(models.registry.unknown_name_message(value))
+        raise ValueError(f"unknown {name.replace('_', ' ')} {value!r} ({_flag(f)}); valid choices: "
+                         f"{', '.join(map(str, choices))}")
+    check = f.metadata["check"]
+    if check is not None and (isinstance(value, float) and not math.isfinite(value) or not check(value)):
+        raise ValueError(f"{_flag(f)} must be {f.metadata['must']}, got {value}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject bad values early, before any data is read or anything compiled, naming the valid choices."""
+    for name in FIELDS:
+        check_value(name, getattr(cfg, name))
+    parallel.check_batch_size(cfg.batch_size)
+    if cfg.transfer is not None:
+        transfer.mode_predicate(cfg.transfer)  # raises on an unknown mode
+        if cfg.init is None:
+            raise ValueError("--transfer needs --init (a cnnjax run directory or torchvision:ARCH)")
+    if cfg.backbone_lr_mult != 1.0 and cfg.transfer not in (None, "finetune"):
+        raise ValueError("--backbone-lr-mult applies to --transfer finetune only")
+    if cfg.feature_cache and cfg.transfer != "linear-probe":
+        raise ValueError("--feature-cache applies to --transfer linear-probe only")
+
+
+def to_json(cfg: TrainConfig, **derived: Any) -> dict:
+    """What ``config.json`` holds: every saved field, then ``derived`` values (class count, steps, devices)."""
+    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if FIELDS[k].metadata["saved"]}, **derived}
+
+
+def main_exit(fn: Callable[[], Any]) -> int:
+    """Run ``fn`` mapping the known failures to one-line messages and exit codes (no traceback)."""
+    try:
+        fn()
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0

@@ -1,0 +1,72 @@
+"""What a run writes for people: ``metrics.jsonl`` (one JSON object per evaluation) and ``curves.png``.
+
+:class:`MetricsFile` is the ``on_record`` callback of :class:`cnnjax.training.hooks.Evaluate` in the CLI;
+:func:`truncate_metrics` drops the rows a killed run wrote after its last checkpoint, so a resumed run never
+duplicates them.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+
+def append_jsonl(path: pathlib.Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln] if path.exists() else []
+
+
+def truncate_metrics(path: pathlib.Path, step: int) -> None:
+    """Drop records written after ``step`` (by a run that was killed before its next checkpoint)."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:
+    """``curves.png``: train/val loss and top-1 against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl(metrics_path)
+    if not rows:
+        return
+    ep = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
+    a.plot(ep, [r["val_loss"] for r in rows], "o-", label="val")
+    a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    b.plot(ep, [r["train_top1"] for r in rows], "o-", label="train top-1")
+    b.plot(ep, [r["val_top1"] for r in rows], "o-", label="val top-1")
+    b.plot(ep, [r["val_top5"] for r in rows], "--", label="val top-5")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
+class MetricsFile:
+    """Append each evaluation record to ``workdir/metrics.jsonl`` and redraw ``workdir/curves.png``."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path, self.curves = workdir / "metrics.jsonl", workdir / "curves.png"
+
+    def __call__(self, record: dict) -> None:
+        append_jsonl(self.path, record)
+        plot_curves(self.path, self.curves)
+
+
+def epoch_line(record: dict) -> str:
+    """The one log line per evaluated epoch."""
+    return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.4f}"
+            f" | val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.4f} "
+            f"top-5 {record['val_top5']:.4f} | {record['images_per_sec']:.1f} img/s")
