@@ -1,11 +1,11 @@
 """Reading, downloading and caching torchvision checkpoints: :func:`load_torchvision`.
 
-Files are torchvision's IMAGENET1K_V1 checkpoints (``torch.save``-d state dicts). The cache directory is
-``cache_dir`` if given, else ``$CNNJAX_CACHE/torchvision`` if that variable is set, else
-``~/.cache/cnnjax/torchvision``. Downloads go to a ``<name>.*.part`` temporary file in the cache directory and
-are renamed into place only after the SHA-256 check: the file name carries a prefix of the file's SHA-256 (the
-hex digits after the last ``-``, torch.hub's convention, e.g. ``resnet18-f37072fd.pth``), so a corrupted or
-truncated download never enters the cache.
+Files are torchvision's IMAGENET1K_V1 checkpoints (``torch.save``-d state dicts; URLs from the architectures'
+:class:`~cnnjax.models.WeightsRecord`). The cache directory is ``cache_dir`` if given, else
+``$CNNJAX_CACHE/torchvision`` if that variable is set, else ``~/.cache/cnnjax/torchvision``. Downloads go to a
+``<name>.*.part`` temporary file in the cache directory and are renamed into place only after the SHA-256 check:
+the file name carries a prefix of the file's SHA-256 (the hex digits after the last ``-``, torch.hub's
+convention, e.g. ``resnet18-f37072fd.pth``), so a corrupted or truncated download never enters the cache.
 
 Reading a ``.pth`` needs torch (``torch.load(..., weights_only=True)``); without torch, convert it once
 elsewhere with :func:`export_npz` and use the ``.npz`` (placed next to where the ``.pth`` would be in the cache,
@@ -30,17 +30,20 @@ import numpy as np
 from cnnjax.weights.torchvision import TORCHVISION_ARCHS, _to_numpy, check_arch, from_torchvision, weights_record
 
 
-def _info_table() -> dict[str, dict[str, Any]]:
-    """``{arch: {'url', 'resize', 'crop', 'interpolation', 'mean', 'std'}}`` of the torchvision IMAGENET1K_V1
-    weights in the architecture records (:class:`cnnjax.models.WeightsRecord`)."""
-    out = {}
-    for arch in TORCHVISION_ARCHS:
-        w = weights_record(arch, "IMAGENET1K_V1")
-        out[arch] = dict(url=w.url, **w.transform.as_dict())
-    return out
+def _entry(arch: str) -> dict[str, Any]:
+    """``{'url', 'resize', 'crop', 'interpolation', 'mean', 'std'}`` of ``arch``'s torchvision IMAGENET1K_V1
+    weights, from its record (:class:`cnnjax.models.WeightsRecord`)."""
+    w = weights_record(arch, "IMAGENET1K_V1")
+    return dict(url=w.url, **w.transform.as_dict())
 
 
-_INFO = _info_table()  # what load_torchvision downloads by default (tests redirect an entry)
+# what load_torchvision downloads by default (tests redirect an entry)
+_INFO: dict[str, dict[str, Any]] = {arch: _entry(arch) for arch in TORCHVISION_ARCHS}
+
+
+def _info(arch: str) -> dict[str, Any]:
+    """``_INFO[arch]``, or the record's entry for an architecture registered after this module was imported."""
+    return _INFO[arch] if arch in _INFO else _entry(arch)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -55,7 +58,7 @@ def torchvision_info(arch: str) -> dict[str, Any]:
     """``{'url', 'filename', 'sha256_prefix', 'resize', 'crop', 'interpolation', 'mean', 'std'}`` of
     ``arch``'s torchvision IMAGENET1K_V1 weights (from its :class:`~cnnjax.models.WeightsRecord`)."""
     check_arch(arch)
-    info = dict(_INFO[arch])
+    info = dict(_info(arch))
     info["filename"] = _filename(info["url"])
     info["sha256_prefix"] = sha256_prefix(info["filename"])
     return info
@@ -214,7 +217,7 @@ def _resolve(arch: str, path_or_url: str | os.PathLike | None, directory: Path, 
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint file at {path}")
         return path
-    url = str(path_or_url) if path_or_url is not None else _INFO[arch]["url"]
+    url = str(path_or_url) if path_or_url is not None else _info(arch)["url"]
     dest = directory / _filename(url)
     if dest.is_file():
         return dest
