@@ -142,10 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def default_image_size(arch: str) -> int:
-    """224 for the ImageNet architectures; 32 for LeNet, the MLPs and the CIFAR ResNets."""
-    model = models.create(arch)
-    small = (models.lenet.LeNet5, models.mlp.MLP, models.cifar_resnet.CifarResNet)
-    return 32 if isinstance(model, small) else 224
+    """The architecture record's ``input_size``: 224 for the ImageNet architectures; 32 for LeNet, the MLPs and
+    the CIFAR ResNets."""
+    return models.record(arch).input_size
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def test_preprocess_spec_errors(photo_folder):
         data.load(f"folder:{photo_folder}", eval_preprocess={"resize_size": 256})
     with pytest.raises(ValueError, match="crop must be a positive int"):
         Preprocess(crop=0)
-    from cnnjax.weights.preprocess import eval_preprocess, eval_transform
+    from cnnjax.weights import eval_preprocess, eval_transform
 
     assert eval_preprocess("efficientnet_b0") == Preprocess(256, 224, "bicubic")
     assert eval_preprocess("convnext_tiny") == Preprocess.from_value(eval_transform("convnext_tiny").keywords)

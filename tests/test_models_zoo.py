@@ -76,7 +76,8 @@ def test_small_model_counts():
 @pytest.mark.parametrize("arch", models.names())
 def test_every_model_traces_and_torchvision_counts_match(arch):
     """Abstract traces only (no compile): logits and features shapes, and for torchvision's architectures the
-    exact published parameter count at num_classes=1000 (GoogLeNet counted without its auxiliary heads)."""
+    exact published parameter count at num_classes=1000 (GoogLeNet counted without its auxiliary heads), from the
+    reference table and from the architecture's record (which has every torchvision architecture)."""
     model = models.create(arch, **({"aux_logits": False} if arch == "googlenet" else {}))
     size = 32 if arch in SMALL else 224
     x = jax.ShapeDtypeStruct((2, size, size, model.in_channels), jnp.float32)
@@ -88,6 +89,8 @@ def test_every_model_traces_and_torchvision_counts_match(arch):
     assert "head" in variables["params"]
     if arch in TORCHVISION_PARAMS:
         assert count(variables["params"]) == TORCHVISION_PARAMS[arch]
+    if models.record(arch).weights:
+        assert count(variables["params"]) == models.record(arch).weights_for("IMAGENET1K_V1").num_params
 
 
 def test_reference_table_is_covered():

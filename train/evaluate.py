@@ -61,7 +61,7 @@ def resolve_preprocess(args: argparse.Namespace) -> tuple[Preprocess | None, str
     if arch is None and not flags:
         return None, None
     if arch is not None:
-        from cnnjax.weights.preprocess import eval_preprocess
+        from cnnjax.weights import eval_preprocess
 
         values = eval_preprocess(arch).as_dict()
         origin = [f"torchvision:{arch}"]

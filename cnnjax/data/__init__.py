@@ -16,7 +16,7 @@ see :class:`~cnnjax.data.base.DataSource`. TensorFlow is imported only by ``tfds
 ``tfds:`` and ``folder:`` also take ``eval_preprocess``, a :class:`Preprocess` (resize, crop, interpolation,
 mean, std): their val images are then decoded and transformed with PIL exactly as torchvision's
 ``Resize``/``CenterCrop``/``ToTensor``/``Normalize`` eval transform (``preprocess.py``; per-architecture values:
-:func:`cnnjax.weights.preprocess.eval_preprocess`).
+:func:`cnnjax.weights.eval_preprocess`).
 """
 
 from __future__ import annotations

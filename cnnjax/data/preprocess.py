@@ -8,8 +8,9 @@ the image is smaller), scale to [0, 1], subtract ``mean`` and divide by ``std`` 
 matches torchvision applied to the same PIL image (the ImageNet reference scripts load with PIL) up to float32
 rounding.
 
-This module knows no model: per-architecture settings (e.g. 232/224 bicubic) are in :mod:`cnnjax.weights`
-(:func:`cnnjax.weights.preprocess.eval_preprocess`). Only NumPy and PIL are imported.
+This module knows no model: per-architecture settings (e.g. 232/224 bicubic) are in the architecture records
+(:class:`cnnjax.models.WeightsRecord`), turned into a :class:`Preprocess` by :func:`cnnjax.weights.eval_preprocess`.
+Only NumPy and PIL are imported.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import jax
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import flatten_nchw
-from cnnjax.models.registry import register
+from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
 
 class AlexNet(ImageClassifier):
@@ -44,4 +44,14 @@ class AlexNet(ImageClassifier):
         return dense(self.num_classes, name="head")(x)
 
 
-register("alexnet", AlexNet)
+_TORCHVISION_NAMES = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6", "conv4": "features.8",
+                      "conv5": "features.10", "fc6": "classifier.1", "fc7": "classifier.4", "head": "classifier.6"}
+
+
+def torchvision_name(path: ModulePath, modules: frozenset[ModulePath]) -> str:
+    """torchvision module name of the cnnjax module ``path`` (see the module docstring)."""
+    return _TORCHVISION_NAMES[path[0]]
+
+
+register("alexnet", AlexNet, torchvision_map=torchvision_name,
+         weights=(imagenet1k_v1("alexnet-owt-7be5be79.pth", 56.522, 79.066, 61_100_840),))

@@ -96,5 +96,5 @@ class CifarResNet(ImageClassifier):
 
 
 for _depth in (20, 32, 44, 56, 110):
-    register(f"resnet{_depth}", functools.partial(CifarResNet, depth=_depth))
-    register(f"resnet{_depth}_plain", functools.partial(CifarResNet, depth=_depth, skip=False))
+    register(f"resnet{_depth}", functools.partial(CifarResNet, depth=_depth), input_size=32)
+    register(f"resnet{_depth}_plain", functools.partial(CifarResNet, depth=_depth, skip=False), input_size=32)

@@ -25,6 +25,7 @@ corresponds to. Conv kernels are HWIO (torch OIHW transposed by (2, 3, 1, 0)), l
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ModuleDef
-from cnnjax.models.registry import register
+from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
 
 class CNBlock(nn.Module):
@@ -117,5 +118,31 @@ _VARIANTS = {
     "convnext_base": dict(widths=(128, 256, 512, 1024), depths=(3, 3, 27, 3), stochastic_depth_prob=0.5),
     "convnext_large": dict(widths=(192, 384, 768, 1536), depths=(3, 3, 27, 3), stochastic_depth_prob=0.5),
 }
+
+_CNBLOCK = {"dwconv": "0", "norm": "2", "pwconv1": "3", "pwconv2": "5"}
+_FIXED = {"stem_conv": "features.0.0", "stem_norm": "features.0.1", "head_norm": "classifier.0",
+          "head": "classifier.2"}
+
+
+def torchvision_name(path: ModulePath, modules: frozenset[ModulePath]) -> str:
+    """torchvision module name of the cnnjax module ``path`` (see the module docstring)."""
+    if path[0] in _FIXED:
+        return _FIXED[path[0]]
+    m = re.fullmatch(r"stage(\d+)_block(\d+)", path[0])
+    if m:
+        base = f"features.{2 * int(m[1]) - 1}.{m[2]}"
+        return base if len(path) == 1 else f"{base}.block.{_CNBLOCK[path[1]]}"
+    d = int(path[0].removeprefix("downsample"))
+    return f"features.{2 * d}." + {"norm": "0", "conv": "1"}[path[1]]
+
+
+# torchvision's IMAGENET1K_V1 weights: file, published top-1 / top-5, parameters, eval resize (crop 224, bilinear)
+_WEIGHTS = {
+    "convnext_tiny": ("convnext_tiny-983f1562.pth", 82.520, 96.146, 28_589_128, 236),
+    "convnext_small": ("convnext_small-0c510722.pth", 83.616, 96.650, 50_223_688, 230),
+    "convnext_base": ("convnext_base-6075fbad.pth", 84.062, 96.870, 88_591_464, 232),
+    "convnext_large": ("convnext_large-ea097f82.pth", 84.414, 96.976, 197_767_336, 232),
+}
 for _name, _kw in _VARIANTS.items():
-    register(_name, functools.partial(ConvNeXt, **_kw))
+    register(_name, functools.partial(ConvNeXt, **_kw), torchvision_map=torchvision_name,
+             weights=(imagenet1k_v1(*_WEIGHTS[_name]),))

@@ -21,6 +21,7 @@ Layer indices ``i`` are 0-based (torchvision's ``denselayer`` numbers are 1-base
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ConvNormAct, ModuleDef
-from cnnjax.models.registry import register
+from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
 
 class DenseLayer(nn.Module):
@@ -115,5 +116,27 @@ _VARIANTS = {
     "densenet169": dict(growth_rate=32, block_config=(6, 12, 32, 32), num_init_features=64),
     "densenet201": dict(growth_rate=32, block_config=(6, 12, 48, 32), num_init_features=64),
 }
+
+
+def torchvision_name(path: ModulePath, modules: frozenset[ModulePath]) -> str:
+    """torchvision module name of the cnnjax module ``path`` (see the module docstring)."""
+    if path == ("head",):
+        return "classifier"
+    if path[0] == "stem":
+        return {"conv": "features.conv0", "bn": "features.norm0"}[path[1]]
+    m = re.fullmatch(r"denseblock(\d+)_layer(\d+)", path[0])
+    if m:
+        return f"features.denseblock{m[1]}.denselayer{int(m[2]) + 1}.{path[1]}"
+    return "features." + ".".join(path)
+
+
+# torchvision's IMAGENET1K_V1 weights (file, published top-1 / top-5, parameters), eval transform 256/224 bilinear
+_WEIGHTS = {
+    "densenet121": ("densenet121-a639ec97.pth", 74.434, 91.972, 7_978_856),
+    "densenet161": ("densenet161-8d451a50.pth", 77.138, 93.560, 28_681_000),
+    "densenet169": ("densenet169-b2777c0a.pth", 75.600, 92.806, 14_149_480),
+    "densenet201": ("densenet201-c1103571.pth", 76.896, 93.370, 20_013_928),
+}
 for _name, _kw in _VARIANTS.items():
-    register(_name, functools.partial(DenseNet, **_kw))
+    register(_name, functools.partial(DenseNet, **_kw), torchvision_map=torchvision_name,
+             weights=(imagenet1k_v1(*_WEIGHTS[_name]),))

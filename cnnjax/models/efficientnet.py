@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -36,8 +37,8 @@ import jax
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ConvNormAct, ModuleDef
-from cnnjax.models.mobilenet import SqueezeExcitation, make_divisible
-from cnnjax.models.registry import register
+from cnnjax.models.mobilenet import SqueezeExcitation, conv_bn_name, last_feature, make_divisible, mb_index
+from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
 
 class _MBBlock(nn.Module):
@@ -171,5 +172,39 @@ _VARIANTS = {
     "efficientnet_v2_m": dict(setting=V2_M_SETTING, last_channel=1280, dropout=0.3, bn_eps=1e-3),
     "efficientnet_v2_l": dict(setting=V2_L_SETTING, last_channel=1280, dropout=0.4, bn_eps=1e-3),
 }
+
+
+def torchvision_name(path: ModulePath, modules: frozenset[ModulePath]) -> str:
+    """torchvision module name of the cnnjax module ``path`` (see the module docstring); the whole set of module
+    paths decides the ``block.k`` indices and ``last_conv``'s."""
+    if path == ("head",):
+        return "classifier.1"
+    if path[0] in ("stem", "last_conv"):
+        return "features." + conv_bn_name(path, 0 if path[0] == "stem" else last_feature(modules))
+    i, j = re.fullmatch(r"stage(\d+)_block(\d+)", path[0]).groups()
+    k = mb_index(path[:1], modules)[path[1]]
+    if path[1] == "se":
+        return f"features.{i}.{j}.block.{k}.{path[2]}"
+    return f"features.{i}.{j}.block." + conv_bn_name(path, k)
+
+
+# torchvision's IMAGENET1K_V1 weights: file, published top-1 / top-5, parameters, eval transform (resize, crop,
+# interpolation[, mean, std]: ImageNet's except V2-L's 0.5 / 0.5)
+_HALF = (0.5, 0.5, 0.5)
+_WEIGHTS = {
+    "efficientnet_b0": ("efficientnet_b0_rwightman-7f5810bc.pth", 77.692, 93.532, 5_288_548, 256, 224, "bicubic"),
+    "efficientnet_b1": ("efficientnet_b1_rwightman-bac287d4.pth", 78.642, 94.186, 7_794_184, 256, 240, "bicubic"),
+    "efficientnet_b2": ("efficientnet_b2_rwightman-c35c1473.pth", 80.608, 95.310, 9_109_994, 288, 288, "bicubic"),
+    "efficientnet_b3": ("efficientnet_b3_rwightman-b3899882.pth", 82.008, 96.054, 12_233_232, 320, 300, "bicubic"),
+    "efficientnet_b4": ("efficientnet_b4_rwightman-23ab8bcd.pth", 83.384, 96.594, 19_341_616, 384, 380, "bicubic"),
+    "efficientnet_b5": ("efficientnet_b5_lukemelas-1a07897c.pth", 83.444, 96.628, 30_389_784, 456, 456, "bicubic"),
+    "efficientnet_b6": ("efficientnet_b6_lukemelas-24a108a5.pth", 84.008, 96.916, 43_040_704, 528, 528, "bicubic"),
+    "efficientnet_b7": ("efficientnet_b7_lukemelas-c5b4e57e.pth", 84.122, 96.908, 66_347_960, 600, 600, "bicubic"),
+    "efficientnet_v2_s": ("efficientnet_v2_s-dd5fe13b.pth", 84.228, 96.878, 21_458_488, 384, 384, "bilinear"),
+    "efficientnet_v2_m": ("efficientnet_v2_m-dc08266a.pth", 85.112, 97.156, 54_139_356, 480, 480, "bilinear"),
+    "efficientnet_v2_l": ("efficientnet_v2_l-59c71312.pth", 85.808, 97.788, 118_515_272, 480, 480, "bicubic",
+                          _HALF, _HALF),
+}
 for _name, _kw in _VARIANTS.items():
-    register(_name, functools.partial(EfficientNet, **_kw))
+    register(_name, functools.partial(EfficientNet, **_kw), torchvision_map=torchvision_name,
+             weights=(imagenet1k_v1(*_WEIGHTS[_name]),))

@@ -25,6 +25,7 @@ map in PyTorch's (C, H, W) order, so torchvision weights drop in unchanged.
 from __future__ import annotations
 
 import functools
+import re
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ConvNormAct, ModuleDef, flatten_nchw
-from cnnjax.models.registry import register
+from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
 
 class GoogLeNetOutputs(NamedTuple):
@@ -158,4 +159,13 @@ def _transform_input(x: jax.Array) -> jax.Array:
     return (x * (std / 0.5) + (mean - 0.5) / 0.5).astype(x.dtype)
 
 
-register("googlenet", GoogLeNet)
+def torchvision_name(path: ModulePath, modules: frozenset[ModulePath]) -> str:
+    """torchvision module name of the cnnjax module ``path`` (see the module docstring)."""
+    if path == ("head",):
+        return "fc"
+    return ".".join(re.sub(r"^(branch\d)_(\d)$", r"\1.\2", p) for p in path)
+
+
+register("googlenet", GoogLeNet, torchvision_map=torchvision_name,
+         head_modules=(("head",), ("aux1", "fc2"), ("aux2", "fc2")),
+         weights=(imagenet1k_v1("googlenet-1378be20.pth", 69.778, 89.530, 6_624_904),))

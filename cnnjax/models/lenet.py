@@ -51,5 +51,5 @@ class LeNet5(ImageClassifier):
         return dense(self.num_classes, name="head")(x)
 
 
-register("lenet5", LeNet5)
-register("lenet5_modern", functools.partial(LeNet5, modern=True))
+register("lenet5", LeNet5, input_size=32)
+register("lenet5_modern", functools.partial(LeNet5, modern=True), input_size=32)

@@ -38,5 +38,5 @@ class MLP(ImageClassifier):
         return cnn.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
 
 
-register("mlp", MLP)
-register("mlp_10m", functools.partial(MLP, hidden=(2048, 1024, 1024, 512)))
+register("mlp", MLP, input_size=32)
+register("mlp_10m", functools.partial(MLP, hidden=(2048, 1024, 1024, 512)), input_size=32)

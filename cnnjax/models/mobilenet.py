@@ -32,6 +32,7 @@ MobileNetV3 (blocks are numbered like their ``features`` index; the ``block.k`` 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -40,7 +41,7 @@ import jax
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ConvNormAct, ModuleDef
-from cnnjax.models.registry import register
+from cnnjax.models.registry import ModulePath, TorchvisionMap, imagenet1k_v1, register
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -211,6 +212,62 @@ class MobileNetV3(ImageClassifier):
         return linear(self.num_classes, name="head")(x)
 
 
-register("mobilenet_v2", MobileNetV2)
-register("mobilenet_v3_large", functools.partial(MobileNetV3, setting=V3_LARGE, last_channel=1280))
-register("mobilenet_v3_small", functools.partial(MobileNetV3, setting=V3_SMALL, last_channel=1024))
+# ----------------------------------------------------------------------------------------------------------------
+# torchvision module names (shared with EfficientNet)
+
+MB_ORDER = ("expand", "depthwise", "se", "project")  # torchvision's order inside (Fused)MBConv / InvertedResidual
+
+
+@functools.lru_cache(maxsize=1024)
+def mb_index(block: ModulePath, modules: frozenset[ModulePath]) -> dict[str, int]:
+    """Position of each part of an inverted-residual block in torchvision's ``block`` Sequential."""
+    parts = {p[len(block)] for p in modules if p[:len(block)] == block and len(p) > len(block)}
+    unknown = parts - set(MB_ORDER)
+    if unknown:
+        raise ValueError(f"unexpected submodules {sorted(unknown)} in {'/'.join(block)}")
+    return {name: i for i, name in enumerate(n for n in MB_ORDER if n in parts)}
+
+
+def last_feature(modules: frozenset[ModulePath]) -> int:
+    """Index of ``last_conv`` in torchvision's ``features``: one after the last block / stage."""
+    nums = [int(m[1]) for p in modules if (m := re.fullmatch(r"(?:block|stage)(\d+).*", p[0]))]
+    return max(nums) + 1
+
+
+def conv_bn_name(path: ModulePath, i: int) -> str:
+    """``ConvNormAct`` (``conv``/``bn``) at ``i``: torchvision's ``Conv2dNormActivation`` (``.0``/``.1``)."""
+    return f"{i}." + {"conv": "0", "bn": "1"}[path[-1]]
+
+
+def torchvision_names(v2: bool) -> TorchvisionMap:
+    """The torchvision module name of each cnnjax module path of MobileNetV2 (``v2``) or V3 (see the module
+    docstring); the whole set of module paths decides the ``block.k`` / ``conv.k`` indices."""
+
+    def torchvision_name(path: ModulePath, modules: frozenset[ModulePath]) -> str:
+        if path == ("head",):
+            return "classifier.1" if v2 else "classifier.3"
+        if path == ("pre_head",):
+            return "classifier.0"
+        if path[0] in ("stem", "last_conv"):
+            return "features." + conv_bn_name(path, 0 if path[0] == "stem" else last_feature(modules))
+        i = int(path[0].removeprefix("block"))
+        k = mb_index(path[:1], modules)[path[1]]
+        if v2:  # features.{i}.conv: [expand ConvNormAct], depthwise ConvNormAct, project Conv2d, project BN
+            if path[1] == "project":
+                return f"features.{i}.conv.{k + {'conv': 0, 'bn': 1}[path[2]]}"
+            return f"features.{i}.conv." + conv_bn_name(path, k)
+        if path[1] == "se":
+            return f"features.{i}.block.{k}.{path[2]}"
+        return f"features.{i}.block." + conv_bn_name(path, k)
+
+    return torchvision_name
+
+
+register("mobilenet_v2", MobileNetV2, torchvision_map=torchvision_names(v2=True),
+         weights=(imagenet1k_v1("mobilenet_v2-b0353104.pth", 71.878, 90.286, 3_504_872),))
+register("mobilenet_v3_large", functools.partial(MobileNetV3, setting=V3_LARGE, last_channel=1280),
+         torchvision_map=torchvision_names(v2=False),
+         weights=(imagenet1k_v1("mobilenet_v3_large-8738ca79.pth", 74.042, 91.340, 5_483_032),))
+register("mobilenet_v3_small", functools.partial(MobileNetV3, setting=V3_SMALL, last_channel=1024),
+         torchvision_map=torchvision_names(v2=False),
+         weights=(imagenet1k_v1("mobilenet_v3_small-047dcff4.pth", 67.668, 87.402, 2_542_856),))

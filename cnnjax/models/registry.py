@@ -1,27 +1,148 @@
-"""Models by name: ``create('resnet50', num_classes=10)`` and ``names()``."""
+"""Models by name: ``create('resnet50', num_classes=10)``, ``names()``, and one :class:`ArchRecord` per
+architecture (timm's ``default_cfgs`` style): ``record('resnet50')``, ``records()``.
+
+Each model file registers its variants next to their ``functools.partial`` with :func:`register`, which stores an
+:class:`ArchRecord`: the factory, the default input side, and, for the architectures torchvision also has, the
+cnnjax -> torchvision module-name map (``torchvision_map``), the classifier modules (``head_modules``) and the
+torchvision weights the architecture can load (:class:`WeightsRecord`: URL, SHA-256 prefix, eval transform,
+published accuracy, parameter count). The records are pure data (no torch, no download); :mod:`cnnjax.weights`
+derives its architecture list, URL table, module maps and eval transforms from them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Callable
 
 import flax.linen as nn
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+#: A module path in a parameter tree, e.g. ``('stage1_block0', 'conv1')``.
+ModulePath = tuple[str, ...]
+
+#: ``(module path, all module paths of the tree) -> torchvision module name`` (the state-dict key without its
+#: last component). It raises ``KeyError`` / ``ValueError`` / ``AttributeError`` / ``TypeError`` for a path it
+#: does not know.
+TorchvisionMap = Callable[[ModulePath, frozenset[ModulePath]], str]
+
+_IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+_IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+TORCHVISION_URL = "https://download.pytorch.org/models/"
 
 
-def register(name: str, factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Add ``factory`` (a module class or a ``functools.partial`` of one) under ``name``."""
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+    """torchvision's evaluation transform of a set of weights (``weights.transforms()``): resize the shorter side
+    to ``resize`` with ``interpolation`` (antialiased), centre-crop ``crop``, normalise with ``mean``/``std``."""
+
+    resize: int = 256
+    crop: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = _IMAGENET_MEAN
+    std: tuple[float, float, float] = _IMAGENET_STD
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsRecord:
+    """One set of pretrained torchvision weights of an architecture (torchvision's ``Weights`` enum member).
+
+    ``name``: the enum member (``'IMAGENET1K_V1'``); ``url``: the checkpoint; ``sha256_prefix``: the hex digits
+    after the last ``-`` of its file name (torch.hub checks the download against them); ``transform``: the eval
+    transform; ``categories``: the label set; ``top1`` / ``top5``: torchvision's published accuracy (%) on it;
+    ``num_params``: the parameter count (for GoogLeNet without the auxiliary heads).
+    """
+
+    name: str
+    url: str
+    sha256_prefix: str
+    transform: EvalTransform
+    top1: float
+    top5: float
+    num_params: int
+    categories: str = "imagenet-1k"
+
+    def __post_init__(self):
+        stem = self.url.rsplit("/", 1)[-1].split(".")[0]
+        if not re.fullmatch(r"[0-9a-f]{6,64}", self.sha256_prefix) or not stem.endswith(f"-{self.sha256_prefix}"):
+            raise ValueError(f"sha256_prefix {self.sha256_prefix!r} is not the hash in the file name of {self.url}")
+
+
+def imagenet1k_v1(filename: str, top1: float, top5: float, num_params: int, resize: int = 256, crop: int = 224,
+                  interpolation: str = "bilinear", mean: tuple[float, float, float] = _IMAGENET_MEAN,
+                  std: tuple[float, float, float] = _IMAGENET_STD) -> WeightsRecord:
+    """torchvision's ``IMAGENET1K_V1`` weights stored as ``download.pytorch.org/models/<filename>`` (the hash
+    prefix is read from the file name), with that eval transform (default 256/224 bilinear, ImageNet
+    mean/std)."""
+    prefix = filename.split(".")[0].rsplit("-", 1)[-1]
+    return WeightsRecord("IMAGENET1K_V1", TORCHVISION_URL + filename, prefix,
+                         EvalTransform(resize, crop, interpolation, tuple(mean), tuple(std)), top1, top5, num_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchRecord:
+    """Everything the library knows about one architecture.
+
+    ``factory``: the module class or a ``functools.partial`` of it (what :func:`create` calls); ``input_size``:
+    the default square input side (224 for the ImageNet models, 32 for LeNet, the MLPs and the CIFAR ResNets);
+    ``torchvision_map``: the cnnjax -> torchvision module-name map (None: no torchvision counterpart);
+    ``head_modules``: the classifier modules replaced when fine-tuning on another label set (``head``, and
+    GoogLeNet's auxiliary ``fc2``); ``weights``: the torchvision weights it can load.
+    """
+
+    name: str
+    factory: Callable[..., nn.Module]
+    input_size: int = 224
+    torchvision_map: TorchvisionMap | None = None
+    head_modules: tuple[ModulePath, ...] = (("head",),)
+    weights: tuple[WeightsRecord, ...] = ()
+
+    def __post_init__(self):
+        if self.weights and self.torchvision_map is None:
+            raise ValueError(f"{self.name}: torchvision weights need a torchvision_map")
+
+    def weights_for(self, name: str = "IMAGENET1K_V1") -> WeightsRecord:
+        """The :class:`WeightsRecord` called ``name`` (``KeyError`` if the architecture has none)."""
+        for w in self.weights:
+            if w.name == name:
+                return w
+        raise KeyError(f"{self.name} has no torchvision weights {name!r}; it has "
+                       f"{', '.join(w.name for w in self.weights) or 'none'}")
+
+
+_REGISTRY: dict[str, ArchRecord] = {}
+
+
+def register(name: str, factory: Callable[..., nn.Module], *, input_size: int = 224,
+             torchvision_map: TorchvisionMap | None = None, head_modules: tuple[ModulePath, ...] = (("head",),),
+             weights: tuple[WeightsRecord, ...] = ()) -> Callable[..., nn.Module]:
+    """Add ``factory`` (a module class or a ``functools.partial`` of one) under ``name``, with the rest of its
+    :class:`ArchRecord`; returns ``factory``."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = factory
+    _REGISTRY[name] = ArchRecord(name, factory, input_size, torchvision_map, tuple(head_modules), tuple(weights))
     return factory
 
 
 def names() -> list[str]:
     """All registered architecture names, sorted."""
     return sorted(_REGISTRY)
+
+
+def record(name: str) -> ArchRecord:
+    """The :class:`ArchRecord` of ``name`` (``ValueError`` naming the valid choices if there is none)."""
+    if name not in _REGISTRY:
+        raise ValueError(unknown_name_message(name))
+    return _REGISTRY[name]
+
+
+def records() -> list[ArchRecord]:
+    """Every :class:`ArchRecord`, in the order of :func:`names`."""
+    return [_REGISTRY[n] for n in names()]
 
 
 def _module_class(factory: Callable[..., nn.Module]) -> type:
@@ -38,18 +159,14 @@ def unknown_name_message(name: str) -> str:
 
 def options(name: str) -> set[str]:
     """The fields ``create(name, ...)`` accepts as overrides."""
-    if name not in _REGISTRY:
-        raise ValueError(unknown_name_message(name))
-    return {f.name for f in dataclasses.fields(_module_class(_REGISTRY[name]))} - {"parent", "name"}
+    return {f.name for f in dataclasses.fields(_module_class(record(name).factory))} - {"parent", "name"}
 
 
 def create(name: str, num_classes: int | None = None, **overrides) -> nn.Module:
     """Build the architecture ``name`` with ``num_classes`` outputs (default: the architecture's own, 1000 for
     the ImageNet models, 10 for LeNet and the CIFAR ResNets); ``overrides`` set any other field
     (``in_channels``, ``dtype``, ``param_dtype``, ``conv_impl``, family options such as ``skip``)."""
-    if name not in _REGISTRY:
-        raise ValueError(unknown_name_message(name))
-    factory, fields = _REGISTRY[name], options(name)
+    factory, fields = record(name).factory, options(name)
     bad = sorted(set(overrides) - fields)
     if bad:
         raise TypeError(f"{name} has no option(s) {', '.join(bad)}; valid options: {', '.join(sorted(fields))}")

@@ -23,7 +23,7 @@ import numpy as np
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ConvNormAct, ModuleDef
-from cnnjax.models.registry import register
+from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
 
 class BlurPool(nn.Module):
@@ -185,5 +185,35 @@ _VARIANTS = {
     "wide_resnet50_2": dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, width_per_group=128),
     "wide_resnet101_2": dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck, width_per_group=128),
 }
+
+
+def torchvision_name(path: ModulePath, modules: frozenset[ModulePath]) -> str:
+    """torchvision module name of the cnnjax module ``path``: ``stem/{conv,bn}`` -> ``conv1``/``bn1``,
+    ``stage{s}_block{b}/...`` -> ``layer{s}.{b}...`` (``downsample/{conv,bn}`` -> ``downsample.{0,1}``),
+    ``head`` -> ``fc``."""
+    if path[0] == "stem":
+        return {"conv": "conv1", "bn": "bn1"}[path[1]]
+    if path == ("head",):
+        return "fc"
+    stage, block = path[0].removeprefix("stage").split("_block")
+    s, b = int(stage), int(block)
+    if path[1] == "downsample":
+        return f"layer{s}.{b}.downsample." + {"conv": "0", "bn": "1"}[path[2]]
+    return f"layer{s}.{b}.{path[1]}"
+
+
+# torchvision's IMAGENET1K_V1 weights (file, published top-1 / top-5, parameters), eval transform 256/224 bilinear
+_WEIGHTS = {
+    "resnet18": ("resnet18-f37072fd.pth", 69.758, 89.078, 11_689_512),
+    "resnet34": ("resnet34-b627a593.pth", 73.314, 91.420, 21_797_672),
+    "resnet50": ("resnet50-0676ba61.pth", 76.130, 92.862, 25_557_032),
+    "resnet101": ("resnet101-63fe2227.pth", 77.374, 93.546, 44_549_160),
+    "resnet152": ("resnet152-394f9c45.pth", 78.312, 94.046, 60_192_808),
+    "resnext50_32x4d": ("resnext50_32x4d-7cdf4587.pth", 77.618, 93.698, 25_028_904),
+    "resnext101_32x8d": ("resnext101_32x8d-8ba56ff5.pth", 79.312, 94.526, 88_791_336),
+    "wide_resnet50_2": ("wide_resnet50_2-95faca4d.pth", 78.468, 94.086, 68_883_240),
+    "wide_resnet101_2": ("wide_resnet101_2-32ee1156.pth", 78.848, 94.284, 126_886_696),
+}
 for _name, _kw in _VARIANTS.items():
-    register(_name, functools.partial(ResNet, **_kw))
+    register(_name, functools.partial(ResNet, **_kw), torchvision_map=torchvision_name,
+             weights=(imagenet1k_v1(*_WEIGHTS[_name]),))

@@ -9,6 +9,7 @@ NHWC input (N, H, W, 3) -> logits; ``features`` -> (N, 7, 7, 512) at 224x224. Fl
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -17,7 +18,7 @@ import jax
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
 from cnnjax.models.layers import ModuleDef, flatten_nchw
-from cnnjax.models.registry import register
+from cnnjax.models.registry import ModulePath, TorchvisionMap, imagenet1k_v1, register
 
 #: Conv widths per stage (each stage ends with a 2x2 max-pool): configurations A, B, D, E of the paper.
 CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -81,6 +82,34 @@ class VGG(ImageClassifier):
         return dense(self.num_classes, name="head")(x)
 
 
+def torchvision_names(stages: Sequence[Sequence[int]], batch_norm: bool) -> TorchvisionMap:
+    """The torchvision module name of each cnnjax module path of ``VGG(stages, batch_norm)`` (see the module
+    docstring)."""
+    index = {(s, j): i for s, j, i in torchvision_feature_indices(stages, batch_norm)}
+
+    def torchvision_name(path: ModulePath, modules: frozenset[ModulePath]) -> str:
+        if path[0] in ("fc6", "fc7", "head"):
+            return "classifier." + {"fc6": "0", "fc7": "3", "head": "6"}[path[0]]
+        s = int(path[0].removeprefix("stage"))
+        kind, j = re.fullmatch(r"(conv|bn)(\d+)", path[1]).groups()
+        return f"features.{index[(s, int(j))] + (kind == 'bn')}"
+
+    return torchvision_name
+
+
+# torchvision's IMAGENET1K_V1 weights (file, published top-1 / top-5, parameters), eval transform 256/224 bilinear
+_WEIGHTS = {
+    "vgg11": ("vgg11-8a719046.pth", 69.020, 88.628, 132_863_336),
+    "vgg13": ("vgg13-19584684.pth", 69.928, 89.246, 133_047_848),
+    "vgg16": ("vgg16-397923af.pth", 71.592, 90.382, 138_357_544),
+    "vgg19": ("vgg19-dcbb9e9d.pth", 72.376, 90.876, 143_667_240),
+    "vgg11_bn": ("vgg11_bn-6002323d.pth", 70.370, 89.810, 132_868_840),
+    "vgg13_bn": ("vgg13_bn-abd245e5.pth", 71.586, 90.374, 133_053_736),
+    "vgg16_bn": ("vgg16_bn-6c64b313.pth", 73.360, 91.516, 138_365_992),
+    "vgg19_bn": ("vgg19_bn-c79401a0.pth", 74.218, 91.842, 143_678_248),
+}
 for _name, _stages in CONFIGS.items():
-    register(_name, functools.partial(VGG, stages=_stages))
-    register(f"{_name}_bn", functools.partial(VGG, stages=_stages, batch_norm=True))
+    register(_name, functools.partial(VGG, stages=_stages), torchvision_map=torchvision_names(_stages, False),
+             weights=(imagenet1k_v1(*_WEIGHTS[_name]),))
+    register(f"{_name}_bn", functools.partial(VGG, stages=_stages, batch_norm=True),
+             torchvision_map=torchvision_names(_stages, True), weights=(imagenet1k_v1(*_WEIGHTS[f"{_name}_bn"]),))

@@ -6,9 +6,14 @@
   cache (SHA-256 checked) and converts it; :func:`init_from_torchvision` overlays it on freshly initialised
   variables, keeping a re-initialised classifier for another ``num_classes`` (the ``--init torchvision:ARCH``
   hook);
-* :func:`eval_transform` / :func:`preprocess` reproduce torchvision's evaluation transform in NumPy/PIL.
+* :func:`eval_transform` / :func:`eval_preprocess` (:mod:`cnnjax.weights.transforms`) give an architecture's
+  torchvision evaluation transform, reproduced in NumPy/PIL by :func:`preprocess` (:mod:`cnnjax.data.preprocess`).
+
+Everything per architecture (torchvision module names, classifier modules, URL, SHA-256 prefix, eval transform,
+published accuracy) comes from its :class:`cnnjax.models.ArchRecord` / :class:`cnnjax.models.WeightsRecord`.
 """
 
+from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from cnnjax.weights.download import (
     ChecksumError,
     WeightsUnavailableError,
@@ -19,7 +24,6 @@ from cnnjax.weights.download import (
     read_state_dict,
     torchvision_info,
 )
-from cnnjax.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_transform, preprocess
 from cnnjax.weights.torchvision import (
     TORCHVISION_ARCHS,
     WeightConversionError,
@@ -28,6 +32,7 @@ from cnnjax.weights.torchvision import (
     head_modules,
     to_torchvision,
 )
+from cnnjax.weights.transforms import eval_preprocess, eval_transform
 
 __all__ = [
     "ChecksumError",
@@ -37,6 +42,7 @@ __all__ = [
     "WeightConversionError",
     "WeightsUnavailableError",
     "check_torchvision",
+    "eval_preprocess",
     "eval_transform",
     "export_npz",
     "from_torchvision",

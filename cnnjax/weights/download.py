@@ -1,11 +1,11 @@
 """Reading, downloading and caching torchvision checkpoints: :func:`load_torchvision`.
 
-Files are torchvision's IMAGENET1K_V1 checkpoints (``torch.save``-d state dicts). The cache directory is
-``cache_dir`` if given, else ``$CNNJAX_CACHE/torchvision`` if that variable is set, else
-``~/.cache/cnnjax/torchvision``. Downloads go to a ``<name>.*.part`` temporary file in the cache directory and
-are renamed into place only after the SHA-256 check: the file name carries a prefix of the file's SHA-256 (the
-hex digits after the last ``-``, torch.hub's convention, e.g. ``resnet18-f37072fd.pth``), so a corrupted or
-truncated download never enters the cache.
+Files are torchvision's IMAGENET1K_V1 checkpoints (``torch.save``-d state dicts; URLs from the architectures'
+:class:`~cnnjax.models.WeightsRecord`). The cache directory is ``cache_dir`` if given, else
+``$CNNJAX_CACHE/torchvision`` if that variable is set, else ``~/.cache/cnnjax/torchvision``. Downloads go to a
+``<name>.*.part`` temporary file in the cache directory and are renamed into place only after the SHA-256 check:
+the file name carries a prefix of the file's SHA-256 (the hex digits after the last ``-``, torch.hub's
+convention, e.g. ``resnet18-f37072fd.pth``), so a corrupted or truncated download never enters the cache.
 
 Reading a ``.pth`` needs torch (``torch.load(..., weights_only=True)``); without torch, convert it once
 elsewhere with :func:`export_npz` and use the ``.npz`` (placed next to where the ``.pth`` would be in the cache,
@@ -27,68 +27,23 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.weights.torchvision import _to_numpy, check_arch, from_torchvision
-
-# torchvision's IMAGENET1K_V1 weights: URL and evaluation transform (resize, crop, interpolation, normalisation:
-# 'imagenet' = mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225), 'half' = mean = std = 0.5).
-_TABLE = """\
-alexnet	https://download.pytorch.org/models/alexnet-owt-7be5be79.pth	256	224	bilinear	imagenet
-vgg11	https://download.pytorch.org/models/vgg11-8a719046.pth	256	224	bilinear	imagenet
-vgg13	https://download.pytorch.org/models/vgg13-19584684.pth	256	224	bilinear	imagenet
-vgg16	https://download.pytorch.org/models/vgg16-397923af.pth	256	224	bilinear	imagenet
-vgg19	https://download.pytorch.org/models/vgg19-dcbb9e9d.pth	256	224	bilinear	imagenet
-vgg11_bn	https://download.pytorch.org/models/vgg11_bn-6002323d.pth	256	224	bilinear	imagenet
-vgg13_bn	https://download.pytorch.org/models/vgg13_bn-abd245e5.pth	256	224	bilinear	imagenet
-vgg16_bn	https://download.pytorch.org/models/vgg16_bn-6c64b313.pth	256	224	bilinear	imagenet
-vgg19_bn	https://download.pytorch.org/models/vgg19_bn-c79401a0.pth	256	224	bilinear	imagenet
-googlenet	https://download.pytorch.org/models/googlenet-1378be20.pth	256	224	bilinear	imagenet
-resnet18	https://download.pytorch.org/models/resnet18-f37072fd.pth	256	224	bilinear	imagenet
-resnet34	https://download.pytorch.org/models/resnet34-b627a593.pth	256	224	bilinear	imagenet
-resnet50	https://download.pytorch.org/models/resnet50-0676ba61.pth	256	224	bilinear	imagenet
-resnet101	https://download.pytorch.org/models/resnet101-63fe2227.pth	256	224	bilinear	imagenet
-resnet152	https://download.pytorch.org/models/resnet152-394f9c45.pth	256	224	bilinear	imagenet
-resnext50_32x4d	https://download.pytorch.org/models/resnext50_32x4d-7cdf4587.pth	256	224	bilinear	imagenet
-resnext101_32x8d	https://download.pytorch.org/models/resnext101_32x8d-8ba56ff5.pth	256	224	bilinear	imagenet
-wide_resnet50_2	https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth	256	224	bilinear	imagenet
-wide_resnet101_2	https://download.pytorch.org/models/wide_resnet101_2-32ee1156.pth	256	224	bilinear	imagenet
-densenet121	https://download.pytorch.org/models/densenet121-a639ec97.pth	256	224	bilinear	imagenet
-densenet161	https://download.pytorch.org/models/densenet161-8d451a50.pth	256	224	bilinear	imagenet
-densenet169	https://download.pytorch.org/models/densenet169-b2777c0a.pth	256	224	bilinear	imagenet
-densenet201	https://download.pytorch.org/models/densenet201-c1103571.pth	256	224	bilinear	imagenet
-mobilenet_v2	https://download.pytorch.org/models/mobilenet_v2-b0353104.pth	256	224	bilinear	imagenet
-mobilenet_v3_small	https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth	256	224	bilinear	imagenet
-mobilenet_v3_large	https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth	256	224	bilinear	imagenet
-efficientnet_b0	https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth	256	224	bicubic	imagenet
-efficientnet_b1	https://download.pytorch.org/models/efficientnet_b1_rwightman-bac287d4.pth	256	240	bicubic	imagenet
-efficientnet_b2	https://download.pytorch.org/models/efficientnet_b2_rwightman-c35c1473.pth	288	288	bicubic	imagenet
-efficientnet_b3	https://download.pytorch.org/models/efficientnet_b3_rwightman-b3899882.pth	320	300	bicubic	imagenet
-efficientnet_b4	https://download.pytorch.org/models/efficientnet_b4_rwightman-23ab8bcd.pth	384	380	bicubic	imagenet
-efficientnet_b5	https://download.pytorch.org/models/efficientnet_b5_lukemelas-1a07897c.pth	456	456	bicubic	imagenet
-efficientnet_b6	https://download.pytorch.org/models/efficientnet_b6_lukemelas-24a108a5.pth	528	528	bicubic	imagenet
-efficientnet_b7	https://download.pytorch.org/models/efficientnet_b7_lukemelas-c5b4e57e.pth	600	600	bicubic	imagenet
-efficientnet_v2_s	https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth	384	384	bilinear	imagenet
-efficientnet_v2_m	https://download.pytorch.org/models/efficientnet_v2_m-dc08266a.pth	480	480	bilinear	imagenet
-efficientnet_v2_l	https://download.pytorch.org/models/efficientnet_v2_l-59c71312.pth	480	480	bicubic	half
-convnext_tiny	https://download.pytorch.org/models/convnext_tiny-983f1562.pth	236	224	bilinear	imagenet
-convnext_small	https://download.pytorch.org/models/convnext_small-0c510722.pth	230	224	bilinear	imagenet
-convnext_base	https://download.pytorch.org/models/convnext_base-6075fbad.pth	232	224	bilinear	imagenet
-convnext_large	https://download.pytorch.org/models/convnext_large-ea097f82.pth	232	224	bilinear	imagenet
-"""
-
-_NORMS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+from cnnjax.weights.torchvision import TORCHVISION_ARCHS, _to_numpy, check_arch, from_torchvision, weights_record
 
 
-def _parse_table() -> dict[str, dict[str, Any]]:
-    out = {}
-    for line in _TABLE.splitlines():
-        arch, url, resize, crop, interpolation, norm = line.split("\t")
-        mean, std = _NORMS[norm]
-        out[arch] = dict(url=url, resize=int(resize), crop=int(crop), interpolation=interpolation, mean=mean,
-                         std=std)
-    return out
+def _entry(arch: str) -> dict[str, Any]:
+    """``{'url', 'resize', 'crop', 'interpolation', 'mean', 'std'}`` of ``arch``'s torchvision IMAGENET1K_V1
+    weights, from its record (:class:`cnnjax.models.WeightsRecord`)."""
+    w = weights_record(arch, "IMAGENET1K_V1")
+    return dict(url=w.url, **w.transform.as_dict())
 
 
-_INFO = _parse_table()
+# what load_torchvision downloads by default (tests redirect an entry)
+_INFO: dict[str, dict[str, Any]] = {arch: _entry(arch) for arch in TORCHVISION_ARCHS}
+
+
+def _info(arch: str) -> dict[str, Any]:
+    """``_INFO[arch]``, or the record's entry for an architecture registered after this module was imported."""
+    return _INFO[arch] if arch in _INFO else _entry(arch)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -101,9 +56,9 @@ class ChecksumError(ValueError):
 
 def torchvision_info(arch: str) -> dict[str, Any]:
     """``{'url', 'filename', 'sha256_prefix', 'resize', 'crop', 'interpolation', 'mean', 'std'}`` of
-    ``arch``'s torchvision IMAGENET1K_V1 weights."""
+    ``arch``'s torchvision IMAGENET1K_V1 weights (from its :class:`~cnnjax.models.WeightsRecord`)."""
     check_arch(arch)
-    info = dict(_INFO[arch])
+    info = dict(_info(arch))
     info["filename"] = _filename(info["url"])
     info["sha256_prefix"] = sha256_prefix(info["filename"])
     return info
@@ -262,7 +217,7 @@ def _resolve(arch: str, path_or_url: str | os.PathLike | None, directory: Path, 
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint file at {path}")
         return path
-    url = str(path_or_url) if path_or_url is not None else _INFO[arch]["url"]
+    url = str(path_or_url) if path_or_url is not None else _info(arch)["url"]
     dest = directory / _filename(url)
     if dest.is_file():
         return dest

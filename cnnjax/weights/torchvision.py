@@ -11,8 +11,10 @@ Layouts (torchvision -> cnnjax):
 * ConvNeXt ``features.{f}.{j}.layer_scale`` (C, 1, 1) -> ``params/stage{s}_block{j}/layer_scale`` (C,)
 
 AlexNet, VGG and GoogLeNet's auxiliary heads flatten in PyTorch's (C, H, W) order inside the model, so no linear
-weight needs a permutation. The module-name correspondence per family is in each model file's docstring and in
-:func:`module_map` below; it is written in the cnnjax -> torchvision direction, so one table serves both ways.
+weight needs a permutation. The module-name correspondence is in each model file (its docstring, and its
+``torchvision_name`` function, the ``torchvision_map`` of the architecture's :class:`~cnnjax.models.ArchRecord`,
+which :func:`module_map` applies); it is written in the cnnjax -> torchvision direction, so one table serves both
+ways. :data:`TORCHVISION_ARCHS` and :func:`head_modules` are read from the same records.
 
 Conversion is strict: every torchvision key (except ``num_batches_tracked``) must be used, every leaf of the
 model's own abstract parameter tree (``jax.eval_shape(model.init, ...)``) must be filled, and shapes must match;
@@ -29,20 +31,7 @@ from typing import Any
 
 import numpy as np
 
-#: Zoo architectures with a torchvision counterpart of the same name.
-TORCHVISION_ARCHS: tuple[str, ...] = (
-    "alexnet",
-    "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
-    "googlenet",
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2",
-    "densenet121", "densenet161", "densenet169", "densenet201",
-    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
-    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
-    "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
-    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
-)
+from cnnjax import models
 
 # (collection, cnnjax leaf) <-> torchvision leaf
 _LEAF = {
@@ -61,160 +50,21 @@ class WeightConversionError(ValueError):
     """A state dict and a cnnjax parameter tree do not correspond (missing, unused or mis-shaped entries)."""
 
 
+def _torchvision_archs() -> tuple[str, ...]:
+    return tuple(r.name for r in models.records() if r.torchvision_map is not None)
+
+
+#: Zoo architectures with a torchvision counterpart of the same name: those whose
+#: :class:`~cnnjax.models.ArchRecord` has a ``torchvision_map`` (in the order of ``cnnjax.models.names()``).
+TORCHVISION_ARCHS: tuple[str, ...] = _torchvision_archs()
+
+
 def check_arch(arch: str) -> None:
-    """Raise ``ValueError`` unless ``arch`` is in :data:`TORCHVISION_ARCHS`."""
-    if arch not in TORCHVISION_ARCHS:
-        raise ValueError(f"no torchvision weight mapping for architecture {arch!r}; "
-                         f"supported: {', '.join(TORCHVISION_ARCHS)}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# cnnjax module path -> torchvision module name, per family
-
-
-def _resnet(path: Path, modules: frozenset[Path]) -> str:
-    if path[0] == "stem":
-        return {"conv": "conv1", "bn": "bn1"}[path[1]]
-    if path == ("head",):
-        return "fc"
-    s, b = re.fullmatch(r"stage(\d+)_block(\d+)", path[0]).groups()
-    if path[1] == "downsample":
-        return f"layer{s}.{b}.downsample." + {"conv": "0", "bn": "1"}[path[2]]
-    return f"layer{s}.{b}.{path[1]}"
-
-
-def _vgg_family(arch: str):
-    from cnnjax.models.vgg import CONFIGS, torchvision_feature_indices
-
-    batch_norm = arch.endswith("_bn")
-    index = {(s, j): i for s, j, i in torchvision_feature_indices(CONFIGS[arch.removesuffix("_bn")], batch_norm)}
-
-    def vgg(path: Path, modules: frozenset[Path]) -> str:
-        if path[0] in ("fc6", "fc7", "head"):
-            return "classifier." + {"fc6": "0", "fc7": "3", "head": "6"}[path[0]]
-        s = int(path[0].removeprefix("stage"))
-        kind, j = re.fullmatch(r"(conv|bn)(\d+)", path[1]).groups()
-        return f"features.{index[(s, int(j))] + (kind == 'bn')}"
-
-    return vgg
-
-
-def _alexnet(path: Path, modules: frozenset[Path]) -> str:
-    return {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6", "conv4": "features.8",
-            "conv5": "features.10", "fc6": "classifier.1", "fc7": "classifier.4", "head": "classifier.6"}[path[0]]
-
-
-def _googlenet(path: Path, modules: frozenset[Path]) -> str:
-    if path == ("head",):
-        return "fc"
-    return ".".join(re.sub(r"^(branch\d)_(\d)$", r"\1.\2", p) for p in path)
-
-
-def _densenet(path: Path, modules: frozenset[Path]) -> str:
-    if path == ("head",):
-        return "classifier"
-    if path[0] == "stem":
-        return {"conv": "features.conv0", "bn": "features.norm0"}[path[1]]
-    m = re.fullmatch(r"denseblock(\d+)_layer(\d+)", path[0])
-    if m:
-        return f"features.denseblock{m[1]}.denselayer{int(m[2]) + 1}.{path[1]}"
-    return "features." + ".".join(path)
-
-
-_MB_ORDER = ("expand", "depthwise", "se", "project")  # torchvision's order inside (Fused)MBConv / InvertedResidual
-
-
-@functools.lru_cache(maxsize=1024)
-def _mb_index(block: Path, modules: frozenset[Path]) -> dict[str, int]:
-    """Position of each part of an inverted-residual block in torchvision's ``block`` Sequential."""
-    parts = {p[len(block)] for p in modules if p[:len(block)] == block and len(p) > len(block)}
-    unknown = parts - set(_MB_ORDER)
-    if unknown:
-        raise WeightConversionError(f"unexpected submodules {sorted(unknown)} in {'/'.join(block)}")
-    return {name: i for i, name in enumerate(n for n in _MB_ORDER if n in parts)}
-
-
-def _last_feature(modules: frozenset[Path]) -> int:
-    """Index of ``last_conv`` in torchvision's ``features``: one after the last block / stage."""
-    nums = [int(m[1]) for p in modules if (m := re.fullmatch(r"(?:block|stage)(\d+).*", p[0]))]
-    return max(nums) + 1
-
-
-def _conv_bn(path: Path, i: int) -> str:
-    """``ConvNormAct`` (``conv``/``bn``) at ``i``: torchvision's ``Conv2dNormActivation`` (``.0``/``.1``)."""
-    return f"{i}." + {"conv": "0", "bn": "1"}[path[-1]]
-
-
-def _mobilenet(arch: str):
-    v2 = arch == "mobilenet_v2"
-
-    def mobilenet(path: Path, modules: frozenset[Path]) -> str:
-        if path == ("head",):
-            return "classifier.1" if v2 else "classifier.3"
-        if path == ("pre_head",):
-            return "classifier.0"
-        if path[0] in ("stem", "last_conv"):
-            return "features." + _conv_bn(path, 0 if path[0] == "stem" else _last_feature(modules))
-        i = int(path[0].removeprefix("block"))
-        k = _mb_index(path[:1], modules)[path[1]]
-        if v2:  # features.{i}.conv: [expand ConvNormAct], depthwise ConvNormAct, project Conv2d, project BN
-            if path[1] == "project":
-                return f"features.{i}.conv.{k + {'conv': 0, 'bn': 1}[path[2]]}"
-            return f"features.{i}.conv." + _conv_bn(path, k)
-        if path[1] == "se":
-            return f"features.{i}.block.{k}.{path[2]}"
-        return f"features.{i}.block." + _conv_bn(path, k)
-
-    return mobilenet
-
-
-def _efficientnet(path: Path, modules: frozenset[Path]) -> str:
-    if path == ("head",):
-        return "classifier.1"
-    if path[0] in ("stem", "last_conv"):
-        return "features." + _conv_bn(path, 0 if path[0] == "stem" else _last_feature(modules))
-    i, j = re.fullmatch(r"stage(\d+)_block(\d+)", path[0]).groups()
-    k = _mb_index(path[:1], modules)[path[1]]
-    if path[1] == "se":
-        return f"features.{i}.{j}.block.{k}.{path[2]}"
-    return f"features.{i}.{j}.block." + _conv_bn(path, k)
-
-
-_CNBLOCK = {"dwconv": "0", "norm": "2", "pwconv1": "3", "pwconv2": "5"}
-
-
-def _convnext(path: Path, modules: frozenset[Path]) -> str:
-    fixed = {"stem_conv": "features.0.0", "stem_norm": "features.0.1", "head_norm": "classifier.0",
-             "head": "classifier.2"}
-    if path[0] in fixed:
-        return fixed[path[0]]
-    m = re.fullmatch(r"stage(\d+)_block(\d+)", path[0])
-    if m:
-        base = f"features.{2 * int(m[1]) - 1}.{m[2]}"
-        return base if len(path) == 1 else f"{base}.block.{_CNBLOCK[path[1]]}"
-    d = int(path[0].removeprefix("downsample"))
-    return f"features.{2 * d}." + {"norm": "0", "conv": "1"}[path[1]]
-
-
-def _family(arch: str):
-    check_arch(arch)
-    if arch == "alexnet":
-        return _alexnet
-    if arch.startswith("vgg"):
-        return _vgg_family(arch)
-    if arch == "googlenet":
-        return _googlenet
-    if arch.startswith(("resnet", "resnext", "wide_resnet")):
-        return _resnet
-    if arch.startswith("densenet"):
-        return _densenet
-    if arch.startswith("mobilenet"):
-        return _mobilenet(arch)
-    if arch.startswith("efficientnet"):
-        return _efficientnet
-    if arch.startswith("convnext"):
-        return _convnext
-    raise AssertionError(arch)  # pragma: no cover
+    """Raise ``ValueError`` unless ``arch`` has a torchvision counterpart (:data:`TORCHVISION_ARCHS`, or an
+    architecture registered later with a ``torchvision_map``)."""
+    supported = _torchvision_archs()
+    if arch not in supported:
+        raise ValueError(f"no torchvision weight mapping for architecture {arch!r}; supported: {', '.join(supported)}")
 
 
 def module_map(arch: str, modules: Iterable[Path]) -> dict[Path, str]:
@@ -224,8 +74,9 @@ def module_map(arch: str, modules: Iterable[Path]) -> dict[Path, str]:
     'conv1')``) of a parameter tree of ``arch``; the whole set is needed because some names depend on siblings
     (e.g. whether an inverted-residual block has an ``expand`` conv shifts torchvision's indices).
     """
+    check_arch(arch)
     modules = frozenset(modules)
-    fn = _family(arch)
+    fn = models.record(arch).torchvision_map
     out = {}
     for path in modules:
         try:
@@ -237,8 +88,16 @@ def module_map(arch: str, modules: Iterable[Path]) -> dict[Path, str]:
 
 def head_modules(arch: str) -> tuple[Path, ...]:
     """The classifier modules replaced when fine-tuning on another label set: ``head`` (and GoogLeNet's
-    auxiliary classifiers' ``fc2``)."""
-    return (("head",), ("aux1", "fc2"), ("aux2", "fc2")) if arch == "googlenet" else (("head",),)
+    auxiliary classifiers' ``fc2``), from ``arch``'s :class:`~cnnjax.models.ArchRecord` (``(('head',),)`` for
+    a name that is not registered)."""
+    return models.record(arch).head_modules if arch in models.names() else (("head",),)
+
+
+def weights_record(arch: str, name: str = "IMAGENET1K_V1") -> models.WeightsRecord:
+    """The :class:`~cnnjax.models.WeightsRecord` ``name`` of ``arch`` (``ValueError`` for an architecture
+    without a torchvision counterpart)."""
+    check_arch(arch)
+    return models.record(arch).weights_for(name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,12 +111,11 @@ def _abstract(arch: str, num_classes: int, aux_logits: bool | None) -> dict[tupl
     import jax.numpy as jnp
     from flax.traverse_util import flatten_dict
 
-    from cnnjax import models
-
     kw = {} if aux_logits is None else {"aux_logits": aux_logits}
     model = models.create(arch, num_classes=num_classes, **kw)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    size = models.record(arch).input_size
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     tree = jax.eval_shape(lambda x: model.init(rngs, x, False), x)
     return flatten_dict(dict(tree))
 
@@ -287,7 +145,7 @@ _LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12]
                               r"running_var))$")
 
 
-def _normalise_keys(arch: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+def _normalize_keys(arch: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Strip a ``module.`` (DataParallel) prefix and rename old DenseNet keys (``norm.1`` -> ``norm1``), as
     torchvision's own loader does."""
     strip = bool(state_dict) and all(k.startswith("module.") for k in state_dict)
@@ -359,10 +217,10 @@ def _head_key(arch: str, modules: Iterable[Path]) -> str:
 
 def _plan(arch: str, state_dict: Mapping[str, Any], drop_head: bool) -> tuple[dict, list]:
     """Match ``state_dict`` (values need only ``.shape``) against the abstract tree of ``arch``; raise
-    :class:`WeightConversionError` on any discrepancy, else return ``(state_dict with normalised keys,
+    :class:`WeightConversionError` on any discrepancy, else return ``(state_dict with normalized keys,
     [(cnnjax key, torchvision key, cnnjax shape)])``."""
     check_arch(arch)
-    sd = _normalise_keys(arch, state_dict)
+    sd = _normalize_keys(arch, state_dict)
     aux = any(k.startswith("aux1.") for k in sd) if arch == "googlenet" else None
     abstract = abstract_variables(arch, 1000, aux)
     modules = {k[1:-1] for k in abstract}
