@@ -28,7 +28,7 @@ from tqdm import tqdm
 from cnnjax import checkpoint, models, transfer
 from cnnjax import data as cdata
 from cnnjax.checkpoint import CheckpointStore, abstract_like
-from cnnjax.ops.autotune import shape_only
+from cnnjax.ops.tracing import shape_only
 from train import optim, parallel
 from train.step import TrainState, make_eval_step, make_train_step
 
