@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from cnnjax import models
 from cnnjax import nn as cnn
-from cnnjax.ops import autotune, normalize_padding, pair
+from cnnjax.ops import CONV_ALGORITHMS, autotune, normalize_padding, pair
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -68,7 +68,8 @@ def main() -> None:
     layers = conv_layers(model, args.image_size, args.batch_size, DTYPES[args.precision])
     rows = []
     for (xs, ws, dt, stride, padding, dilation, groups), paths in layers.items():
-        rec = autotune.tune(xs, ws, jnp.dtype(dt), stride, padding, dilation, groups)  # measured or cached
+        rec = autotune.tune(xs, ws, jnp.dtype(dt), stride, padding, dilation, groups,  # measured or cached
+                            candidates=CONV_ALGORITHMS)
         rows.append({"layers": paths, "x": xs, "w": ws, "stride": stride, "groups": groups, **rec})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "layers"} | {"first": paths[0]}), flush=True)
     algos = autotune.ALGORITHMS

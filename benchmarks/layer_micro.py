@@ -26,10 +26,11 @@ CONVS = [(16, 64, 56, 64, 3, 1), (16, 128, 28, 128, 3, 1), (16, 256, 14, 256, 3,
 
 def cnnjax_convs() -> None:
     """The same layers in cnnjax, every algorithm, exactly as ``impl='auto'`` times them (fwd + both gradients)."""
-    from cnnjax.ops import autotune
+    from cnnjax.ops import CONV_ALGORITHMS, autotune
 
     for n, c, h, o, k, s in CONVS:
-        rec = autotune.measure((n, h, h, c), (k, k, c, o), jnp.float32, (s, s), ((k // 2, k // 2),) * 2, (1, 1), 1)
+        rec = autotune.measure((n, h, h, c), (k, k, c, o), jnp.float32, (s, s), ((k // 2, k // 2),) * 2, (1, 1), 1,
+                               candidates=CONV_ALGORITHMS)
         cells = ", ".join(f"{impl} {t:.1f}" for impl, t in rec["ms"].items() if t is not None)
         print(f"cnnjax conv2d {n}x{h}x{h}x{c} -> {o}, {k}x{k} stride {s}: {cells} ms fwd+bwd (best {rec['impl']})")
 

@@ -36,9 +36,9 @@ import numpy as np
 from cnnjax import models
 from cnnjax import nn as cnn
 from cnnjax.analysis import equivariance as eq
+from cnnjax.analysis import fields as rf
 from cnnjax.analysis import filters as flt
 from cnnjax.analysis import occlusion as occ
-from cnnjax.analysis import receptive_field as rf
 from cnnjax.analysis import training
 from cnnjax.analysis import visualize as vis
 from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD

@@ -31,6 +31,8 @@ import jax
 import optax
 from flax import traverse_util
 
+from cnnjax.ops.tracing import shape_only
+
 Trainable = str | Callable[[str], bool] | None
 
 #: Modes of ``train.main --transfer``.
@@ -157,8 +159,6 @@ def head_module(model: nn.Module, example: jax.Array | jax.ShapeDtypeStruct) -> 
         return next_fun(*args, **kwargs)
 
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    from cnnjax.ops.autotune import shape_only
-
     with nn.intercept_methods(grab), shape_only():
         jax.eval_shape(lambda x: model.init(rngs, x, False), example)
     if not found:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cnnjax import models
 from cnnjax import nn as cnn
 from cnnjax.analysis import equivariance as eq
-from cnnjax.analysis.receptive_field import random_variables
+from cnnjax.analysis import random_variables
 from cnnjax.models.resnet import BlurPool
 from cnnjax.ops import conv2d
 

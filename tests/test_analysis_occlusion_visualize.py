@@ -11,9 +11,8 @@ import pytest
 from cnnjax import analyze, models
 from cnnjax import nn as cnn
 from cnnjax.analysis import occlusion as occ
-from cnnjax.analysis import training
+from cnnjax.analysis import random_variables, training
 from cnnjax.analysis import visualize as vis
-from cnnjax.analysis.receptive_field import random_variables
 
 REGION = (slice(5, 9), slice(10, 13))  # rows 5..8, cols 10..12 of a 16x16 image
 

@@ -8,16 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import models
+from cnnjax import analysis, models
 from cnnjax import nn as cnn
-from cnnjax.analysis.receptive_field import (
+from cnnjax.analysis import (
     empirical_receptive_field,
-    format_table,
     gradient_extent,
     random_variables,
     randomize_variables,
 )
-from cnnjax.analysis.receptive_field import receptive_field as rf_fn
+from cnnjax.analysis import fields as fields_module
+from cnnjax.analysis import receptive_field as rf_fn
+from cnnjax.analysis.fields import format_table
 
 
 class Tiny(models.ImageClassifier):
@@ -35,6 +36,17 @@ class Tiny(models.ImageClassifier):
         x = jnp.concatenate([a, b], -1)
         x = x[:, 1::2, 1::2, :]
         return jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)))
+
+
+def test_package_exports_the_receptive_field_function():
+    """``cnnjax.analysis.receptive_field(model, image_size)`` is the function (the module is ``fields``)."""
+    assert callable(analysis.receptive_field) and not isinstance(analysis.receptive_field, type(fields_module))
+    for name in ("receptive_field", "empirical_receptive_field", "effective_receptive_field", "random_variables",
+                 "randomize_variables", "LayerField", "AxisField"):
+        assert getattr(analysis, name) is getattr(fields_module, name), name
+    model = models.create("lenet5")
+    assert analysis.receptive_field(model, 32) == fields_module.receptive_field(model, 32)
+    assert [r.name for r in analysis.receptive_field(Tiny(), 16)][-1] == "features"
 
 
 def test_hand_computed_fields():

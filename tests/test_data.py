@@ -99,7 +99,7 @@ def test_digits_batch_format(digits):
     assert b["label"].min() >= 0 and b["label"].max() <= 9
 
 
-def test_digits_val_every_example_once_and_normalised(digits):
+def test_digits_val_every_example_once_and_normalized(digits):
     i = digits.info
     batches = _all(digits.batches("val", 100))
     assert len(batches) == 4

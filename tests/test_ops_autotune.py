@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 
 from cnnjax import models
-from cnnjax.ops import CONV_IMPLS, autotune, conv2d
+from cnnjax.ops import CONV_ALGORITHMS, CONV_IMPLS, autotune, conv2d
 from cnnjax.training import TrainState, make_train_step
 
 
@@ -77,7 +77,8 @@ def test_a_cached_choice_is_obeyed(cache):
 def test_corrupt_cache_file_is_measured_again_and_rewritten(cache):
     cache.write_text("{not json")
     x, w = _data((1, 5, 5, 2), (1, 1, 2, 2))
-    impl = autotune.choose(x.shape, w.shape, x.dtype, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    impl = autotune.choose(x.shape, w.shape, x.dtype, (1, 1), ((0, 0), (0, 0)), (1, 1), 1,
+                           candidates=CONV_ALGORITHMS)
     record = next(iter(json.loads(cache.read_text())["entries"].values()))
     assert impl == record["impl"] and set(record["ms"]) == {"xla", "gemm"}  # 1x1: no winograd, no fft
 
@@ -144,6 +145,30 @@ def test_unwritable_cache_only_warns(tmp_path):
     with autotune.settings(cache_path=blocker / "autotune.json", mode="benchmark", repeats=1), \
             pytest.warns(RuntimeWarning, match="cannot write the cache"):
         x, w = _data((1, 4, 4, 2), (1, 1, 2, 2))
-        assert autotune.choose(x.shape, w.shape, x.dtype, (1, 1), ((0, 0), (0, 0)), (1, 1), 1) in ("xla", "gemm")
+        assert autotune.choose(x.shape, w.shape, x.dtype, (1, 1), ((0, 0), (0, 0)), (1, 1), 1,
+                               candidates=CONV_ALGORITHMS) in ("xla", "gemm")
     autotune.clear_memory()
     assert list(tmp_path.iterdir()) == [blocker]  # no temporary file left behind
+
+
+def test_candidates_are_given_not_imported(cache):
+    """``measure`` times exactly the algorithms it is handed (conv2d hands it CONV_ALGORITHMS, in ALGORITHMS'
+    order); the leaf modules keep the old import paths working."""
+    from cnnjax.ops import conv, geometry, tracing
+
+    assert tuple(CONV_ALGORITHMS) == autotune.ALGORITHMS
+    assert autotune.shape_only is tracing.shape_only
+    assert conv.pair is geometry.pair and conv.normalize_padding is geometry.normalize_padding
+    assert conv.conv_output_size is geometry.conv_output_size
+    calls = []
+
+    def recording_gemm(*args):
+        calls.append(args[2:])  # (stride, padding, dilation, groups, precision, preferred)
+        return CONV_ALGORITHMS["gemm"](*args)
+
+    record = autotune.measure((1, 5, 5, 2), (3, 3, 2, 2), jnp.float32, (1, 1), ((1, 1), (1, 1)), (1, 1), 1,
+                              candidates={"xla": CONV_ALGORITHMS["xla"], "gemm": recording_gemm})
+    assert set(record["ms"]) == {"xla", "gemm"} and record["impl"] in ("xla", "gemm")
+    assert calls and calls[0] == ((1, 1), ((1, 1), (1, 1)), (1, 1), 1, None, None)
+    with pytest.raises(ValueError, match="candidates"):  # nothing cached, nothing to time
+        autotune.tune((1, 7, 7, 2), (3, 3, 2, 2), jnp.float32, (1, 1), ((1, 1), (1, 1)), (1, 1), 1)

@@ -134,7 +134,7 @@ def test_googlenet_with_and_without_aux_heads():
     assert "head" not in dropped and "fc2" not in dropped["aux1"] and "fc1" in dropped["aux1"]
 
 
-def test_key_normalisation():
+def test_key_normalization():
     sd = weights.to_torchvision("densenet121", _random_variables("densenet121"))
     legacy = {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v for k, v in sd.items()}
     assert "features.denseblock1.denselayer1.norm.1.weight" in legacy

@@ -5,10 +5,10 @@ Every tool is a library function (NHWC arrays, pure and jit-able where that make
 
 * :mod:`~cnnjax.analysis.filters`: classic kernels as ``lax`` convolutions; 1x1 convolutions; parameter counts;
   average pooling as a convolution;
-* :mod:`~cnnjax.analysis.receptive_field`: per-layer receptive fields traced from the model's jaxpr
-  (``from cnnjax.analysis.receptive_field import receptive_field``; the package does not re-export that one
-  name, so that ``cnnjax.analysis.receptive_field`` stays the module), checked against input gradients; the
-  effective receptive field;
+* :mod:`~cnnjax.analysis.fields`: per-layer receptive fields traced from the model's jaxpr
+  (:func:`receptive_field` ``(model, image_size)`` -> one :class:`LayerField` per layer), checked against input
+  gradients (:func:`empirical_receptive_field`, on weights from :func:`random_variables`); the effective
+  receptive field (:func:`effective_receptive_field`);
 * :mod:`~cnnjax.analysis.equivariance`: shift equivariance laws, :func:`equivariance_error`, Zhang's
   consistency; anti-aliased ResNets are ``models.create('resnet20', antialias=True)``;
 * :mod:`~cnnjax.analysis.occlusion`: occlusion sensitivity (Zeiler & Fergus);
@@ -24,6 +24,17 @@ from cnnjax.analysis.equivariance import (
     shift_images,
     translate,
 )
+from cnnjax.analysis.fields import (
+    AxisField,
+    LayerField,
+    effective_receptive_field,
+    empirical_receptive_field,
+    gradient_extent,
+    layer_gradients,
+    random_variables,
+    randomize_variables,
+    receptive_field,
+)
 from cnnjax.analysis.filters import (
     KERNELS,
     append_red_plus_green_conv,
@@ -35,17 +46,11 @@ from cnnjax.analysis.filters import (
     rgb_to_gray_conv,
 )
 from cnnjax.analysis.occlusion import occlusion_sensitivity, pixel_map
-from cnnjax.analysis.receptive_field import (
-    LayerField,
-    effective_receptive_field,
-    empirical_receptive_field,
-    random_variables,
-    randomize_variables,
-)
 from cnnjax.analysis.visualize import capture, first_conv_kernel, layer_names
 
 __all__ = [
     "KERNELS",
+    "AxisField",
     "LayerField",
     "append_red_plus_green_conv",
     "apply_filter",
@@ -60,12 +65,15 @@ __all__ = [
     "equivariance_error",
     "first_conv_kernel",
     "gaussian_kernel",
+    "gradient_extent",
+    "layer_gradients",
     "layer_names",
     "load_photo",
     "occlusion_sensitivity",
     "pixel_map",
     "random_variables",
     "randomize_variables",
+    "receptive_field",
     "rgb_to_gray_conv",
     "shift_images",
     "translate",

@@ -262,7 +262,7 @@ def save_maps(path: str | Path, maps: Mapping[str, np.ndarray], title: str = "",
 def save_receptive_fields(path: str | Path, image: np.ndarray, layers: Sequence[Any], unit_hw: Sequence[tuple],
                           title: str = "", dpi: int = 100) -> Path:
     """Left: ``image`` with the (clipped) field of one unit of several layers drawn as nested squares; right:
-    field size and jump per layer (log scale). ``layers`` are :class:`~cnnjax.analysis.receptive_field.LayerField`
+    field size and jump per layer (log scale). ``layers`` are :class:`~cnnjax.analysis.fields.LayerField`
     records, ``unit_hw[i]`` the unit whose field is drawn for ``layers[i]``."""
     plt = _plt()
     from matplotlib.patches import Rectangle

@@ -240,7 +240,7 @@ class FolderSource(DataSource):
                 x = tfpipe.train_transform(tf, image, tf.stack([tf.constant(base, tf.int64), pos]), size)
             else:
                 x = tfpipe.eval_transform(tf, image, size)
-            return {"image": tfpipe.normalise(tf, x, mean, std), "label": label, "mask": tf.logical_and(valid, ok)}
+            return {"image": tfpipe.normalize(tf, x, mean, std), "label": label, "mask": tf.logical_and(valid, ok)}
 
         ds = tf.data.Dataset.from_tensor_slices((paths[index], labels[index], mask, position.astype(np.int64)))
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -172,7 +172,7 @@ class TFDSSource(DataSource):
                 x = tfpipe.train_transform(tf, image, tf.stack([tf.constant(base, tf.int64), pos]), size)
             else:
                 x = tfpipe.eval_transform(tf, image, size)
-            return {"image": tfpipe.normalise(tf, x, mean, std), "label": label, "mask": valid}
+            return {"image": tfpipe.normalize(tf, x, mean, std), "label": label, "mask": valid}
 
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         yield from tfpipe.numpy_batches(tfpipe.finish(tf, ds, local))

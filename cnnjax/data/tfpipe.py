@@ -102,7 +102,7 @@ def eval_transform(tf, image, size: int):
     return tf.ensure_shape(x, [size, size, channels])
 
 
-def normalise(tf, x, mean, std):
+def normalize(tf, x, mean, std):
     """float32 0..255 -> ``(x / 255 - mean) / std``."""
     return (x / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from cnnjax import nn as cnn
 from cnnjax.nn import InputTooSmallError
-from cnnjax.ops.autotune import shape_only
+from cnnjax.ops.tracing import shape_only
 
 _SEARCHING = contextvars.ContextVar("cnnjax_min_size_search", default=False)
 

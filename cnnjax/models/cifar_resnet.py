@@ -16,6 +16,7 @@ NHWC (N, 32, 32, C) -> logits; ``features`` -> (N, 8, 8, 64).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -29,7 +30,8 @@ from cnnjax.models.resnet import BlurPool, Downsample
 
 
 class CifarBasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a shortcut (option A or B) unless ``skip`` is False."""
+    """Two 3x3 conv-BN layers with a shortcut (option A or B) unless ``skip`` is False; ``act`` (default ReLU)
+    after the first BN and after the sum."""
 
     features: int
     stride: int
@@ -39,33 +41,38 @@ class CifarBasicBlock(nn.Module):
     shortcut: str = "A"
     zero_init_last: bool = False
     antialias: bool = False
+    act: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         blur = self.antialias and self.stride > 1
-        y = nn.relu(self.norm(name="bn1")(self.conv(self.features, 3, 1 if blur else self.stride, 1,
-                                                    use_bias=False, name="conv1")(x)))
+        y = self.act(self.norm(name="bn1")(self.conv(self.features, 3, 1 if blur else self.stride, 1,
+                                                     use_bias=False, name="conv1")(x)))
         if blur:
             y = BlurPool(self.stride, name="blur")(y)
         y = self.conv(self.features, 3, 1, 1, use_bias=False, name="conv2")(y)
         y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_last else
                       nn.initializers.ones)(y)
         if not self.skip:
-            return nn.relu(y)
+            return self.act(y)
         if self.stride == 1 and x.shape[-1] == self.features:
-            return nn.relu(y + x)
+            return self.act(y + x)
         if self.shortcut == "B":
             sc = Downsample(self.features, self.stride, self.conv, self.norm, antialias=self.antialias,
                             name="downsample")(x)
-            return nn.relu(y + sc)
+            return self.act(y + sc)
         sc = BlurPool(self.stride, name="shortcut_blur")(x) if blur else x[:, :: self.stride, :: self.stride, :]
         extra = self.features - x.shape[-1]
         sc = jnp.pad(sc, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-        return nn.relu(y + sc)
+        return self.act(y + sc)
 
 
 class CifarResNet(ImageClassifier):
-    """ResNet-(6n+2) for CIFAR-sized inputs; ``depth`` in {20, 32, 44, 56, 110, ...}."""
+    """ResNet-(6n+2) for CIFAR-sized inputs; ``depth`` in {20, 32, 44, 56, 110, ...}.
+
+    ``act`` (default ReLU) is every activation (the stem's and the blocks'); it has no parameters, so the
+    parameter tree does not depend on it.
+    """
 
     num_classes: int = 10
     depth: int = 20
@@ -73,6 +80,7 @@ class CifarResNet(ImageClassifier):
     shortcut: str = "A"
     zero_init_last_bn: bool = False
     antialias: bool = False
+    act: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
@@ -83,12 +91,12 @@ class CifarResNet(ImageClassifier):
         n = (self.depth - 2) // 6
         conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out)
         norm = self.norm_def(train)
-        x = ConvNormAct(16, 3, conv, norm, name="stem")(x)
+        x = ConvNormAct(16, 3, conv, norm, act=self.act, name="stem")(x)
         for s, width in enumerate((16, 32, 64)):
             for b in range(n):
                 x = CifarBasicBlock(width, 2 if s > 0 and b == 0 else 1, conv, norm, skip=self.skip,
                                     shortcut=self.shortcut, zero_init_last=self.zero_init_last_bn,
-                                    antialias=self.antialias, name=f"stage{s + 1}_block{b}")(x)
+                                    antialias=self.antialias, act=self.act, name=f"stage{s + 1}_block{b}")(x)
         if features_only:
             return x
         x = cnn.global_avg_pool(x)

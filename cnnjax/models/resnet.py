@@ -75,7 +75,8 @@ class Downsample(nn.Module):
 
 
 class _ResidualBlock(nn.Module):
-    """Fields shared by the two residual blocks (``expansion``: output channels per ``features``)."""
+    """Fields shared by the two residual blocks (``expansion``: output channels per ``features``); ``act`` is the
+    activation after each BN but the last and after the residual sum (ReLU in the paper and torchvision)."""
 
     features: int
     stride: int
@@ -86,6 +87,7 @@ class _ResidualBlock(nn.Module):
     base_width: int = 64
     zero_init_last: bool = False
     antialias: bool = False
+    act: Callable[[jax.Array], jax.Array] = nn.relu
 
 
 class BasicBlock(_ResidualBlock):
@@ -97,13 +99,13 @@ class BasicBlock(_ResidualBlock):
     def __call__(self, x: jax.Array) -> jax.Array:
         blur = self.antialias and self.stride > 1
         y = self.conv(self.features, 3, 1 if blur else self.stride, 1, use_bias=False, name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.act(self.norm(name="bn1")(y))
         if blur:
             y = BlurPool(self.stride, name="blur")(y)
         y = self.conv(self.features, 3, 1, 1, use_bias=False, name="conv2")(y)
         y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_last else
                       nn.initializers.ones)(y)
-        return nn.relu(y + _shortcut(self, x, self.features))
+        return self.act(y + _shortcut(self, x, self.features))
 
 
 class Bottleneck(_ResidualBlock):
@@ -115,16 +117,16 @@ class Bottleneck(_ResidualBlock):
     def __call__(self, x: jax.Array) -> jax.Array:
         width = int(self.features * (self.base_width / 64.0)) * self.groups
         blur = self.antialias and self.stride > 1
-        y = nn.relu(self.norm(name="bn1")(self.conv(width, 1, use_bias=False, name="conv1")(x)))
+        y = self.act(self.norm(name="bn1")(self.conv(width, 1, use_bias=False, name="conv1")(x)))
         y = self.conv(width, 3, 1 if blur else self.stride, 1, groups=self.groups, use_bias=False,
                       name="conv2")(y)
-        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.act(self.norm(name="bn2")(y))
         if blur:
             y = BlurPool(self.stride, name="blur")(y)
         y = self.conv(self.features * 4, 1, use_bias=False, name="conv3")(y)
         y = self.norm(name="bn3", scale_init=nn.initializers.zeros if self.zero_init_last else
                       nn.initializers.ones)(y)
-        return nn.relu(y + _shortcut(self, x, self.features * 4))
+        return self.act(y + _shortcut(self, x, self.features * 4))
 
 
 def _shortcut(block: nn.Module, x: jax.Array, out_features: int) -> jax.Array | float:
@@ -141,7 +143,9 @@ class ResNet(ImageClassifier):
 
     ``skip=False`` removes every shortcut (the "plain" network); ``zero_init_last_bn`` zero-initialises the
     last BN scale of each block (torchvision's ``zero_init_residual``); ``antialias`` blurs before every
-    subsampling (see the module docstring).
+    subsampling (see the module docstring); ``act`` (default ReLU) is every activation: the stem's and the
+    blocks' (after each BN but the last, and after the residual sum). It has no parameters, so the parameter
+    tree does not depend on it.
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -150,14 +154,14 @@ class ResNet(ImageClassifier):
     width_per_group: int = 64
     skip: bool = True
     zero_init_last_bn: bool = False
-    act: Callable = nn.relu
+    act: Callable[[jax.Array], jax.Array] = nn.relu
     antialias: bool = False
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
         conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out)
         norm = self.norm_def(train)
-        x = ConvNormAct(64, 7, conv, norm, stride=2, padding=3, name="stem")(x)
+        x = ConvNormAct(64, 7, conv, norm, stride=2, padding=3, act=self.act, name="stem")(x)
         if self.antialias:
             x = BlurPool(2, name="stem_blur")(cnn.MaxPool2d(3, 1, 1, name="stem_pool")(x))
         else:
@@ -167,7 +171,7 @@ class ResNet(ImageClassifier):
                 x = self.block_cls(64 * 2**s, stride=2 if s > 0 and b == 0 else 1, conv=conv, norm=norm,
                                    skip=self.skip, groups=self.groups, base_width=self.width_per_group,
                                    zero_init_last=self.zero_init_last_bn, antialias=self.antialias,
-                                   name=f"stage{s + 1}_block{b}")(x)
+                                   act=self.act, name=f"stage{s + 1}_block{b}")(x)
         if features_only:
             return x
         x = cnn.global_avg_pool(x)

@@ -11,8 +11,8 @@ from flax.linen.dtypes import promote_dtype
 
 from cnnjax.nn import init as inits
 from cnnjax.nn.errors import check_output_size
-from cnnjax.ops import conv2d, conv_output_size, normalize_padding, pair
-from cnnjax.ops.conv import IntPair, Padding
+from cnnjax.ops import conv2d
+from cnnjax.ops.geometry import IntPair, Padding, conv_output_size, normalize_padding, pair
 
 Initializer = Callable[..., jax.Array]
 

@@ -17,9 +17,8 @@ import numpy as np
 from jax import lax
 
 from cnnjax.nn.errors import check_output_size
-from cnnjax.ops import conv_output_size, pair
-from cnnjax.ops.conv import IntPair
 from cnnjax.ops.gemm import window_taps
+from cnnjax.ops.geometry import IntPair, conv_output_size, pair
 
 
 def _window_geometry(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool, layer: str):

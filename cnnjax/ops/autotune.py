@@ -19,12 +19,15 @@ runs (and other processes) reuse, so a configuration is measured once per machin
   :data:`ALGORITHMS_VERSION` and the JAX version, so measurements of older code are not reused.
 * :func:`records` lists what was measured (milliseconds per algorithm and the winner), which
   ``benchmarks/conv_algorithms.py`` prints as a per-layer table.
+* The candidates are given, not imported: :func:`choose`, :func:`tune` and :func:`measure` take
+  ``candidates={name: algorithm}`` (``conv2d`` passes :data:`cnnjax.ops.conv.CONV_ALGORITHMS`), so this module
+  never imports :mod:`cnnjax.ops.conv`. :func:`shape_only` lives in the leaf :mod:`cnnjax.ops.tracing` and is
+  re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import json
 import os
 import pathlib
@@ -32,21 +35,29 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-#: Algorithms ``auto`` chooses among (each only where :func:`applicable`).
+from cnnjax.ops.tracing import in_shape_only
+from cnnjax.ops.tracing import shape_only as shape_only  # re-exported: ``cnnjax.ops.autotune.shape_only``
+from cnnjax.ops.winograd import supports_winograd
+
+#: A convolution algorithm: ``f(x, w, stride, padding, dilation, groups, precision, preferred_element_type)`` on
+#: NHWC ``x`` (N, H, W, C_in) and HWIO ``w`` (kH, kW, C_in // groups, C_out) -> (N, H', W', C_out), with
+#: ``stride``/``dilation`` as pairs and ``padding`` per side ``((top, bottom), (left, right))``.
+Algorithm = Callable[..., jax.Array]
+
+#: Algorithms ``auto`` chooses among (each only where :func:`applicable`): the names of
+#: :data:`cnnjax.ops.conv.CONV_ALGORITHMS`, which ``conv2d`` passes as the candidates.
 ALGORITHMS = ("xla", "gemm", "winograd", "fft")
 MODES = ("benchmark", "deterministic")
 #: Part of every cache key: bump when an algorithm's implementation or the candidate set changes, so that old
 #: measurements are not reused.
 ALGORITHMS_VERSION = 3
-
-_shape_only = contextvars.ContextVar("cnnjax_autotune_shape_only", default=False)
 
 _lock = threading.Lock()
 _memory: dict[str, dict] = {}
@@ -79,17 +90,6 @@ def settings(**kwargs) -> Iterator[None]:
         _settings.update(old)
 
 
-@contextlib.contextmanager
-def shape_only() -> Iterator[None]:
-    """Within this block ``auto`` uses the fixed rule and measures nothing: for abstract traces (input-size checks,
-    parameter initialisation) whose shapes (e.g. batch 1) are not the ones that will run."""
-    token = _shape_only.set(True)
-    try:
-        yield
-    finally:
-        _shape_only.reset(token)
-
-
 def mode() -> str:
     m = _settings["mode"] or os.environ.get("CNNJAX_AUTOTUNE", "benchmark")
     if m not in MODES:
@@ -118,8 +118,6 @@ def applicable(impl: str, kernel_hw: tuple[int, int], stride: tuple[int, int], d
     if impl in ("xla", "gemm"):
         return True
     if impl == "winograd":
-        from cnnjax.ops.winograd import supports_winograd
-
         return supports_winograd(kernel_hw, stride, dilation, groups)
     if impl == "fft":  # 1x1 is a plain product; strided FFT convs compute every output and subsample: never faster
         return max(kernel_hw) > 1 and tuple(stride) == (1, 1)
@@ -179,12 +177,11 @@ def _save_entry(key: str, record: dict) -> None:
                 os.unlink(tmp)
 
 
-def _time_candidate(impl: str, x, w, cot, kwargs: dict, repeats: int) -> tuple[float, float]:
-    """(compile seconds, median seconds of one forward + backward)."""
-    from cnnjax.ops.conv import conv2d
+def _time_candidate(algorithm: Algorithm, x, w, cot, args: tuple, repeats: int) -> tuple[float, float]:
+    """(compile seconds, median seconds of one forward + backward of ``algorithm(x, w, *args)``)."""
 
     def fwd_bwd(x, w, cot):
-        y, vjp = jax.vjp(lambda x, w: conv2d(x, w, impl=impl, **kwargs), x, w)
+        y, vjp = jax.vjp(lambda x, w: algorithm(x, w, *args), x, w)
         return (y, *vjp(cot))
 
     t0 = time.perf_counter()
@@ -199,25 +196,30 @@ def _time_candidate(impl: str, x, w, cot, kwargs: dict, repeats: int) -> tuple[f
     return compile_s, float(np.median(times))
 
 
-def measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None,
-            candidates: tuple[str, ...] = ALGORITHMS) -> dict:
-    """Time every applicable candidate; ``{'impl': winner, 'ms': {impl: ms}, 'compile_s': {...}}``."""
-    from cnnjax.ops.conv import conv2d
+def measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None, *,
+            candidates: Mapping[str, Algorithm]) -> dict:
+    """Time every applicable candidate; ``{'impl': winner, 'ms': {impl: ms}, 'compile_s': {...}}``.
 
-    kwargs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "precision": precision,
-              "preferred_element_type": preferred}
+    ``candidates``: ``{name: algorithm}`` (names from :data:`ALGORITHMS`), timed in that order; ``stride`` and
+    ``dilation`` are pairs, ``padding`` is per side. The reference output shape is ``xla``'s (else the first
+    candidate's).
+    """
+    if not candidates:
+        raise ValueError("autotune.measure needs candidates={name: algorithm}, e.g. cnnjax.ops.CONV_ALGORITHMS")
+    args = (stride, padding, dilation, groups, precision, preferred)
+    reference = candidates["xla"] if "xla" in candidates else next(iter(candidates.values()))
     with jax.ensure_compile_time_eval():
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.standard_normal(x_shape, dtype=np.float32), dtype)
         w = jnp.asarray(rng.standard_normal(w_shape, dtype=np.float32) * 0.1, dtype)
-        out = jax.eval_shape(lambda x, w: conv2d(x, w, impl="xla", **kwargs), x, w)
+        out = jax.eval_shape(lambda x, w: reference(x, w, *args), x, w)
         cot = jnp.asarray(rng.standard_normal(out.shape, dtype=np.float32), out.dtype)
         ms, compile_s = {}, {}
-        for impl in candidates:
+        for impl, algorithm in candidates.items():
             if not applicable(impl, tuple(w_shape[:2]), stride, dilation, groups):
                 continue
             try:
-                c, t = _time_candidate(impl, x, w, cot, kwargs, _settings["repeats"])
+                c, t = _time_candidate(algorithm, x, w, cot, args, _settings["repeats"])
             except Exception as err:  # noqa: BLE001  (a candidate that fails to compile just does not compete)
                 ms[impl] = None
                 compile_s[impl] = repr(err)[:200]
@@ -227,8 +229,13 @@ def measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precisio
     return {"impl": min(timed, key=timed.get), "ms": ms, "compile_s": compile_s, "jax": jax.__version__}
 
 
-def tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None) -> dict:
-    """The record of this configuration — from memory, from the JSON file, or measured now (and saved)."""
+def tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None, *,
+         candidates: Mapping[str, Algorithm] | None = None) -> dict:
+    """The record of this configuration — from memory, from the JSON file, or measured now (and saved).
+
+    Measuring times ``candidates`` (see :func:`measure`); without them only a known configuration is answered
+    and an unknown one raises ``ValueError``.
+    """
     key = config_key(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)
     with _lock:
         if key in _memory:
@@ -237,21 +244,28 @@ def tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=N
         if from_file is not None and from_file.get("impl") in ALGORITHMS:
             _memory[key] = from_file
             return from_file
-        record = measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)
+        if candidates is None:
+            raise ValueError("autotune: this configuration is not measured yet and no candidates were given "
+                             "(pass candidates=cnnjax.ops.CONV_ALGORITHMS)")
+        record = measure(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred,
+                         candidates=candidates)
         _memory[key] = record
         _save_entry(key, record)
     return record
 
 
-def choose(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None) -> str:
-    """The algorithm for this configuration: cached, measured now, or (deterministic mode) the fixed rule."""
-    if mode() == "deterministic" or _shape_only.get():
+def choose(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision=None, preferred=None, *,
+           candidates: Mapping[str, Algorithm] | None = None) -> str:
+    """The algorithm for this configuration: cached, measured now among ``candidates`` (``{name: algorithm}``,
+    see :func:`measure`), or (deterministic mode, :func:`shape_only` traces, several processes) the fixed rule."""
+    if mode() == "deterministic" or in_shape_only():
         return fixed_choice(x_shape, w_shape, groups)
     if jax.process_count() > 1:  # processes timing on their own could pick different programs: stay consistent
         if not _warned_multiprocess:
             _warn_multiprocess()
         return fixed_choice(x_shape, w_shape, groups)
-    return tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred)["impl"]
+    return tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred,
+                candidates=candidates)["impl"]
 
 
 _warned_multiprocess = False

@@ -1,4 +1,4 @@
-"""2-D convolution with PyTorch's parameterisation on NHWC tensors.
+"""2-D convolution with PyTorch's parameterisation on NHWC tensors, and the table of algorithms computing it.
 
 ``conv2d(x, w, stride, padding, dilation, groups, impl)`` takes ``x`` of shape (N, H, W, C_in) and a kernel
 ``w`` of shape (kH, kW, C_in // groups, C_out) and returns (N, H', W', C_out) with
@@ -7,80 +7,78 @@
 
 exactly as ``torch.nn.functional.conv2d`` (padding is explicit and symmetric unless given per side; XLA's
 asymmetric 'SAME' is never used).
+
+This module sits on top of :mod:`cnnjax.ops`: it imports the algorithm modules (:mod:`~cnnjax.ops.gemm`,
+:mod:`~cnnjax.ops.winograd`, :mod:`~cnnjax.ops.fft`) and :mod:`~cnnjax.ops.autotune` and none of them imports it
+back. :data:`CONV_ALGORITHMS` maps each algorithm's name to its function; ``impl='auto'`` hands that table to
+:func:`cnnjax.ops.autotune.choose`, which times the candidates it is given. The window geometry
+(:func:`pair`, :func:`normalize_padding`, :func:`conv_output_size`) lives in :mod:`cnnjax.ops.geometry` and is
+re-exported here for compatibility.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-IntPair = int | tuple[int, int]
-Padding = int | tuple[int, int] | Sequence[tuple[int, int]]
+from cnnjax.ops import autotune
+from cnnjax.ops.autotune import Algorithm
+from cnnjax.ops.fft import conv2d_fft
+from cnnjax.ops.gemm import conv2d_gemm
+from cnnjax.ops.geometry import IntPair, Padding, conv_output_size, normalize_padding, pair
+from cnnjax.ops.winograd import conv2d_winograd
 
-#: Convolution algorithms ``conv2d`` accepts:
+__all__ = ["CONV_ALGORITHMS", "CONV_IMPLS", "IntPair", "Padding", "conv2d", "conv2d_xla", "conv_output_size",
+           "normalize_padding", "pair"]
+
+
+def conv2d_xla(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]],
+               dilation: tuple[int, int], groups: int = 1, precision: lax.PrecisionLike = None,
+               preferred_element_type: jnp.dtype | None = None) -> jax.Array:
+    """``lax.conv_general_dilated`` on NHWC ``x`` (N, H, W, C_in) and HWIO ``w``; padding per side."""
+    return lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=stride,
+        padding=padding,
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def _conv2d_winograd_by_dtype(x: jax.Array, w: jax.Array, stride: tuple[int, int],
+                              padding: tuple[tuple[int, int], tuple[int, int]], dilation: tuple[int, int],
+                              groups: int = 1, precision: lax.PrecisionLike = None,
+                              preferred_element_type: jnp.dtype | None = None) -> jax.Array:
+    """:func:`~cnnjax.ops.winograd.conv2d_winograd` with the tile ``conv2d`` uses: F(4x4, 3x3) in float32;
+    F(2x2, 3x3) for bf16/fp16, where F(4x4)'s transforms lose too much (~8e-2)."""
+    tile = 4 if jnp.result_type(x, w) in (jnp.float32, jnp.float64) else 2
+    return conv2d_winograd(x, w, stride, padding, dilation, groups, precision, preferred_element_type, tile=tile)
+
+
+#: The algorithms by name, each ``f(x, w, stride, padding, dilation, groups, precision, preferred_element_type)``
+#: with ``stride``/``dilation`` pairs and ``padding`` per side (NHWC ``x``, HWIO ``w``, NHWC result):
 #: ``xla``: ``lax.conv_general_dilated``; ``gemm``: im2col + one matrix product (:mod:`cnnjax.ops.gemm`);
 #: ``winograd``: Winograd minimal filtering for 3x3 stride-1 convolutions, F(4x4, 3x3) in float32 and
 #: F(2x2, 3x3) in bf16/fp16 (:mod:`cnnjax.ops.winograd`; other configurations use ``gemm``);
-#: ``fft``: products in the Fourier domain, any kernel (:mod:`cnnjax.ops.fft`);
+#: ``fft``: products in the Fourier domain, any kernel (:mod:`cnnjax.ops.fft`).
+#: They are the candidates of ``impl='auto'`` (:data:`cnnjax.ops.autotune.ALGORITHMS`, in the same order).
+CONV_ALGORITHMS: dict[str, Algorithm] = {
+    "xla": conv2d_xla,
+    "gemm": conv2d_gemm,
+    "winograd": _conv2d_winograd_by_dtype,
+    "fft": conv2d_fft,
+}
+
+#: Convolution algorithms ``conv2d`` accepts: those of :data:`CONV_ALGORITHMS`, and
 #: ``fast``: the fixed per-shape CPU rule of :func:`cnnjax.ops.autotune.fixed_choice` (``gemm`` for 1x1
 #: convolutions and maps of at most 4x4, ``xla`` otherwise and on GPU/TPU);
 #: ``auto``: the fastest per configuration, measured once and cached (:mod:`cnnjax.ops.autotune`).
-CONV_IMPLS = ("xla", "gemm", "winograd", "fft", "fast", "auto")
-
-
-def pair(v: IntPair, name: str = "value") -> tuple[int, int]:
-    """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``."""
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(i) for i in v)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return t  # type: ignore[return-value]
-
-
-def normalize_padding(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
-    """PyTorch-style padding to per-side pairs ``((top, bottom), (left, right))``.
-
-    ``p`` pads every side by ``p``; ``(ph, pw)`` pads top/bottom by ``ph`` and left/right by ``pw``;
-    ``((t, b), (l, r))`` is taken as it is.
-    """
-    if isinstance(padding, str):
-        raise ValueError(f"padding must be explicit integers (PyTorch style), not {padding!r}")
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    items = list(padding)
-    if len(items) == 2 and all(isinstance(i, int) for i in items):
-        return ((items[0], items[0]), (items[1], items[1]))
-    if len(items) == 2 and all(len(i) == 2 for i in items):
-        return (tuple(items[0]), tuple(items[1]))  # type: ignore[return-value]
-    raise ValueError(f"padding must be an int, (ph, pw) or ((top, bottom), (left, right)); got {padding!r}")
-
-
-def conv_output_size(
-    size: int,
-    kernel: int,
-    stride: int = 1,
-    padding: int | tuple[int, int] = 0,
-    dilation: int = 1,
-    ceil_mode: bool = False,
-) -> int:
-    """Output length of a convolution or pooling window along one axis, as PyTorch computes it.
-
-    ``padding`` is one int (both sides) or ``(before, after)``. With ``ceil_mode`` (pooling only) the
-    division rounds up, but a last window that would start in the right padding is dropped, as in PyTorch.
-    A result below 1 means the input is too small.
-    """
-    lo, hi = (padding, padding) if isinstance(padding, int) else padding
-    span = size + lo + hi - dilation * (kernel - 1) - 1
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= size + lo:
-            out -= 1
-        return max(out, 0)
-    return max(span // stride + 1, 0)
+CONV_IMPLS = (*CONV_ALGORITHMS, "fast", "auto")
 
 
 def conv2d(
@@ -105,33 +103,8 @@ def conv2d(
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {w.shape[2]} x {groups} groups")
     stride, dilation, padding = pair(stride, "stride"), pair(dilation, "dilation"), normalize_padding(padding)
     if impl == "fast":
-        from cnnjax.ops.autotune import fixed_choice
-
-        impl = fixed_choice(x.shape, w.shape, groups)
+        impl = autotune.fixed_choice(x.shape, w.shape, groups)
     elif impl == "auto":
-        from cnnjax.ops.autotune import choose
-
-        impl = choose(x.shape, w.shape, x.dtype, stride, padding, dilation, groups, precision, preferred_element_type)
-    if impl == "xla":
-        return lax.conv_general_dilated(
-            x,
-            w,
-            window_strides=stride,
-            padding=padding,
-            rhs_dilation=dilation,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=groups,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
-    if impl == "gemm":
-        from cnnjax.ops.gemm import conv2d_gemm as algorithm
-    elif impl == "winograd":
-        from cnnjax.ops.winograd import conv2d_winograd
-
-        # F(4x4, 3x3) in float32; F(2x2, 3x3) for bf16/fp16, where F(4x4)'s transforms lose too much (~8e-2)
-        tile = 4 if jnp.result_type(x, w) in (jnp.float32, jnp.float64) else 2
-        return conv2d_winograd(x, w, stride, padding, dilation, groups, precision, preferred_element_type, tile=tile)
-    else:
-        from cnnjax.ops.fft import conv2d_fft as algorithm
-    return algorithm(x, w, stride, padding, dilation, groups, precision, preferred_element_type)
+        impl = autotune.choose(x.shape, w.shape, x.dtype, stride, padding, dilation, groups, precision,
+                               preferred_element_type, candidates=CONV_ALGORITHMS)
+    return CONV_ALGORITHMS[impl](x, w, stride, padding, dilation, groups, precision, preferred_element_type)

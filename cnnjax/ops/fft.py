@@ -14,7 +14,7 @@ Winograd convolutions cost O(H W kH kW) per channel pair, so the FFT pays off fo
 above a few times log(H W)); for 3x3 kernels it usually loses.
 
 Steps on NHWC ``x`` and an HWIO kernel ``w`` (kH, kW, C_in // groups, C_out), PyTorch padding semantics
-(see :mod:`cnnjax.ops.conv`): pad the input; dilate the kernel by inserting zeros between taps (``lax.pad``
+(:mod:`cnnjax.ops.geometry`): pad the input; dilate the kernel by inserting zeros between taps (``lax.pad``
 with interior padding); ``rfft2`` both over H, W; sum over input channels per group with one complex ``einsum``
 (batched over frequencies and groups, so depthwise convolutions work too); ``irfft2``; crop the valid
 part; apply the stride by strided slicing (the stride-1 result is computed and subsampled, which wastes work
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnnjax.ops.conv import conv_output_size, normalize_padding, pair
+from cnnjax.ops.geometry import conv_output_size, normalize_padding, pair
 
 
 def next_fast_len(n: int) -> int:

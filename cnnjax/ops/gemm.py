@@ -5,7 +5,7 @@ the channel axis — the im2col matrix of shape (N*H'*W', k*k*C) — and multipl
 (k*k*C, O). A 1x1 convolution is a plain product. Grouped convolutions use one batched product over groups;
 depthwise ones (one input and one output channel per group), whose per-channel "product" is only kh*kw long,
 are a multiply-add of the kh*kw shifted views instead (:func:`depthwise_shift_add`).
-NHWC input, HWIO kernel, PyTorch padding semantics (see :mod:`cnnjax.ops.conv`).
+NHWC input, HWIO kernel, PyTorch padding semantics (:mod:`cnnjax.ops.geometry`).
 """
 
 from __future__ import annotations

@@ -54,8 +54,8 @@ import numpy as np
 from jax import lax
 
 from cnnjax.ops import products
-from cnnjax.ops.conv import conv_output_size, normalize_padding, pair
 from cnnjax.ops.gemm import conv2d_gemm
+from cnnjax.ops.geometry import conv_output_size, normalize_padding, pair
 
 #: Output tile sizes ``m`` of ``F(m x m, 3 x 3)`` that :func:`conv2d_winograd` implements.
 WINOGRAD_TILES = (2, 4)

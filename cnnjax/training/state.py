@@ -20,7 +20,7 @@ from flax import struct
 from jax.sharding import NamedSharding
 
 from cnnjax import transfer
-from cnnjax.ops.autotune import shape_only
+from cnnjax.ops.tracing import shape_only
 
 
 @struct.dataclass

@@ -16,6 +16,9 @@ the padding). ``size = hi - lo + 1``, ``start = (lo + hi) / 2`` is the centre of
 :func:`empirical_receptive_field` measures the same extent from the non-zero support of the input gradient of
 one unit (re-draw the weights with :func:`randomize_variables` first so no zero-initialised branch hides part
 of the field), and :func:`effective_receptive_field` is the gradient-magnitude map of Luo et al. (2016).
+
+:mod:`cnnjax.analysis` re-exports the public names: ``cnnjax.analysis.receptive_field(model, image_size)`` is the
+function of this module.
 """
 
 from __future__ import annotations

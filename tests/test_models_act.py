@@ -1,0 +1,65 @@
+"""The ``act`` option of the ResNets (ImageNet and CIFAR): every activation uses it, ReLU stays the default, and the
+parameter tree does not depend on it."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.extend import core as jex_core
+
+from cnnjax import models
+
+# (arch, input side, activations: the stem's + per block: BasicBlock 2, Bottleneck 3)
+CASES = [("resnet18", 64, 1 + 8 * 2), ("resnet20", 32, 1 + 9 * 2)]
+
+
+def _count_tanh(jaxpr) -> int:
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == "tanh"
+        for sub in jex_core.jaxprs_in_params(eqn.params):
+            n += _count_tanh(sub)
+    return n
+
+
+@pytest.mark.parametrize("arch,size,n_acts", CASES)
+def test_act_is_used_and_relu_is_the_default(arch, size, n_acts):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 3)), jnp.float32)
+    default = models.create(arch, num_classes=10)
+    relu = models.create(arch, num_classes=10, act=nn.relu)
+    tanh = models.create(arch, num_classes=10, act=jax.nn.tanh)
+    key = jax.random.key(0)
+    variables = jax.jit(default.init)(key, x)
+    for other in (relu, tanh):  # same parameter tree, same initial values: act has no parameters
+        v = jax.jit(other.init)(key, x)
+        assert jax.tree.structure(v) == jax.tree.structure(variables)
+        for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(variables)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    out = {name: np.asarray(jax.jit(m.apply)(variables, x)) for name, m in
+           (("default", default), ("relu", relu), ("tanh", tanh))}
+    np.testing.assert_array_equal(out["relu"], out["default"])   # explicit ReLU: bit-identical to the default
+    assert np.all(np.isfinite(out["tanh"]))
+    assert np.max(np.abs(out["tanh"] - out["default"])) > 1e-3     # tanh really changes the network
+    # every activation (the stem's and each block's) is tanh, none left as ReLU
+    assert _count_tanh(jax.make_jaxpr(tanh.apply)(variables, x).jaxpr) == n_acts
+    assert _count_tanh(jax.make_jaxpr(default.apply)(variables, x).jaxpr) == 0
+
+
+def test_bottleneck_blocks_use_act():
+    """ResNet-50 (abstract trace only): stem + 3 activations in each of its 16 bottleneck blocks."""
+    model = models.create("resnet50", act=jax.nn.tanh)
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    assert _count_tanh(jax.make_jaxpr(model.apply)(variables, x).jaxpr) == 1 + 16 * 3
+
+
+@pytest.mark.parametrize("kw", [{"skip": False}, {"shortcut": "B"}, {"antialias": True}])
+def test_cifar_block_variants_use_act(kw):
+    """Every return path of the CIFAR block (no shortcut, projection, blurred option A) applies ``act``."""
+    model = models.create("resnet20", act=jax.nn.tanh, **kw)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    assert _count_tanh(jax.make_jaxpr(model.apply)(variables, x).jaxpr) == 1 + 9 * 2
