@@ -160,6 +160,7 @@ def test_cli_receptive_field_table_and_check(tmp_path, capsys):
     assert (tmp_path / "receptive_field_lenet5.png").exists()
 
 
+@pytest.mark.slow
 def test_cli_tools_run_untrained(tmp_path, capsys):
     """The data-driven tools end to end on an untrained LeNet-5 (``--steps 0``), small settings (``erf`` and
     ``equivariance`` share their code paths: data, init, jit-ted apply, PNG)."""

@@ -118,6 +118,7 @@ def test_gradient_extent():
     ("lenet5", 32, None), ("alexnet", 96, "pool2"), ("vgg16", 48, "stage3/conv2"),
     ("resnet18", 64, "stage2_block0/downsample/conv"), ("resnet50", 64, "stage2_block1/conv1"),
 ])
+@pytest.mark.slow
 def test_analytic_equals_empirical(arch, size, layer):
     model = models.create(arch, num_classes=10)
     recs = rf_fn(model, size)

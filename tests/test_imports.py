@@ -12,7 +12,8 @@ Rules of the edges:
 
 Layers (each may import the ones listed after it, never the ones before): the CLI package ``train`` (never
 imported by ``cnnjax``), ``cnnjax.models`` (never ``data``, ``weights``, ``analysis``, ``training``),
-``cnnjax.nn`` (only ``cnnjax.ops``), ``cnnjax.ops`` (no other ``cnnjax`` layer).
+``cnnjax.nn`` (only ``cnnjax.ops``), ``cnnjax.ops`` (no other ``cnnjax`` layer); ``cnnjax.training`` never
+imports ``cnnjax.analysis`` or ``cnnjax.weights`` (those that need training import the core).
 """
 
 from __future__ import annotations
@@ -153,6 +154,17 @@ def test_models_import_no_upper_layer(graph):
     bad = sorted(f"{m} -> {t}" for m, targets in edges.items() if _in(m, "cnnjax.models") for t in targets
                  if any(_in(t, f) for f in forbidden))
     assert bad == []
+
+
+def test_training_core_imports_no_analysis(graph):
+    """The training core sits above models/data/transfer/checkpoint; the analysis tools train through it, never
+    the other way round."""
+    edges, _ = graph
+    bad = sorted(f"{m} -> {t}" for m, targets in edges.items() if _in(m, "cnnjax.training") for t in targets
+                 if _in(t, "cnnjax.analysis") or _in(t, "cnnjax.weights"))
+    assert bad == []
+    assert "cnnjax.training" in edges["cnnjax.analysis.training"] or any(
+        _in(t, "cnnjax.training") for t in edges["cnnjax.analysis.training"])
 
 
 def test_ops_import_conv_only_from_the_package_init(graph):

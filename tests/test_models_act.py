@@ -25,6 +25,7 @@ def _count_tanh(jaxpr) -> int:
     return n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,size,n_acts", CASES)
 def test_act_is_used_and_relu_is_the_default(arch, size, n_acts):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 3)), jnp.float32)

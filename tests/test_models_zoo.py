@@ -73,6 +73,7 @@ def test_small_model_counts():
     assert 9.5e6 < n < 10.5e6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", models.names())
 def test_every_model_traces_and_torchvision_counts_match(arch):
     """Abstract traces only (no compile): logits and features shapes, and for torchvision's architectures the
@@ -122,6 +123,7 @@ FAMILIES = [("resnet18", 32), ("alexnet", 63), ("vgg11_bn", 32), ("lenet5", 32),
             ("mlp", 8), ("resnet20", 16), ("resnet20_plain", 16)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,size", FAMILIES)
 def test_real_forward_and_batchnorm_modes(arch, size):
     model = models.create(arch, num_classes=5)

@@ -115,6 +115,7 @@ def test_readme_table_matches_the_records():
         assert (params, top1, top5) == (w.num_params, w.top1, w.top5), arch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", models.names())
 def test_every_architecture_has_a_record_with_an_accepted_input_size(arch):
     rec = models.record(arch)

@@ -19,6 +19,8 @@ import pytest
 from cnnjax import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocess CLI runs
+
 TINY = ["--arch", "lenet5", "--batch-size", "64", "--no-progress", "--log-every", "1"]
 
 

@@ -164,6 +164,7 @@ def pretrained_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_cli_linear_probe_from_checkpoint_keeps_backbone(pretrained_run, tmp_path):
     args = ["--arch", "lenet5_modern", "--dataset", "digits:channels=3", "--batch-size", "32", "--max-steps", "6",
             "--no-progress", "--init", str(pretrained_run), "--transfer", "linear-probe"]
@@ -175,6 +176,7 @@ def test_cli_linear_probe_from_checkpoint_keeps_backbone(pretrained_run, tmp_pat
     assert json.loads((tmp_path / "probe" / "config.json").read_text())["transfer"] == "linear-probe"
 
 
+@pytest.mark.slow
 def test_cli_transfer_resume_is_exact(pretrained_run, tmp_path):
     import signal
 
@@ -194,6 +196,7 @@ def test_transfer_without_init_is_refused(tmp_path):
     assert proc.returncode == 2 and "--transfer needs --init" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_linear_probe_from_torchvision_weights(tmp_path, monkeypatch, capsys):
     """`--init torchvision:resnet18` with a cached converted file: the backbone equals the torchvision weights
     after training, the 1000-class head is replaced by a fresh 4-class one."""
@@ -233,6 +236,7 @@ def test_head_on_cached_features_recomposes_the_model(arch):
     assert not np.allclose(np.asarray(wrong), np.asarray(model.apply(variables, x)), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_feature_cache_gives_the_same_linear_probe(pretrained_run, tmp_path):
     """On un-augmented data (``shapes``) a cached linear probe trains the same head as the uncached one: same
     batches, same optimizer; the backbone stays bit-identical to the pretrained one in both."""

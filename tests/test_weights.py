@@ -45,6 +45,7 @@ def _leaves(tree: dict, prefix=()) -> dict:
 # conversion, NumPy only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["alexnet", "googlenet", "resnet18", "resnext50_32x4d", "densenet121",
                                   "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s",
                                   "convnext_tiny"])
@@ -154,6 +155,7 @@ def _reference_archs() -> set[str]:
         return {r[0] for r in csv.reader(f, delimiter="\t") if r and not r[0].startswith("#")} - {"arch"}
 
 
+@pytest.mark.slow
 @pytest.mark.parity
 @pytest.mark.parametrize("arch", [a for a in weights.TORCHVISION_ARCHS if a not in _reference_archs()])
 def test_every_torchvision_arch_converts_strictly(arch):

@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 from cnnjax import models  # noqa: E402
 from cnnjax.weights import from_torchvision  # noqa: E402
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 DATA = pathlib.Path(__file__).parent / "data"
 TOL = 1e-4
