@@ -5,7 +5,16 @@ checkpoint has two items: ``state`` (a pytree: ``params``, ``batch_stats``, ``op
 and ``meta`` (JSON: data position, epoch accumulators). orbax writes into a temporary directory and renames it
 when complete, so a run killed at any moment (SIGKILL included) leaves only complete checkpoints visible.
 
+A failed write (disk full, I/O error) raises :class:`StorageError` from :meth:`CheckpointStore.save` or
+:meth:`CheckpointStore.wait` — the earlier checkpoints stay complete and restorable — and half-written step
+directories left by a killed process are ignored by :meth:`CheckpointStore.steps` and deleted when a store is
+opened for writing.
+
 For research use, :func:`restore` returns ``{'params': ..., 'batch_stats': ...}`` from a run directory.
+
+Testing aid: ``CNNJAX_TEST_CHECKPOINT_DELAY=SECONDS`` makes every asynchronous write sleep that long inside the
+write (after the temporary directory exists, before it is committed), to widen that window for fault-injection
+tests.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import time
 import warnings
 from typing import Any
 
@@ -28,6 +38,32 @@ def checkpoint_dir(path: str | os.PathLike) -> pathlib.Path:
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
+class StorageError(OSError):
+    """The run directory cannot be written: unwritable, full, or a checkpoint write failed."""
+
+
+class _DelayedJsonHandler(ocp.JsonCheckpointHandler):
+    """The ``meta`` item's handler, sleeping ``CNNJAX_TEST_CHECKPOINT_DELAY`` seconds inside the write."""
+
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay = delay
+
+    async def _save_fn(self, x, directory):  # runs in orbax's background commit thread
+        time.sleep(self.delay)
+        await super()._save_fn(x, directory)
+
+
+@ocp.args.register_with_handler(_DelayedJsonHandler, for_save=True)
+class _DelayedJsonSave(ocp.args.JsonSave):
+    pass
+
+
+@ocp.args.register_with_handler(_DelayedJsonHandler, for_restore=True)
+class _DelayedJsonRestore(ocp.args.JsonRestore):
+    pass
+
+
 class CheckpointStore:
     """Numbered checkpoints of a training state in ``directory`` (keeps the newest ``keep``)."""
 
@@ -38,9 +74,14 @@ class CheckpointStore:
         options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
                                                enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=not read_only)
+        delay = float(os.environ.get("CNNJAX_TEST_CHECKPOINT_DELAY", "0") or 0)
+        delayed = delay > 0 and async_save and not read_only
+        meta_handler = _DelayedJsonHandler(delay) if delayed else ocp.JsonCheckpointHandler()
+        self._json_save = _DelayedJsonSave if delayed else ocp.args.JsonSave
+        self._json_restore = _DelayedJsonRestore if delayed else ocp.args.JsonRestore
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": meta_handler})
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
@@ -48,9 +89,25 @@ class CheckpointStore:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Save ``state`` (a pytree of arrays) and ``meta`` (JSON-able) as checkpoint ``step`` (asynchronously)."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        """Save ``state`` (a pytree of arrays) and ``meta`` (JSON-able) as checkpoint ``step`` (asynchronously).
+
+        Raises :class:`StorageError` if this write cannot start or the previous asynchronous one failed (orbax
+        waits for the previous write before starting the next one anyway)."""
+        self.wait()
+        self._requested = step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=self._json_save(meta)), force=True)
+        except Exception as err:  # noqa: BLE001 - orbax wraps OS errors in several types
+            raise self._storage_error(step, err) from None
+
+    def _storage_error(self, step: int, err: BaseException) -> StorageError:
+        try:
+            good = self.steps()
+        except Exception:  # noqa: BLE001
+            good = "?"
+        return StorageError(f"writing checkpoint {step} to {self.directory} failed ({type(err).__name__}: "
+                            f"{str(err)[:200]}); the last good checkpoints are kept (steps {good})")
 
     def restore(self, target: Any = None, step: int | None = None) -> tuple[Any, dict, int]:
         """Restore ``(state, meta, step)``: the given step, or the newest one that reads back completely.
@@ -68,7 +125,7 @@ class CheckpointStore:
             try:
                 abstract = target if target is not None else self._local_target(s)
                 state_args = ocp.args.StandardRestore(abstract)
-                out = self.manager.restore(s, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
+                out = self.manager.restore(s, args=ocp.args.Composite(state=state_args, meta=self._json_restore()))
                 if errors:
                     warnings.warn(f"checkpoint(s) {', '.join(str(e[0]) for e in errors)} in {self.directory} could "
                                   f"not be read ({errors[0][1]}); using step {s}", stacklevel=2)
@@ -89,11 +146,23 @@ class CheckpointStore:
         return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
 
     def wait(self) -> None:
-        """Block until asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
+        """Block until asynchronous saves are on disk; :class:`StorageError` if one failed."""
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as err:  # noqa: BLE001
+            raise self._storage_error(getattr(self, "_requested", -1), err) from None
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for pending writes and release orbax's threads. With ``raise_errors=False`` (closing on an
+        error path) a failed write is only logged, so the original error is the one reported."""
+        try:
+            self.wait()
+        except StorageError:
+            if raise_errors:
+                self.manager.close()
+                raise
+            log.warning("a pending checkpoint write failed while closing", exc_info=True)
         self.manager.close()
 
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
 import math
+import os
+import pathlib
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,23 +30,33 @@ from cnnjax.training import optim, parallel
 from cnnjax.training.loop import NonFiniteLossError
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
-#: Exit codes of the CLIs: 0 done (or stopped by a signal after saving), 2 bad input, 3 non-finite loss.
-EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
+#: Exit codes of the CLIs: 0 done; 2 bad input (nothing was run); 3 non-finite loss (the last good checkpoint is
+#: kept); 4 storage (workdir unwritable or full, a checkpoint write failed; the last good one is kept);
+#: 128 + N stopped by signal N after saving (130 SIGINT, 143 SIGTERM: "not finished, resume me").
+#: 5 another process of a multi-process run was lost (the last committed checkpoint is intact).
+EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_STORAGE, EXIT_LOST_PEER = 2, 3, 4, 5
+EXIT_CODES_HELP = ("exit codes: 0 done; 2 bad input; 3 non-finite loss (the last good checkpoint is kept); "
+                   "4 storage error (unwritable or full workdir, failed checkpoint write; the last good checkpoint "
+                   "is kept); 5 another process of a multi-process run was lost (restart all with --resume); "
+                   "130/143 stopped by SIGINT/SIGTERM after saving a checkpoint (run the same command with --resume "
+                   "to continue)")
 
 
 def option(default: Any, help: str, *, type: Callable | None = None, choices: Iterable | Callable | None = None,
            check: Callable[[Any], bool] | None = None, must: str = "", flag: str | None = None,
            group: str | None = None, metavar: str | None = None, negate: str | None = None,
-           saved: bool = True) -> Any:
+           saved: bool = True, resumable: bool = False) -> Any:
     """A :class:`TrainConfig` field with everything the parser and the validation need.
 
     ``choices`` (a tuple, or a function returning one) and ``check`` (a predicate; ``must`` says what it
     requires, e.g. ``"> 0"``) validate a set value; ``flag`` overrides ``--field-name``; a boolean that is on by
     default is turned off by ``negate`` (e.g. ``--no-progress``); ``saved=False`` keeps a process setting
-    (multi-host addresses, benchmark mode) out of ``config.json``.
+    (multi-host addresses, benchmark mode) out of ``config.json``; ``resumable=True`` marks a setting that may
+    differ when a run is resumed (logging and checkpoint cadence, ``--epochs``/``--max-steps`` to extend it);
+    any other saved field must be the same (:func:`check_resume`).
     """
     meta = {"help": help, "type": type, "choices": choices, "check": check, "must": must, "flag": flag,
-            "group": group, "metavar": metavar, "negate": negate, "saved": saved}
+            "group": group, "metavar": metavar, "negate": negate, "saved": saved, "resumable": resumable}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -62,12 +76,12 @@ class TrainConfig:
 
     arch: str = option("resnet50", "architecture", choices=models.names, metavar="NAME")
     dataset: str = option(cdata.DEFAULT, "one of: " + ", ".join(cdata.DATASETS))
-    data_dir: str | None = option(None, "TFDS data dir (else $TFDS_DATA_DIR); base of folder: paths")
+    data_dir: str | None = option(None, "TFDS data dir (else $TFDS_DATA_DIR); base of folder: paths", resumable=True)
     image_size: int | None = option(None, "input side in pixels (default: the dataset's)", type=int,
                                     **_check(at_least_1))
-    epochs: int | None = option(None, "default 10", type=int, **_check(at_least_1))
+    epochs: int | None = option(None, "default 10", type=int, **_check(at_least_1), resumable=True)
     max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", type=int,
-                                   **_check(at_least_1))
+                                   **_check(at_least_1), resumable=True)
     batch_size: int = option(64, "global batch size (all devices)", **_check(at_least_1))
     optimizer: str = option("sgd", "optimizer", choices=optim.OPTIMIZERS)
     lr: float | None = option(None, "peak learning rate (sgd: 0.1 x batch/256; adamw: 1e-3)", type=float,
@@ -80,13 +94,13 @@ class TrainConfig:
     precision: str = option("fp32", "bf16: bfloat16 compute, float32 parameters and loss",
                             choices=tuple(PRECISIONS))
     seed: int = option(0, "seed of initialisation, data order, augmentation and dropout")
-    workdir: str | None = option(None, "run directory (default checkpoints/<arch>-<dataset>-<time>)")
-    resume: bool = option(False, "continue the run in --workdir from its last checkpoint")
+    workdir: str | None = option(None, "run directory (default checkpoints/<arch>-<dataset>-<time>)", resumable=True)
+    resume: bool = option(False, "continue the run in --workdir from its last checkpoint", resumable=True)
     checkpoint_every: int | None = option(None, "steps between checkpoints (default: 1 epoch)", type=int,
-                                          **_check(at_least_1))
-    keep: int = option(3, "checkpoints kept", **_check(at_least_1))
-    eval_every: int = option(1, "epochs between evaluations", **_check(at_least_1))
-    log_every: int = option(10, "steps between host metric fetches", **_check(at_least_1))
+                                          **_check(at_least_1), resumable=True)
+    keep: int = option(3, "checkpoints kept", **_check(at_least_1), resumable=True)
+    eval_every: int = option(1, "epochs between evaluations", **_check(at_least_1), resumable=True)
+    log_every: int = option(10, "steps between host metric fetches", **_check(at_least_1), resumable=True)
     conv_impl: str = option("fast", "convolution algorithm (auto: the fastest per layer, measured once and cached)",
                             choices=CONV_IMPLS)
     autotune: str | None = option(None, "--conv-impl auto: measure and cache (default; $CNNJAX_AUTOTUNE) or a "
@@ -102,7 +116,7 @@ class TrainConfig:
     feature_cache: bool = option(False, "linear-probe: run the frozen backbone once and train the head on the "
                                         "cached features (un-augmented; no dropout before the head)",
                                  group="transfer learning")
-    progress: bool = option(True, "no progress bar", negate="--no-progress")
+    progress: bool = option(True, "no progress bar", negate="--no-progress", resumable=True)
     benchmark: bool = option(False, "time the train step on synthetic data; prints one JSON line", saved=False)
     benchmark_steps: int = option(10, "steps timed by --benchmark", saved=False, **_check(at_least_1))
     distributed: bool = option(False, "jax.distributed.initialize() with auto-detection",
@@ -113,6 +127,9 @@ class TrainConfig:
                                        saved=False)
     process_id: int | None = option(None, "this process's index", type=int, group="multi-host (JAX's runtime)",
                                     saved=False)
+    heartbeat_timeout: int = option(20, "seconds after which JAX's coordination service declares a silent process "
+                                        "lost and the others stop (JAX's own default is 100)",
+                                    group="multi-host (JAX's runtime)", saved=False, **_check(at_least_1))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -161,9 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.main",
                                 description="Train a zoo architecture and report validation accuracy. With no "
                                             "option beyond --arch it trains on the bundled digits dataset.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="exit codes: 0 done (also after SIGINT/SIGTERM, once the checkpoint is "
-                                       "saved), 2 bad input, 3 non-finite loss (the last good checkpoint is kept)")
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EXIT_CODES_HELP)
     add_arguments(p)
     return p
 
@@ -222,14 +237,107 @@ def to_json(cfg: TrainConfig, **derived: Any) -> dict:
     return {**{k: v for k, v in dataclasses.asdict(cfg).items() if FIELDS[k].metadata["saved"]}, **derived}
 
 
+def check_resume(path: pathlib.Path, cfg: TrainConfig, step: int) -> list[dict]:
+    """The resume history to record, after checking ``cfg`` against the run's saved ``config.json``.
+
+    Raises ``ValueError`` listing every saved field that differs and changes the computation (architecture,
+    data, batch size, seed, precision, optimizer settings, ...). Fields declared ``resumable`` may differ;
+    those changes are appended to the saved ``resume_history`` (returned). Changing ``--epochs`` or
+    ``--max-steps`` extends (or shortens) the run: the learning-rate schedule is recomputed for the new total.
+    An unset ``--image-size`` is compared with the data's size once the data is loaded (:func:`check_resume_size`).
+    """
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    now = to_json(cfg)
+    changed, forbidden = {}, []
+    for name, value in now.items():
+        if name == "resume" or name not in saved or saved[name] == value:
+            continue
+        if name == "image_size" and value is None:  # saved is the size the data gave: checked after loading it
+            continue
+        if FIELDS[name].metadata["resumable"]:
+            changed[name] = [saved[name], value]
+        else:
+            forbidden.append(f"{_flag(FIELDS[name])}: saved {saved[name]!r}, now {value!r}")
+    if forbidden:
+        raise ValueError(f"--resume: the configuration differs from {path} in what changes the computation: "
+                         f"{'; '.join(forbidden)}. Pass the saved values, or start a new --workdir")
+    history = list(saved.get("resume_history", []))
+    if changed:
+        history.append({"from_step": step, "changed": changed})
+    return history
+
+
+def check_resume_size(path: pathlib.Path, image_size: int) -> None:
+    """Raise ``ValueError`` if the resumed run's images are not the size the saved run trained at."""
+    saved = json.loads(path.read_text()).get("image_size") if path.exists() else None
+    if saved is not None and saved != image_size:
+        raise ValueError(f"--resume: the run in {path.parent} trained at {saved}x{saved} but the data now gives "
+                         f"{image_size}x{image_size}; pass --image-size {saved}")
+
+
+def write_config(path: pathlib.Path, cfg: TrainConfig, history: list | None = None, **derived: Any) -> None:
+    """Write ``config.json`` atomically (temporary file + rename)."""
+    record = to_json(cfg, **derived)
+    if history:
+        record["resume_history"] = history
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def exit_code(result: dict) -> int:
+    """0 for a finished run, 128 + N for one stopped by signal N (after saving)."""
+    return 128 + int(result["signal"]) if result.get("interrupted") else 0
+
+
+class _NoOrbaxLogs(logging.Filter):
+    """Drops orbax's own log records (a failed background write is logged there with a traceback; the CLI
+    reports it once, as a :class:`~cnnjax.checkpoint.StorageError` line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in record.pathname
+
+
+def quiet_logs() -> None:
+    """The CLI's logging: no tracebacks or info lines from orbax's background threads on stderr."""
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _NoOrbaxLogs) for f in absl.filters):
+        absl.addFilter(_NoOrbaxLogs())
+
+
 def main_exit(fn: Callable[[], Any]) -> int:
-    """Run ``fn`` mapping the known failures to one-line messages and exit codes (no traceback)."""
+    """Run ``fn`` mapping the known failures to one-line messages and exit codes (no traceback); an ``int``
+    that ``fn`` returns is the exit code."""
+    from cnnjax.checkpoint import StorageError
+
+    quiet_logs()
+    parallel.watch_peers(_exit_lost_peer)
     try:
-        fn()
+        code = fn()
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except Exception as err:
+        lost = parallel.lost_processes()
+        if lost:  # a collective or checkpoint barrier failed because a process is gone
+            _exit_lost_peer(lost)
+        if not isinstance(err, StorageError | ValueError | FileNotFoundError | TypeError):
+            raise
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+        return EXIT_STORAGE if isinstance(err, StorageError) else EXIT_BAD_INPUT
+    parallel.sync_end()
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _exit_lost_peer(lost: list[int]) -> None:
+    """One line on stderr, then exit at once with :data:`EXIT_LOST_PEER` (the main thread may be stuck in a
+    collective with the lost process, so no clean-up is attempted; committed checkpoints are complete)."""
+    import jax
+
+    print(f"error: lost process(es) {', '.join(map(str, lost))} of {jax.process_count()} (no heartbeat for "
+          f"--heartbeat-timeout seconds); stopping. Committed checkpoints are intact: restart every process with "
+          f"the same command and --resume", file=sys.stderr, flush=True)
+    os._exit(EXIT_LOST_PEER)
+

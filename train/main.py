@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import pathlib
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -25,7 +25,7 @@ import optax
 
 from cnnjax import checkpoint, models, transfer
 from cnnjax import data as cdata
-from cnnjax.checkpoint import CheckpointStore, abstract_like
+from cnnjax.checkpoint import CheckpointStore, StorageError, abstract_like
 from cnnjax.training import hooks as H
 from cnnjax.training import optim, parallel
 from cnnjax.training.loop import Hook, Loop, NonFiniteLossError, evaluate, source_batches
@@ -139,17 +139,71 @@ class StopFlag:
             signal.signal(s, h)
 
 
+def check_workdir(workdir: pathlib.Path) -> None:
+    """Create ``workdir`` and prove it writable, before any data is read or anything compiled; an unwritable
+    or missing location is a clear ``OSError``-free :class:`~cnnjax.checkpoint.StorageError`."""
+    probe = workdir / f".write-test-{jax.process_index()}"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise StorageError(f"--workdir {workdir} is not writable ({err.strerror or err}); choose another "
+                           "--workdir") from None
+
+
+def check_free_space(workdir: pathlib.Path, state: TrainState, keep: int) -> None:
+    """Refuse to start when the disk under ``workdir`` cannot hold two more checkpoints of ``state`` (orbax
+    writes a new one before deleting the oldest of ``keep``), before the train step is compiled."""
+    need = 2 * sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state.as_dict())) + (16 << 20)
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise StorageError(f"not enough free space under {workdir}: a checkpoint of this run needs about "
+                           f"{need / 2**20:.0f} MiB (two in flight), {free / 2**20:.0f} MiB are free")
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, hooks: Sequence[Hook] = ()) -> dict:
-    """Run training as configured; returns the last evaluation record (plus ``workdir``, ``step``).
+    """Run training as configured; returns the last evaluation record (plus ``workdir``, ``step``, and
+    ``interrupted``/``signal`` when a signal stopped it).
 
     ``hooks`` run after the standard progress/fetch hooks and before evaluation and checkpointing, each at its
-    own cadence. Raises :class:`~cnnjax.training.NonFiniteLossError` (the last good checkpoint is kept).
+    own cadence. ``cfg.resume`` continues the newest committed checkpoint in the workdir, or starts from step 0
+    when there is none (a notice says so): the same command can be repeated after any crash or preemption.
+    Raises :class:`~cnnjax.training.NonFiniteLossError` (the last good checkpoint is kept),
+    :class:`~cnnjax.checkpoint.StorageError` (unwritable or full disk, failed save) and ``ValueError`` (bad
+    input, or a resume whose configuration differs in what changes the computation).
     """
     cfg = C.resolve_defaults(cfg)
     C.validate(cfg)
     workdir = pathlib.Path(cfg.workdir) if cfg.workdir else default_workdir(cfg)
+    check_workdir(workdir)
+    store = CheckpointStore(workdir / "checkpoints", keep=cfg.keep)
+    ok = False
+    try:
+        result = _train(cfg, workdir, store, log, hooks)
+        ok = True
+        return result
+    finally:
+        store.close(raise_errors=ok)
+
+
+def _train(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, log: Callable[[str], None],
+           hooks: Sequence[Hook]) -> dict:
+    metrics_path, is_main = workdir / "metrics.jsonl", jax.process_index() == 0
+    steps = store.steps()
+    if steps and not cfg.resume:
+        raise ValueError(f"--workdir {workdir} already holds a run (checkpoints at steps {steps}); add --resume to "
+                         "continue it, or choose a new --workdir")
+    resuming = cfg.resume and bool(steps)
+    history: list = []
+    if resuming:
+        history = C.check_resume(workdir / "config.json", cfg, steps[-1])  # before reading data or compiling
+    elif cfg.resume:
+        log(f"--resume: nothing to continue in {workdir} (no committed checkpoint yet); starting from step 0")
     source = cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
     info = source.info
+    if resuming:
+        C.check_resume_size(workdir / "config.json", info.image_size)
     model = build_model(cfg, info)
     models.check_input_size(model, info.image_size)  # before any compile
     steps_per_epoch = source.num_batches("train", cfg.batch_size)
@@ -158,20 +212,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, hooks: Sequence[
 
     mesh = parallel.data_mesh()
     replicated, batch_sharding = parallel.shardings(mesh)
-    state = initial_state(model, tx, cfg, info, replicated, cfg.init if not cfg.resume else None, log)
+    state = initial_state(model, tx, cfg, info, replicated, None if resuming else cfg.init, log)
+    check_free_space(workdir, state, cfg.keep)
     trainable = trainable_of(cfg)
     frozen_modules = None if trainable is None else transfer.frozen_module_predicate(state.params, trainable)
-    metrics_path, is_main = workdir / "metrics.jsonl", jax.process_index() == 0
-    store = CheckpointStore(workdir / "checkpoints", keep=cfg.keep)
-    sums = None
-    if cfg.resume:
-        if not store.steps():
-            raise FileNotFoundError(f"--resume: no checkpoint in {workdir / 'checkpoints'}")
+    sums, step = None, 0
+    if resuming:
         restored, position, step = store.restore(abstract_like(state.as_dict()))
         state, sums = TrainState.from_dict(restored), position.get("sums")
-        if is_main:
-            report.truncate_metrics(metrics_path, step)
         log(f"resumed from {workdir} at step {step} (epoch {position['epoch']}, batch {position['batch']})")
+    if is_main:  # rows a killed run wrote after its last checkpoint (all of them when there is none) go
+        report.truncate_metrics(metrics_path, step)
+        report.plot_curves(metrics_path, workdir / "curves.png")
     if cfg.feature_cache:  # the frozen backbone runs once; the loop below trains the head on its outputs
         from train.feature_cache import cache_features
 
@@ -180,11 +232,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, hooks: Sequence[
     train_step, eval_step = jit_steps(model, tx, replicated, batch_sharding, label_smoothing=cfg.label_smoothing,
                                       trainable=trainable, frozen_modules=frozen_modules)
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(C.to_json(
-            cfg, workdir=str(workdir), num_classes=info.num_classes, image_size=info.image_size,
-            steps_per_epoch=steps_per_epoch, total_steps=total_steps, devices=jax.device_count(),
-            processes=jax.process_count()), indent=2))
+        C.write_config(workdir / "config.json", cfg, history=history, workdir=str(workdir),
+                       num_classes=info.num_classes, image_size=info.image_size, steps_per_epoch=steps_per_epoch,
+                       total_steps=total_steps, devices=jax.device_count(), processes=jax.process_count())
     n_params = sum(p.size for p in jax.tree.leaves(state.params))
     if trainable is not None:
         n_train = sum(p.size for p in jax.tree.leaves(transfer.split(state.params, trainable)[0]))
@@ -198,24 +248,21 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, hooks: Sequence[
 
     evaluation = H.Evaluate(cfg.eval_every, lambda s: evaluate(s, eval_step, source, cfg.batch_size, batch_sharding),
                             on_record=([report.MetricsFile(workdir)] if is_main else []) + [on_record])
-    step0 = int(state.step)
     with StopFlag() as stop:
+        loop = Loop(state, train_step, source_batches(source, cfg.batch_size), total_steps=total_steps,
+                    steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size,
+                    to_global=lambda local: parallel.global_batch(local, batch_sharding), sums=sums,
+                    should_stop=stop,
+                    hooks=[H.FetchMetrics(cfg.log_every), H.Progress(cfg.progress and is_main), *hooks, evaluation,
+                           H.Checkpoint(store, cfg.checkpoint_every or steps_per_epoch,
+                                        saved=[step] if resuming else [])])
         try:
-            loop = Loop(state, train_step, source_batches(source, cfg.batch_size), total_steps=total_steps,
-                        steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size,
-                        to_global=lambda local: parallel.global_batch(local, batch_sharding), sums=sums,
-                        should_stop=stop,
-                        hooks=[H.FetchMetrics(cfg.log_every), H.Progress(cfg.progress and is_main), *hooks,
-                               evaluation,
-                               H.Checkpoint(store, cfg.checkpoint_every or steps_per_epoch,
-                                            saved=[step0] if cfg.resume else [])])
             loop.run()
+            store.wait()  # a failed asynchronous write surfaces here, not after "done"
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{err}; stopping. The last good checkpoint is kept in "
                                      f"{workdir / 'checkpoints'} (steps {store.steps()}); try a lower --lr.") from None
-        finally:
-            store.close()
-    last_record = evaluation.last
+    last_record = evaluation.last or (report.read_jsonl(metrics_path)[-1:] or [{}])[0]  # nothing left to run
     if loop.stopped:
         log(f"stopped by signal {stop.signum} at step {loop.step}; checkpoint saved in {workdir / 'checkpoints'}; "
             f"continue with --resume --workdir {workdir}")
@@ -230,13 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(models.registry.unknown_name_message(args.arch))
     if args.resume and not args.workdir:
         parser.error("--resume needs --workdir (the run directory to continue)")
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed)
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed,
+                                    heartbeat_timeout=args.heartbeat_timeout)
     cfg = C.from_args(args)
     if cfg.benchmark:
         from train.benchmark import benchmark
 
-        return C.main_exit(lambda: benchmark(cfg, steps=cfg.benchmark_steps))
-    return C.main_exit(lambda: train(cfg))
+        return C.main_exit(lambda: benchmark(cfg, steps=cfg.benchmark_steps) and 0)
+    return C.main_exit(lambda: C.exit_code(train(cfg)))
 
 
 if __name__ == "__main__":

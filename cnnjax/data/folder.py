@@ -11,7 +11,8 @@
   skipped), as torchvision's ``ImageFolder``; ``val/`` may lack classes but may not have unknown ones. An empty
   class directory, a missing ``val/`` or a folder with no class directory raises ``ValueError`` naming the path.
 * Pixels: decoded by PIL and converted to RGB (grayscale, palette, RGBA, CMYK ... -> 3 channels, alpha dropped,
-  like torchvision's ``ImageFolder``). Train: augmented with tf.data (see :mod:`cnnjax.data.tfpipe`). Val: by
+  like torchvision's ``ImageFolder``; 16-bit grayscale PNGs are scaled to 8 bits, not clipped). Train: augmented
+  with tf.data (see :mod:`cnnjax.data.tfpipe`). Val: by
   default tf.data's resize/centre crop (:mod:`cnnjax.data.tfpipe`); with ``eval_preprocess`` (a
   :class:`~cnnjax.data.preprocess.Preprocess`), PIL exactly as torchvision's
   ``Resize(resize, interpolation, antialias=True)``, ``CenterCrop(crop)``, ``ToTensor()``, ``Normalize(mean,
@@ -41,7 +42,7 @@ from cnnjax.data.base import (
     num_batches_for,
     process_rows,
 )
-from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resolve_preprocess
+from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resolve_preprocess, to_rgb
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_SIZE = 224
@@ -124,11 +125,12 @@ def scan_folder(root: str | os.PathLike) -> tuple[list[str], dict[str, tuple[np.
 
 
 def _pil_open(path: bytes | str):
-    """The file as an RGB PIL image (pixels loaded), like torchvision's ``ImageFolder`` loader."""
+    """The file as an RGB PIL image (pixels loaded), like torchvision's ``ImageFolder`` loader (16-bit images
+    scaled to 8 bits rather than clipped: :func:`cnnjax.data.preprocess.to_rgb`)."""
     from PIL import Image
 
     with Image.open(path.decode() if isinstance(path, bytes) else str(path)) as im:
-        return im.convert("RGB")
+        return to_rgb(im)
 
 
 def _decode_failed(path, error: Exception) -> None:

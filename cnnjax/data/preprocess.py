@@ -41,15 +41,30 @@ def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
     return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
+#: PIL modes of 16-bit (and 32-bit integer) single-channel images, e.g. 16-bit grayscale PNGs.
+WIDE_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image.convert('RGB')`` as torchvision's ``ImageFolder`` loader does, except that 16-bit (or 32-bit
+    integer) grayscale images are scaled to 8 bits (``round(v / 257)``: 65535 -> 255) instead of clipped at 255,
+    which would turn nearly every pixel of a 16-bit PNG white."""
+    if image.mode in WIDE_INT_MODES:
+        wide = np.asarray(image, dtype=np.int64)
+        scaled = np.clip((wide + 128) // 257, 0, 255) if wide.max(initial=0) > 255 else np.clip(wide, 0, 255)
+        return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
 def to_pil(image: Any) -> Image.Image:
     """An RGB PIL image from a PIL image (any mode, converted like torchvision's ``ImageFolder`` loader), a uint8
     array ``(H, W)`` / ``(H, W, 1)`` / ``(H, W, 3)`` / ``(H, W, 4)`` (RGBA: alpha dropped), or encoded file bytes
-    (JPEG, PNG, ... as stored by TFDS)."""
+    (JPEG, PNG, ... as stored by TFDS); 16-bit images are scaled to 8 bits (:func:`to_rgb`)."""
     if isinstance(image, bytes | bytearray | memoryview):
         with Image.open(io.BytesIO(bytes(image))) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
+        return to_rgb(image)
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image (H, W[, C]) or a PIL image, got dtype {array.dtype}")

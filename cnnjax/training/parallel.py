@@ -8,6 +8,9 @@ are global. Each process passes only its local rows (``jax.make_array_from_proce
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -16,20 +19,85 @@ from jax.sharding import PartitionSpec as P
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, auto: bool = False) -> None:
+                           process_id: int | None = None, auto: bool = False,
+                           heartbeat_timeout: int | None = None) -> None:
     """Start JAX's multi-host runtime: explicit (coordinator, count, id) or auto-detected (TPU pods, SLURM...).
 
-    On CPU the cross-process collectives use gloo.
+    On CPU the cross-process collectives use gloo. ``heartbeat_timeout`` (seconds; JAX's default 100) is how
+    long JAX's coordination service waits for a silent process before it declares it lost. The runtime is
+    started recoverable (``jax_enable_recoverability``), so the service does not abort the survivors with a
+    fatal C++ error; :func:`watch_peers` notices the lost process and lets the program exit cleanly.
     """
     if coordinator is None and not auto:
         return
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kw = {} if heartbeat_timeout is None else {"heartbeat_timeout_seconds": int(heartbeat_timeout)}
+    jax.config.update("jax_enable_recoverability", True)
     if coordinator is None:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**kw)
     else:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, **kw)
+
+
+def lost_processes() -> list[int]:
+    """Processes of this multi-process run that JAX's coordination service no longer sees alive (they stopped
+    sending heartbeats for ``heartbeat_timeout`` seconds); ``[]`` for a single process or if unknown."""
+    from jax._src import distributed
+
+    client, n = distributed.global_state.client, jax.process_count()
+    if client is None or n == 1:
+        return []
+    try:
+        live = client.get_live_nodes(list(range(n)))
+    except Exception:  # noqa: BLE001 - the service itself may be gone (process 0 lost)
+        return [0] if jax.process_index() != 0 else []
+    return sorted(set(range(n)) - set(live))
+
+
+def watch_peers(on_lost: Callable[[list[int]], None], interval: float = 0.5) -> threading.Thread | None:
+    """In a multi-process run, a daemon thread asking JAX's coordination service every ``interval`` seconds
+    which processes are alive, calling ``on_lost(processes)`` once when one is lost (``on_lost`` should end the
+    program, e.g. with ``os._exit``: the main thread may be blocked in a collective with the lost process)."""
+    if jax.process_count() == 1:
+        return None
+
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            lost = lost_processes()
+            if lost:
+                on_lost(lost)
+                return
+
+    thread = threading.Thread(target=run, name="cnnjax-watch-peers", daemon=True)
+    thread.start()
+    return thread
+
+
+def sync_end(timeout_s: float = 300.0) -> None:
+    """End a multi-process run in order: every process waits at a barrier, then the others disconnect from
+    JAX's coordination service while process 0 (which hosts it) waits for them to be gone before it exits.
+    (A recoverable runtime has no shutdown barrier of its own; a process whose coordinator vanished first
+    would abort at exit.)"""
+    from jax._src import distributed
+
+    client, n = distributed.global_state.client, jax.process_count()
+    if client is None or n == 1:
+        return
+    client.wait_at_barrier("cnnjax_end", int(timeout_s * 1000))
+    if jax.process_index() != 0:
+        jax.distributed.shutdown()
+        return
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if not set(client.get_live_nodes(list(range(n)))) - {0}:
+                return
+        except Exception:  # noqa: BLE001
+            return
+        time.sleep(0.05)
 
 
 def data_mesh() -> Mesh:

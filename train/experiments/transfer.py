@@ -2,7 +2,9 @@
 examples per class, comparing training from scratch, linear probing, partial freezing and fine-tuning.
 
 Writes ``OUT/results.json``, ``OUT/table.md`` (final val top-1, train top-1, train-val gap, wall time; mean over
-seeds) and ``OUT/transfer.png``. Every run goes through ``train.main.train`` exactly as the CLI would.
+seeds) and ``OUT/transfer.png``. Every run goes through ``train.main.train`` exactly as the CLI would, with
+``resume=True``: a finished run is reused and an interrupted one continues, so rerunning the experiment in the
+same ``--out`` redoes nothing that is done (its wall time is then not measured again).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def run(out: pathlib.Path, arch: str, per_class: int, seeds: list[int], pretrain
     target = f"digits:classes=5+6+7+8+9,per_class={per_class}"
     t0 = time.perf_counter()
     pre = train(TrainConfig(arch=arch, dataset=PRETRAIN, epochs=pretrain_epochs, batch_size=64, seed=0,
-                            workdir=str(out / "pretrain"), eval_every=pretrain_epochs, progress=False))
+                            workdir=str(out / "pretrain"), eval_every=pretrain_epochs, progress=False, resume=True))
     pre_time = time.perf_counter() - t0
     rows = []
     for name, (use_init, mode) in MODES.items():
@@ -40,7 +42,7 @@ def run(out: pathlib.Path, arch: str, per_class: int, seeds: list[int], pretrain
             rec = train(TrainConfig(arch=arch, dataset=target, epochs=epochs, batch_size=25, lr=lr, seed=seed,
                                     init=str(out / "pretrain") if use_init else None, transfer=mode,
                                     workdir=str(out / f"{name.replace(' ', '_').replace('+', '_')}-s{seed}"),
-                                    eval_every=epochs, progress=False))
+                                    eval_every=epochs, progress=False, resume=True))
             rows.append({"mode": name, "seed": seed, "val_top1": rec["val_top1"], "train_top1": rec["train_top1"],
                          "gap": rec["train_top1"] - rec["val_top1"], "seconds": time.perf_counter() - t})
     summary = {"arch": arch, "pretrain": PRETRAIN, "pretrain_val_top1": pre["val_top1"],
