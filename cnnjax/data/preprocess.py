@@ -52,8 +52,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in WIDE_INT_MODES:
         wide = np.asarray(image, dtype=np.int64)
         scaled = np.clip((wide + 128) // 257, 0, 255) if wide.max(initial=0) > 255 else np.clip(wide, 0, 255)
-        return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
-    return image.convert("RGB") if image.mode != "RGB" else image
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")  # a loaded copy even for RGB: callers close the file afterwards
 
 
 def to_pil(image: Any) -> Image.Image:
@@ -64,7 +64,7 @@ def to_pil(image: Any) -> Image.Image:
         with Image.open(io.BytesIO(bytes(image))) as im:
             return to_rgb(im)
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return image if image.mode == "RGB" else to_rgb(image)
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image (H, W[, C]) or a PIL image, got dtype {array.dtype}")
