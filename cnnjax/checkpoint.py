@@ -70,6 +70,7 @@ class CheckpointStore:
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
+        self.read_only = read_only
         # read_only: never create, delete or clean anything (orbax's own read_only flag only logs warnings here)
         options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
                                                enable_async_checkpointing=async_save,
@@ -128,7 +129,11 @@ class CheckpointStore:
                 out = self.manager.restore(s, args=ocp.args.Composite(state=state_args, meta=self._json_restore()))
                 if errors:
                     warnings.warn(f"checkpoint(s) {', '.join(str(e[0]) for e in errors)} in {self.directory} could "
-                                  f"not be read ({errors[0][1]}); using step {s}", stacklevel=2)
+                                  f"not be read ({errors[0][1]}); using step {s}"
+                                  + ("" if self.read_only else "; the unreadable ones are deleted"), stacklevel=2)
+                    if not self.read_only:  # so that training past them can write those steps again
+                        for bad, _ in errors:
+                            self.manager.delete(bad)
                 return out["state"], dict(out["meta"] or {}), s
             except Exception as err:  # noqa: BLE001 - any read failure means this checkpoint is unusable
                 if step is not None:
@@ -158,12 +163,20 @@ class CheckpointStore:
         error path) a failed write is only logged, so the original error is the one reported."""
         try:
             self.wait()
-        except StorageError:
+        except StorageError as err:
             if raise_errors:
-                self.manager.close()
+                self._close_manager()
                 raise
-            log.warning("a pending checkpoint write failed while closing", exc_info=True)
-        self.manager.close()
+            log.warning("a pending checkpoint write failed while closing: %s", err)
+        self._close_manager(quiet=not raise_errors)
+
+    def _close_manager(self, quiet: bool = True) -> None:
+        try:
+            self.manager.close()
+        except Exception as err:  # noqa: BLE001 - e.g. a barrier with a process that is gone
+            if not quiet:
+                raise
+            log.warning("closing the checkpoint manager failed: %s", err)
 
 
 def restore(path: str | os.PathLike, step: int | None = None) -> dict:

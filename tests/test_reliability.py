@@ -58,6 +58,8 @@ def test_resume_config_check_lists_computation_fields_and_records_allowed_change
     C.write_config(path, saved, total_steps=44, image_size=32)
     same = dataclasses.replace(saved, resume=True, workdir="elsewhere")
     assert C.check_resume(path, same, 10) == [{"from_step": 10, "changed": {"workdir": [None, "elsewhere"]}}]
+    moved = dataclasses.replace(saved, resume=True, init="/new/place/of/pretrained")
+    assert C.check_resume(path, moved)[-1]["changed"] == {"init": [None, "/new/place/of/pretrained"]}
     extended = dataclasses.replace(saved, resume=True, epochs=4, log_every=1)
     history = C.check_resume(path, extended, 22)
     assert history[-1]["changed"] == {"epochs": [2, 4], "log_every": [10, 1]}
@@ -67,9 +69,14 @@ def test_resume_config_check_lists_computation_fields_and_records_allowed_change
     for text in ("--seed: saved 0, now 1", "--lr: saved 0.025, now 0.5", "--batch-size: saved 64, now 32"):
         assert text in str(err.value)
     assert "--epochs" not in str(err.value)
-    C.check_resume_size(path, 32)
+    C.write_config(path, saved, total_steps=44, image_size=32, num_classes=10, steps_per_epoch=22)
+    C.check_resume_data(path, 32, 10, 22)
     with pytest.raises(ValueError, match="trained at 32x32 but the data now gives 48x48; pass --image-size 32"):
-        C.check_resume_size(path, 48)
+        C.check_resume_data(path, 48, 10, 22)
+    with pytest.raises(ValueError, match="had steps per epoch 22, the data now gives 21"):
+        C.check_resume_data(path, 32, 10, 21)
+    with pytest.raises(ValueError, match="had num classes 10, the data now gives 5"):
+        C.check_resume_data(path, 32, 5, 22)
     with pytest.raises(ValueError, match="--image-size: saved 32, now 48"):
         C.check_resume(path, dataclasses.replace(saved, image_size=48), 22)
 
@@ -155,8 +162,29 @@ def test_failed_checkpoint_write_exits_4_and_keeps_the_last_good_one(tmp_path, m
     assert "writing checkpoint 8" in err and "last good checkpoints are kept (steps [4])" in err
     assert "Traceback" not in err
     monkeypatch.undo()
-    assert checkpoint.CheckpointStore(workdir / "checkpoints", read_only=True).steps() == [4]
+    store = checkpoint.CheckpointStore(workdir / "checkpoints", read_only=True)
+    assert store.steps() == [4]
+    store.close()
     assert "params" in checkpoint.restore(workdir)
+
+
+@pytest.mark.slow
+def test_training_resumes_past_a_corrupt_latest_checkpoint(tmp_path):
+    """The newest checkpoint is unreadable: resume falls back to the previous one, deletes the unreadable one
+    (else the loop could never write that step again) and ends bit-identical to an uninterrupted run."""
+    from train import main as M
+
+    base = dict(QUIET, max_steps=12, checkpoint_every=4)
+    M.train(TrainConfig(**base, workdir=str(tmp_path / "ref")), log=lambda s: None)
+    M.train(TrainConfig(**base, workdir=str(tmp_path / "run")), log=lambda s: None)
+    for f in (tmp_path / "run" / "checkpoints" / "12" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="could not be read.*the unreadable ones are deleted"):
+        out = M.train(TrainConfig(**base, workdir=str(tmp_path / "run"), resume=True), log=lambda s: None)
+    assert out["step"] == 12 and rows(tmp_path / "run") == rows(tmp_path / "ref")
+    for a, b in zip(leaves(tmp_path / "ref"), leaves(tmp_path / "run"), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------------------ resume: nothing, or everything
@@ -184,19 +212,23 @@ def _segment(args, workdir: pathlib.Path, kind: str, env) -> bool:
     """Start ``train.main ... --resume`` and SIGKILL it at the moment ``kind``; False if it finished first."""
     ckpts, metrics = workdir / "checkpoints", workdir / "metrics.jsonl"
     committed = lambda: {int(p.name) for p in ckpts.glob("*") if p.name.isdigit()} if ckpts.exists() else set()  # noqa: E731
-    n_rows = lambda: len(metrics.read_text().splitlines()) if metrics.exists() else 0  # noqa: E731
-    before, rows_before = committed(), n_rows()
+    temporary = lambda: {p.name for p in ckpts.iterdir() if ".orbax-checkpoint-tmp" in p.name} if ckpts.exists() \
+        else set()  # noqa: E731
+    last_row = lambda: max((json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if ln.strip()),  # noqa: E731
+                           default=-1) if metrics.exists() else -1
+    before, tmp_before = committed(), temporary()
+    newest = max(before, default=0)
     proc = subprocess.Popen([sys.executable, "-m", "train.main", *args, "--resume"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0, deadline = time.time(), time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if kind.startswith("after:") and time.time() - t0 >= float(kind[6:]):
             break
-        if kind == "writing" and ckpts.exists() and any(".orbax-checkpoint-tmp" in p.name for p in ckpts.iterdir()):
+        if kind == "writing" and temporary() - tmp_before:  # a write this process started
             break
         if kind == "committed" and committed() - before:
             break
-        if kind == "evaluated" and n_rows() > rows_before:
+        if kind == "evaluated" and last_row() > newest:  # a row past the checkpoint this process resumed from
             break
         time.sleep(0.01)
     if proc.poll() is not None:
@@ -207,6 +239,7 @@ def _segment(args, workdir: pathlib.Path, kind: str, env) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_sigkill_at_twelve_moments_then_resume_is_bit_identical(tmp_path):
     """The same command line (``--resume``) killed with SIGKILL at least twelve times — while compiling (fixed
     delays after start), right after a checkpoint commit (mid-epoch), inside an asynchronous checkpoint write (widened
@@ -281,7 +314,7 @@ def test_folder_skips_non_image_and_broken_files_with_one_warning(tmp_path):
 
 def test_exit_codes_are_documented_in_help():
     text = C.build_parser().format_help()
-    for code in ("0 done", "2 bad input", "3 non-finite", "4 storage", "130/143"):
+    for code in ("0 done", "2 bad input", "3 non-finite", "4 storage", "5 another process", "130/143"):
         assert code in " ".join(text.split()), code
 
 
@@ -294,7 +327,9 @@ def test_storage_error_message_names_the_failed_step(tmp_path, monkeypatch):
         store.save(2, {"x": np.ones(2)}, {})
         store.wait()
     store.close(raise_errors=False)
-    assert CheckpointStore(tmp_path, read_only=True).steps() == [1]
+    store = CheckpointStore(tmp_path, read_only=True)
+    assert store.steps() == [1]
+    store.close()
 
 
 # ------------------------------------------------------------------------------------- multi-host faults
@@ -316,6 +351,7 @@ def _free_port():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_lost_process_survivor_exits_cleanly_and_both_resume_exactly(tmp_path):
     """SIGKILL of process 1 of a 2-process run: process 0 exits with code 5 and one line naming the lost
     process within --heartbeat-timeout + 15 s (no C++ abort), the committed checkpoints stay restorable, and

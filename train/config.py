@@ -108,7 +108,7 @@ class TrainConfig:
     zero_init_residual: bool = option(True, "keep torchvision's init of the last BN in residual blocks "
                                             "(default: zero, Goyal et al.)", negate="--no-zero-init-residual")
     init: str | None = option(None, "start from a cnnjax run directory/checkpoint or torchvision:ARCH",
-                              group="transfer learning")
+                              group="transfer learning", resumable=True)
     transfer: str | None = option(None, "finetune | linear-probe | freeze:<regex> (freeze parameters whose path "
                                         "matches)", group="transfer learning", metavar="MODE")
     backbone_lr_mult: float = option(1.0, "finetune: learning rate multiplier for every parameter outside the "
@@ -237,14 +237,14 @@ def to_json(cfg: TrainConfig, **derived: Any) -> dict:
     return {**{k: v for k, v in dataclasses.asdict(cfg).items() if FIELDS[k].metadata["saved"]}, **derived}
 
 
-def check_resume(path: pathlib.Path, cfg: TrainConfig, step: int) -> list[dict]:
+def check_resume(path: pathlib.Path, cfg: TrainConfig, step: int | None = None) -> list[dict]:
     """The resume history to record, after checking ``cfg`` against the run's saved ``config.json``.
 
     Raises ``ValueError`` listing every saved field that differs and changes the computation (architecture,
     data, batch size, seed, precision, optimizer settings, ...). Fields declared ``resumable`` may differ;
     those changes are appended to the saved ``resume_history`` (returned). Changing ``--epochs`` or
     ``--max-steps`` extends (or shortens) the run: the learning-rate schedule is recomputed for the new total.
-    An unset ``--image-size`` is compared with the data's size once the data is loaded (:func:`check_resume_size`).
+    An unset ``--image-size`` is compared with the data's size once the data is loaded (:func:`check_resume_data`).
     """
     if not path.exists():
         return []
@@ -269,12 +269,17 @@ def check_resume(path: pathlib.Path, cfg: TrainConfig, step: int) -> list[dict]:
     return history
 
 
-def check_resume_size(path: pathlib.Path, image_size: int) -> None:
-    """Raise ``ValueError`` if the resumed run's images are not the size the saved run trained at."""
-    saved = json.loads(path.read_text()).get("image_size") if path.exists() else None
-    if saved is not None and saved != image_size:
-        raise ValueError(f"--resume: the run in {path.parent} trained at {saved}x{saved} but the data now gives "
-                         f"{image_size}x{image_size}; pass --image-size {saved}")
+def check_resume_data(path: pathlib.Path, image_size: int, num_classes: int, steps_per_epoch: int) -> None:
+    """Raise ``ValueError`` if the resumed run's data is not what the saved run trained on: another image size,
+    class count or number of steps per epoch (other data under ``--data-dir``, another split size...)."""
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved.get("image_size") not in (None, image_size):
+        raise ValueError(f"--resume: the run in {path.parent} trained at {saved['image_size']}x{saved['image_size']}"
+                         f" but the data now gives {image_size}x{image_size}; pass --image-size {saved['image_size']}")
+    for key, now in (("num_classes", num_classes), ("steps_per_epoch", steps_per_epoch)):
+        if saved.get(key) not in (None, now):
+            raise ValueError(f"--resume: the run in {path.parent} had {key.replace('_', ' ')} {saved[key]}, the data "
+                             f"now gives {now}: it is not the data this run trained on")
 
 
 def write_config(path: pathlib.Path, cfg: TrainConfig, history: list | None = None, **derived: Any) -> None:
@@ -313,22 +318,37 @@ def main_exit(fn: Callable[[], Any]) -> int:
     from cnnjax.checkpoint import StorageError
 
     quiet_logs()
+    parallel.ENDING.clear()
     parallel.watch_peers(_exit_lost_peer)
     try:
         code = fn()
     except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_NONFINITE
+        code, message = EXIT_NONFINITE, str(err)
     except Exception as err:
-        lost = parallel.lost_processes()
+        lost = parallel.lost_processes() if not isinstance(err, ValueError | TypeError) else []
         if lost:  # a collective or checkpoint barrier failed because a process is gone
             _exit_lost_peer(lost)
         if not isinstance(err, StorageError | ValueError | FileNotFoundError | TypeError):
+            parallel.ENDING.set()
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_STORAGE if isinstance(err, StorageError) else EXIT_BAD_INPUT
-    parallel.sync_end()
-    return code if isinstance(code, int) and not isinstance(code, bool) else 0
+        code, message = (EXIT_STORAGE if isinstance(err, StorageError) else EXIT_BAD_INPUT), str(err)
+    else:
+        message = None
+        code = code if isinstance(code, int) and not isinstance(code, bool) else 0
+    if message is not None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    _end_together(timeout_s=300.0 if message is None else 20.0)
+    return code
+
+
+def _end_together(timeout_s: float) -> None:
+    """The ordered multi-process shutdown (:func:`cnnjax.training.parallel.sync_end`); a peer that does not
+    arrive within ``timeout_s`` is reported in one line rather than a traceback."""
+    try:
+        parallel.sync_end(timeout_s)
+    except Exception as err:  # noqa: BLE001
+        print(f"warning: not every process reached the end within {timeout_s:.0f} s ({str(err)[:160]})",
+              file=sys.stderr)
 
 
 def _exit_lost_peer(lost: list[int]) -> None:
@@ -336,6 +356,8 @@ def _exit_lost_peer(lost: list[int]) -> None:
     collective with the lost process, so no clean-up is attempted; committed checkpoints are complete)."""
     import jax
 
+    if parallel.ENDING.is_set():
+        return
     print(f"error: lost process(es) {', '.join(map(str, lost))} of {jax.process_count()} (no heartbeat for "
           f"--heartbeat-timeout seconds); stopping. Committed checkpoints are intact: restart every process with "
           f"the same command and --resume", file=sys.stderr, flush=True)

@@ -197,16 +197,16 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, log:
     resuming = cfg.resume and bool(steps)
     history: list = []
     if resuming:
-        history = C.check_resume(workdir / "config.json", cfg, steps[-1])  # before reading data or compiling
+        history = C.check_resume(workdir / "config.json", cfg)  # before reading data or compiling
     elif cfg.resume:
         log(f"--resume: nothing to continue in {workdir} (no committed checkpoint yet); starting from step 0")
     source = cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
     info = source.info
-    if resuming:
-        C.check_resume_size(workdir / "config.json", info.image_size)
     model = build_model(cfg, info)
     models.check_input_size(model, info.image_size)  # before any compile
     steps_per_epoch = source.num_batches("train", cfg.batch_size)
+    if resuming:
+        C.check_resume_data(workdir / "config.json", info.image_size, info.num_classes, steps_per_epoch)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     tx = build_optimizer(cfg, total_steps, round(cfg.warmup_epochs * steps_per_epoch))
 
@@ -220,7 +220,16 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, log:
     if resuming:
         restored, position, step = store.restore(abstract_like(state.as_dict()))
         state, sums = TrainState.from_dict(restored), position.get("sums")
-        log(f"resumed from {workdir} at step {step} (epoch {position['epoch']}, batch {position['batch']})")
+        expected = divmod(step, steps_per_epoch)
+        if (position.get("epoch"), position.get("batch")) != expected:
+            if not (position.get("batch") == 0 and position.get("epoch") == expected[0] + 1):  # old --max-steps end
+                raise ValueError(f"--resume: checkpoint {step} was written at epoch {position.get('epoch')}, batch "
+                                 f"{position.get('batch')}, but with this data step {step} is epoch {expected[0]}, "
+                                 f"batch {expected[1]}: the data differs from the saved run's")
+            sums = None
+        if history and history[-1].get("from_step") is None:
+            history[-1]["from_step"] = step
+        log(f"resumed from {workdir} at step {step} (epoch {expected[0]}, batch {expected[1]})")
     if is_main:  # rows a killed run wrote after its last checkpoint (all of them when there is none) go
         report.truncate_metrics(metrics_path, step)
         report.plot_curves(metrics_path, workdir / "curves.png")

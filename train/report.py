@@ -8,6 +8,7 @@ duplicates them.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 
@@ -16,15 +17,29 @@ def append_jsonl(path: pathlib.Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _parse(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except ValueError:  # a line cut short by a kill or a full disk
+        return None
+    return row if isinstance(row, dict) and "step" in row else None
+
+
 def read_jsonl(path: pathlib.Path) -> list[dict]:
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln] if path.exists() else []
+    """The rows of ``metrics.jsonl`` (lines that do not parse are skipped)."""
+    if not path.exists():
+        return []
+    return [row for row in map(_parse, path.read_text().splitlines()) if row is not None]
 
 
 def truncate_metrics(path: pathlib.Path, step: int) -> None:
-    """Drop records written after ``step`` (by a run that was killed before its next checkpoint)."""
+    """Drop records written after ``step`` (by a run that was killed before its next checkpoint) and lines cut
+    short; the file is replaced atomically (temporary file + rename), so a kill here loses nothing."""
     if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in keep))
+        keep = [json.dumps(row) for row in read_jsonl(path) if row["step"] <= step]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
 
 
 def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:

@@ -121,10 +121,12 @@ def evaluate(model: nn.Module, variables: Any, source: DataSource, batch_size: i
 def save_variables(path: str | Path, variables: Any) -> Path:
     """Write ``variables`` (``params``, ``batch_stats``) as an orbax checkpoint in the run directory ``path``
     (``path/checkpoints/0/``), readable by :func:`load_variables`, :func:`cnnjax.checkpoint.restore` and
-    ``train.evaluate --init``. Returns ``path``."""
+    ``train.evaluate --init``; variables saved there before are replaced. Returns ``path``."""
     path = Path(path)
     store = checkpoint.CheckpointStore(path / "checkpoints", keep=1, async_save=False)
     try:
+        for old in store.steps():
+            store.manager.delete(old)
         host = jax.tree.map(np.asarray, {"params": variables["params"],
                                          "batch_stats": variables.get("batch_stats", {}) or {}})
         store.save(0, host, {"source": "cnnjax.analysis.training.save_variables"})

@@ -2,8 +2,9 @@
 
 Each is a :class:`~cnnjax.training.loop.Hook` with a cadence in steps; :class:`~cnnjax.training.loop.Loop`
 runs them in the order given after every step where they are due. Put :class:`Checkpoint` last: whatever the
-other hooks wrote for a step (a metrics row, a log line) then exists before the checkpoint of that step, so a
-run killed in between redoes nothing twice after a resume (rows past the restored step are dropped by the CLI).
+other hooks wrote for a step (a metrics row, a log line) then exists before the checkpoint of that step. A run
+killed later resumes from that checkpoint and recomputes the steps after it, so hooks run again for those
+steps (the CLI drops the metrics rows past the restored step first).
 """
 
 from __future__ import annotations

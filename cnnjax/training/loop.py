@@ -166,7 +166,7 @@ class Loop:
                 if hook.is_due(self):
                     hook.after_step(self)
             if stop:
-                self.stopped = True
+                self.stopped = self.step < self.total_steps  # a signal during the last step: the run is done
                 break
         self.flush()
         for hook in self.hooks:

@@ -41,19 +41,21 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                    process_id=process_id, **kw)
 
 
+#: Set when this process is ending on purpose (done, or an error it reports itself): peers that disconnect
+#: from then on are not "lost".
+ENDING = threading.Event()
+
+
 def lost_processes() -> list[int]:
     """Processes of this multi-process run that JAX's coordination service no longer sees alive (they stopped
     sending heartbeats for ``heartbeat_timeout`` seconds); ``[]`` for a single process or if unknown."""
     from jax._src import distributed
 
     client, n = distributed.global_state.client, jax.process_count()
-    if client is None or n == 1:
+    if client is None or n == 1 or ENDING.is_set() or not hasattr(client, "get_live_nodes"):
         return []
-    try:
-        live = client.get_live_nodes(list(range(n)))
-    except Exception:  # noqa: BLE001 - the service itself may be gone (process 0 lost)
-        return [0] if jax.process_index() != 0 else []
-    return sorted(set(range(n)) - set(live))
+    live = client.get_live_nodes(list(range(n)))  # raises when the service (process 0) is unreachable
+    return [] if ENDING.is_set() else sorted(set(range(n)) - set(live))
 
 
 def watch_peers(on_lost: Callable[[list[int]], None], interval: float = 0.5) -> threading.Thread | None:
@@ -64,10 +66,15 @@ def watch_peers(on_lost: Callable[[list[int]], None], interval: float = 0.5) -> 
         return None
 
     def run() -> None:
-        while True:
+        failures = 0
+        while not ENDING.is_set():
             time.sleep(interval)
-            lost = lost_processes()
-            if lost:
+            try:
+                lost, failures = lost_processes(), 0
+            except Exception:  # noqa: BLE001 - the coordination service itself is unreachable
+                failures += 1
+                lost = [0] if failures >= 5 and jax.process_index() != 0 else []
+            if lost and not ENDING.is_set():
                 on_lost(lost)
                 return
 
@@ -77,12 +84,13 @@ def watch_peers(on_lost: Callable[[list[int]], None], interval: float = 0.5) -> 
 
 
 def sync_end(timeout_s: float = 300.0) -> None:
-    """End a multi-process run in order: every process waits at a barrier, then the others disconnect from
-    JAX's coordination service while process 0 (which hosts it) waits for them to be gone before it exits.
-    (A recoverable runtime has no shutdown barrier of its own; a process whose coordinator vanished first
-    would abort at exit.)"""
+    """End a multi-process run in order: the peer watchdog stops, every process waits at a barrier, then the
+    others disconnect from JAX's coordination service while process 0 (which hosts it) waits for them to be gone
+    before it exits. (A recoverable runtime has no shutdown barrier of its own; a process whose coordinator
+    vanished first would abort at exit.) Raises the barrier's error after ``timeout_s``."""
     from jax._src import distributed
 
+    ENDING.set()
     client, n = distributed.global_state.client, jax.process_count()
     if client is None or n == 1:
         return
