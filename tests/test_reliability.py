@@ -379,3 +379,19 @@ def test_lost_process_survivor_exits_cleanly_and_both_resume_exactly(tmp_path):
     for a, b in zip(leaves(tmp_path / "ref"), leaves(workdir), strict=True):
         np.testing.assert_array_equal(a, b)
     assert rows(workdir) == rows(tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_full_disk_while_writing_metrics_is_a_storage_error(tmp_path, monkeypatch, capfd):
+    from train import main as M
+    from train import report
+
+    def full(path, record):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "append_jsonl", full)
+    code = C.main_exit(lambda: M.train(TrainConfig(**QUIET, max_steps=4, workdir=str(tmp_path / "run")),
+                                       log=lambda s: None))
+    err = capfd.readouterr().err
+    assert code == C.EXIT_STORAGE and "metrics.jsonl failed (No space left on device)" in err, err
+    assert "Traceback" not in err

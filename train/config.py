@@ -288,8 +288,13 @@ def write_config(path: pathlib.Path, cfg: TrainConfig, history: list | None = No
     if history:
         record["resume_history"] = history
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, path)
+    except OSError as err:
+        from cnnjax.checkpoint import StorageError
+
+        raise StorageError(f"writing {path} failed ({err.strerror or err})") from None
 
 
 def exit_code(result: dict) -> int:
@@ -324,8 +329,16 @@ def main_exit(fn: Callable[[], Any]) -> int:
         code = fn()
     except NonFiniteLossError as err:
         code, message = EXIT_NONFINITE, str(err)
+    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM while the first one's checkpoint was being prepared
+        parallel.ENDING.set()
+        print("error: interrupted again: stopped at once; the committed checkpoints are kept (resume with "
+              "--resume)", file=sys.stderr)
+        return 130
     except Exception as err:
-        lost = parallel.lost_processes() if not isinstance(err, ValueError | TypeError) else []
+        try:
+            lost = parallel.lost_processes() if not isinstance(err, ValueError | TypeError) else []
+        except Exception:  # noqa: BLE001 - the coordination service is gone too
+            lost = []
         if lost:  # a collective or checkpoint barrier failed because a process is gone
             _exit_lost_peer(lost)
         if not isinstance(err, StorageError | ValueError | FileNotFoundError | TypeError):

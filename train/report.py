@@ -7,9 +7,24 @@ duplicates them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+from collections.abc import Iterator
+
+from cnnjax.checkpoint import StorageError
+
+
+@contextlib.contextmanager
+def writing(path: pathlib.Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` (disk full, permissions) into a one-line
+    :class:`~cnnjax.checkpoint.StorageError` (exit 4 in the CLI)."""
+    try:
+        yield
+    except OSError as err:
+        raise StorageError(f"writing {path} failed ({err.strerror or err}); the committed checkpoints are "
+                           "kept") from None
 
 
 def append_jsonl(path: pathlib.Path, record: dict) -> None:
@@ -38,8 +53,9 @@ def truncate_metrics(path: pathlib.Path, step: int) -> None:
     if path.exists():
         keep = [json.dumps(row) for row in read_jsonl(path) if row["step"] <= step]
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
+        with writing(path):
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, path)
 
 
 def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:
@@ -51,6 +67,8 @@ def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:
 
     rows = read_jsonl(metrics_path)
     if not rows:
+        with contextlib.suppress(FileNotFoundError):
+            out_path.unlink()  # no rows left (a run starting over): no stale picture either
         return
     ep = [r["epoch"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
@@ -76,8 +94,9 @@ class MetricsFile:
         self.path, self.curves = workdir / "metrics.jsonl", workdir / "curves.png"
 
     def __call__(self, record: dict) -> None:
-        append_jsonl(self.path, record)
-        plot_curves(self.path, self.curves)
+        with writing(self.path):
+            append_jsonl(self.path, record)
+            plot_curves(self.path, self.curves)
 
 
 def epoch_line(record: dict) -> str:

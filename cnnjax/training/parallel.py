@@ -46,40 +46,47 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
 ENDING = threading.Event()
 
 
+_WATCHDOG: list[threading.Thread] = []
+
+
 def lost_processes() -> list[int]:
     """Processes of this multi-process run that JAX's coordination service no longer sees alive (they stopped
-    sending heartbeats for ``heartbeat_timeout`` seconds); ``[]`` for a single process or if unknown."""
+    sending heartbeats for ``heartbeat_timeout`` seconds, or disconnected); ``[]`` for a single process, on
+    processes other than 0 (which host no coordination service; see :func:`watch_peers`) or if unknown."""
     from jax._src import distributed
 
     client, n = distributed.global_state.client, jax.process_count()
-    if client is None or n == 1 or ENDING.is_set() or not hasattr(client, "get_live_nodes"):
+    if client is None or n == 1 or jax.process_index() != 0 or ENDING.is_set() \
+            or not hasattr(client, "get_live_nodes"):
         return []
     live = client.get_live_nodes(list(range(n)))  # raises when the service (process 0) is unreachable
     return [] if ENDING.is_set() else sorted(set(range(n)) - set(live))
 
 
 def watch_peers(on_lost: Callable[[list[int]], None], interval: float = 0.5) -> threading.Thread | None:
-    """In a multi-process run, a daemon thread asking JAX's coordination service every ``interval`` seconds
-    which processes are alive, calling ``on_lost(processes)`` once when one is lost (``on_lost`` should end the
-    program, e.g. with ``os._exit``: the main thread may be blocked in a collective with the lost process)."""
-    if jax.process_count() == 1:
+    """On process 0 of a multi-process run, a daemon thread asking JAX's coordination service (hosted by
+    process 0) every ``interval`` seconds which processes are alive, calling ``on_lost(processes)`` once when
+    one is lost (``on_lost`` should end the program, e.g. with ``os._exit``: the main thread may be blocked in a
+    collective with the lost process). ``get_live_nodes`` can block until the set of live processes changes,
+    so only process 0 watches (the others would otherwise be blocked in it when they exit), and
+    :func:`sync_end` joins the thread once the others have disconnected."""
+    if jax.process_count() == 1 or jax.process_index() != 0:
         return None
 
     def run() -> None:
-        failures = 0
         while not ENDING.is_set():
-            time.sleep(interval)
             try:
-                lost, failures = lost_processes(), 0
-            except Exception:  # noqa: BLE001 - the coordination service itself is unreachable
-                failures += 1
-                lost = [0] if failures >= 5 and jax.process_index() != 0 else []
+                lost = lost_processes()
+            except Exception:  # noqa: BLE001 - the service is shutting down
+                return
             if lost and not ENDING.is_set():
                 on_lost(lost)
                 return
+            time.sleep(interval)
 
     thread = threading.Thread(target=run, name="cnnjax-watch-peers", daemon=True)
     thread.start()
+    _WATCHDOG[:] = [thread]
     return thread
 
 
@@ -102,10 +109,12 @@ def sync_end(timeout_s: float = 300.0) -> None:
     while time.time() < deadline:
         try:
             if not set(client.get_live_nodes(list(range(n)))) - {0}:
-                return
+                break
         except Exception:  # noqa: BLE001
-            return
+            break
         time.sleep(0.05)
+    for thread in _WATCHDOG:  # its pending call returned when the others disconnected
+        thread.join(timeout=5)
 
 
 def data_mesh() -> Mesh:
