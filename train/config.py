@@ -28,6 +28,7 @@ from cnnjax.ops import CONV_IMPLS
 from cnnjax.ops.autotune import MODES as AUTOTUNE_MODES
 from cnnjax.training import optim, parallel
 from cnnjax.training.loop import NonFiniteLossError
+from train.report import write_atomic
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 #: Exit codes of the CLIs: 0 done; 2 bad input (nothing was run); 3 non-finite loss (the last good checkpoint is
@@ -287,14 +288,7 @@ def write_config(path: pathlib.Path, cfg: TrainConfig, history: list | None = No
     record = to_json(cfg, **derived)
     if history:
         record["resume_history"] = history
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, path)
-    except OSError as err:
-        from cnnjax.checkpoint import StorageError
-
-        raise StorageError(f"writing {path} failed ({err.strerror or err})") from None
+    write_atomic(path, json.dumps(record, indent=2))
 
 
 def exit_code(result: dict) -> int:

@@ -20,16 +20,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
-
 from cnnjax import checkpoint, models
 from cnnjax import data as cdata
 from cnnjax.data.preprocess import Preprocess
-from cnnjax.training import parallel
-from cnnjax.training.loop import evaluate
-from cnnjax.training.state import TrainState
-from cnnjax.training.step import make_eval_step
+from cnnjax.training.loop import evaluate_variables
 from train import config as C
 from train.config import TrainConfig
 from train.main import build_model, torchvision_arch
@@ -106,12 +100,7 @@ def run(args: argparse.Namespace) -> dict:
     model = build_model(cfg, source.info)
     models.check_input_size(model, source.info.image_size)
     variables = load_variables(args.init, args.arch, source.info.num_classes, args.step)
-    replicated, batch_sharding = parallel.shardings(parallel.data_mesh())
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables["batch_stats"], opt_state=(), rng=jnp.zeros((2,), jnp.uint32))
-    state = jax.device_put(state, replicated)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-    result = evaluate(state, eval_step, source, args.batch_size, batch_sharding, progress=args.progress)
+    result = evaluate_variables(model, variables, source, args.batch_size, progress=args.progress)
     result = {"arch": args.arch, "dataset": args.dataset, "init": args.init, "preprocessing": preprocessing,
               **result}
     print(json.dumps(result))

@@ -27,6 +27,15 @@ def writing(path: pathlib.Path) -> Iterator[None]:
                            "kept") from None
 
 
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically (temporary file + rename): a kill leaves the old or the new file,
+    never half of one. An ``OSError`` becomes a :class:`~cnnjax.checkpoint.StorageError`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with writing(path):
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
 def append_jsonl(path: pathlib.Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -52,10 +61,7 @@ def truncate_metrics(path: pathlib.Path, step: int) -> None:
     short; the file is replaced atomically (temporary file + rename), so a kill here loses nothing."""
     if path.exists():
         keep = [json.dumps(row) for row in read_jsonl(path) if row["step"] <= step]
-        tmp = path.with_name(path.name + ".tmp")
-        with writing(path):
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            os.replace(tmp, path)
+        write_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
 def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> None:

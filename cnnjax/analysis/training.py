@@ -32,10 +32,10 @@ from cnnjax import checkpoint
 from cnnjax.data import DataSource
 from cnnjax.training import hooks as H
 from cnnjax.training import optim, parallel
-from cnnjax.training.loop import Hook, Loop, source_batches
-from cnnjax.training.state import TrainState, init_state
+from cnnjax.training.loop import Hook, Loop, evaluate_variables, source_batches
+from cnnjax.training.state import init_state
 from cnnjax.training.state import init_variables as _core_init_variables
-from cnnjax.training.step import jit_steps, make_eval_step
+from cnnjax.training.step import jit_steps
 
 
 def init_variables(model: nn.Module, image_size: int, channels: int, seed: int = 0) -> Any:
@@ -51,7 +51,7 @@ class _RecentLosses(Hook):
 
     def __init__(self, n: int, log: Callable[[str], None] | None, log_every: int = 50):
         self.losses: collections.deque = collections.deque(maxlen=n)
-        self.log, self.log_every, self.count = log, log_every, 0
+        self.log, self.log_every = log, log_every
 
     def after_step(self, loop: Loop) -> None:
         self.losses.append(loop.pending[-1]["loss"] if loop.pending else jnp.float32(loop.last_loss))
@@ -108,14 +108,7 @@ def val_arrays(source: DataSource, batch_size: int = 256) -> tuple[np.ndarray, n
 
 def evaluate(model: nn.Module, variables: Any, source: DataSource, batch_size: int = 256) -> float:
     """Top-1 accuracy on the validation split (fraction in [0, 1]), eval mode, with the core's eval step."""
-    from cnnjax.training.loop import evaluate as core_evaluate
-
-    replicated, batch_sharding = parallel.shardings(parallel.data_mesh())
-    state = jax.device_put(TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                                      batch_stats=variables.get("batch_stats", {}), opt_state=(),
-                                      rng=jnp.zeros((2,), jnp.uint32)), replicated)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-    return core_evaluate(state, eval_step, source, batch_size, batch_sharding)["val_top1"]
+    return evaluate_variables(model, variables, source, batch_size)["val_top1"]
 
 
 def save_variables(path: str | Path, variables: Any) -> Path:

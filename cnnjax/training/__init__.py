@@ -13,11 +13,21 @@
 """
 
 from cnnjax.training import hooks, optim, parallel
-from cnnjax.training.loop import Hook, Loop, NonFiniteLossError, due, evaluate, source_batches, zero_sums
+from cnnjax.training.loop import (
+    Hook,
+    Loop,
+    NonFiniteLossError,
+    due,
+    evaluate,
+    evaluate_variables,
+    source_batches,
+    zero_sums,
+)
 from cnnjax.training.optim import OPTIMIZERS, make_optimizer
 from cnnjax.training.state import TrainState, init_state, init_variables
 from cnnjax.training.step import (
     cross_entropy,
+    jit_eval_step,
     jit_steps,
     make_eval_step,
     make_train_step,
@@ -27,6 +37,7 @@ from cnnjax.training.step import (
 
 __all__ = [
     "OPTIMIZERS", "Hook", "Loop", "NonFiniteLossError", "TrainState", "cross_entropy", "due", "evaluate",
+    "evaluate_variables", "jit_eval_step",
     "hooks", "init_state", "init_variables", "jit_steps", "make_eval_step", "make_optimizer", "make_train_step",
     "optim", "parallel", "source_batches", "split_outputs", "topk_correct", "zero_sums",
 ]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from cnnjax.data import DataSource
 from cnnjax.training import parallel
 from cnnjax.training.state import TrainState
+from cnnjax.training.step import jit_eval_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,7 +87,6 @@ class Loop:
         self.total_steps, self.steps_per_epoch, self.batch_size = total_steps, steps_per_epoch, batch_size
         self.hooks, self.should_stop = list(hooks), should_stop
         self.step = int(state.step)
-        self.start_step = self.step
         self.sums = list(sums) if sums is not None and self.batch_in_epoch else zero_sums()
         self.pending: list[dict] = []
         self.last_loss: float | None = None
@@ -198,3 +198,14 @@ def evaluate(state: TrainState, eval_step: Callable, source: DataSource, batch_s
     n = max(sums["count"], 1.0)
     return {"val_loss": sums["loss"] / n, "val_top1": sums["top1"] / n, "val_top5": sums["top5"] / n,
             "val_count": int(sums["count"])}
+
+
+def evaluate_variables(model, variables: dict, source: DataSource, batch_size: int, progress: bool = False) -> dict:
+    """:func:`evaluate` of ``variables`` (``params``, ``batch_stats``) without a training run: the eval-mode
+    model on every validation example, replicated over the ``data`` mesh of all devices."""
+    replicated, batch_sharding = parallel.shardings(parallel.data_mesh())
+    state = jax.device_put(TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                                      batch_stats=variables.get("batch_stats", {}) or {}, opt_state=(),
+                                      rng=jnp.zeros((2,), jnp.uint32)), replicated)
+    return evaluate(state, jit_eval_step(model, replicated, batch_sharding), source, batch_size, batch_sharding,
+                    progress)

@@ -114,5 +114,9 @@ def jit_steps(model: nn.Module, tx: optax.GradientTransformation, replicated: Na
     train_step = jax.jit(make_train_step(model, tx, label_smoothing, trainable, frozen_modules),
                          in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                          donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-    return train_step, eval_step
+    return train_step, jit_eval_step(model, replicated, batch_sharding)
+
+
+def jit_eval_step(model: nn.Module, replicated: NamedSharding, batch_sharding: NamedSharding) -> Callable:
+    """``eval_step`` jitted with the state replicated and the batch split over ``data``."""
+    return jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
