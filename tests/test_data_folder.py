@@ -1,4 +1,4 @@
-"""``folder:PATH`` datasets: a tiny image folder made with PIL (needs TensorFlow for tf.data)."""
+"""``folder:PATH`` datasets: a tiny image folder made with PIL (Grain + PIL; no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import warnings
 
 import numpy as np
 import pytest
+from PIL import Image
 
-pytest.importorskip("tensorflow")
-from PIL import Image  # noqa: E402
-
-import cnnjax.data as data  # noqa: E402
-from cnnjax.data.folder import _pil_decode  # noqa: E402
+import cnnjax.data as data
+from cnnjax.data import pil_transforms
 
 
 def _rgb(rng, h, w):
@@ -51,6 +49,15 @@ def small(root):
         return data.load(f"folder:{root}", image_size=32, seed=1)
 
 
+def _median_short_side(files) -> int:
+    """The default image size, computed independently of the loader: the median shorter side of the files."""
+    sides = []
+    for f in files:
+        with Image.open(f) as im:
+            sides.append(min(im.size))
+    return int(np.median(sides))
+
+
 def test_folder_info_and_skip_warning(root):
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\).*corrupt\.jpg") as record:
         ds = data.load(f"folder:{root}", image_size=32)
@@ -59,17 +66,25 @@ def test_folder_info_and_skip_warning(root):
     assert i.class_names == ["cat", "dog"] and i.num_classes == 2 and i.channels == 3
     assert (i.num_train, i.num_val, i.image_size) == (8, 3, 32)
     assert i.mean == (0.485, 0.456, 0.406) and i.std == (0.229, 0.224, 0.225)
+    train_files = [f for f in (root / "train").glob("*/*") if f.suffix.lower() in (".jpg", ".png", ".gif")
+                   and f.name != "corrupt.jpg"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert data.load(f"folder:{root.name}", data_dir=str(root.parent)).info.image_size == 224
+        default = data.load(f"folder:{root.name}", data_dir=str(root.parent))
+    assert default.info.image_size == _median_short_side(train_files) == 32  # not ImageNet's 224
+    assert (default.typical.grayscale, default.info.channels) == (False, 3)  # mixed colour/gray -> RGB
 
 
-def test_pil_decode_converts_to_rgb(root):
+def test_pil_decode_converts_modes(root):
     for name in ("train/cat/gray.png", "train/dog/palette.gif", "train/dog/rgba.png", "train/cat/c0.jpg"):
-        image, ok = _pil_decode(str(root / name).encode())
-        assert ok and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
-    _, ok = _pil_decode(str(root / "train/dog/corrupt.jpg").encode())
-    assert not ok
+        with Image.open(root / name) as im:
+            rgb = np.asarray(pil_transforms.to_mode(im, 3))
+            gray = np.asarray(pil_transforms.to_mode(im, 1))
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, name
+        assert gray.dtype == np.uint8 and gray.shape == rgb.shape[:2], name
+        # ITU-R 601-2 luma, computed independently (PIL rounds L = (299 R + 587 G + 114 B) / 1000)
+        luma = (rgb.astype(np.int64) @ np.array([299, 587, 114]) + 500) // 1000
+        assert np.abs(gray.astype(np.int64) - luma).max() <= 1, name
 
 
 def test_folder_val_batches(root, small):
@@ -110,17 +125,18 @@ def test_folder_train_determinism_resume_sharding(root, small):
 def test_folder_large_image_transforms(root):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = data.load(f"folder:{root}", seed=0)
+        ds = data.load(f"folder:{root}", image_size=224, seed=0)
     assert ds.info.image_size == 224
     b = next(ds.batches("train", 2))
     assert b["image"].shape == (2, 224, 224, 3) and np.isfinite(b["image"]).all()
-    # val: torchvision's eval transform (shorter side -> 256 with antialiasing, centre crop 224) ~ PIL bilinear
-    v = next(ds.batches("val", 3))["image"][1] * np.float32(ds.info.std) + np.float32(ds.info.mean)
+    # val: torchvision's eval transform (shorter side -> 256 with antialiasing, centre crop 224), PIL bilinear
+    v = next(ds.batches("val", 3))["image"][1]
     im = Image.open(root / "val/cat/b.jpg").convert("RGB")  # 50 wide, 60 high
     ref = np.asarray(im.resize((256, int(256 * 60 / 50)), Image.BILINEAR), np.float32) / 255
     top = int(round((ref.shape[0] - 224) / 2))
-    ref = ref[top:top + 224, 16:240]
-    assert np.abs(v - ref).mean() < 0.01
+    ref = (ref[top:top + 224, 16:240] - np.float32(ds.info.mean)) / np.float32(ds.info.std)
+    np.testing.assert_allclose(v, ref, rtol=0, atol=1e-5)  # the same PIL resize: float rounding only
+    ds.close()
 
 
 def test_folder_errors(tmp_path):

@@ -277,15 +277,18 @@ def test_sigkill_at_twelve_moments_then_resume_is_bit_identical(tmp_path):
 
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):
-    from cnnjax.data.folder import _pil_open
+    from cnnjax.data.pil_transforms import to_mode
 
     ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)
     Image.fromarray(ramp).save(tmp_path / "wide.png")
     with Image.open(tmp_path / "wide.png") as im:
         assert im.mode.startswith("I")
         clipped = np.asarray(im.convert("RGB"))[..., 0]
-    got = np.asarray(_pil_open(str(tmp_path / "wide.png")))
+    with Image.open(tmp_path / "wide.png") as im:
+        got = np.asarray(to_mode(im, 3))
+        gray = np.asarray(to_mode(im, 1))
     expected = np.round(ramp / 257.0).astype(np.uint8)
+    assert (gray == expected).all()
     assert got.shape == (64, 64, 3) and (got == expected[..., None]).all()
     assert (clipped == 255).mean() > 0.9  # what a plain convert("RGB") does: the check above can fail
 
@@ -304,7 +307,7 @@ def test_folder_skips_non_image_and_broken_files_with_one_warning(tmp_path):
     (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
     (tmp_path / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.warns(UserWarning, match="skipped 1 unreadable image file"):
-        classes, splits = scan_folder(tmp_path)
+        classes, splits, _ = scan_folder(tmp_path)
     assert classes == ["a", "b"]
     assert len(splits["train"][0]) == 6 and not any(f.endswith((".txt", "broken.jpg")) for f in splits["train"][0])
 

@@ -78,8 +78,11 @@ class TrainConfig:
     arch: str = option("resnet50", "architecture", choices=models.names, metavar="NAME")
     dataset: str = option(cdata.DEFAULT, "one of: " + ", ".join(cdata.DATASETS))
     data_dir: str | None = option(None, "TFDS data dir (else $TFDS_DATA_DIR); base of folder: paths", resumable=True)
-    image_size: int | None = option(None, "input side in pixels (default: the dataset's)", type=int,
-                                    **_check(at_least_1))
+    image_size: int | None = option(None, "input side in pixels (default: the dataset's; folder: the images' "
+                                          "median size, within what --arch takes)", type=int, **_check(at_least_1))
+    data_workers: int | None = option(None, "folder: Grain decoding processes (default $CNNJAX_DATA_WORKERS or "
+                                            "0: threads of this process)", type=int, **_check(non_negative),
+                                      resumable=True)
     epochs: int | None = option(None, "default 10", type=int, **_check(at_least_1), resumable=True)
     max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", type=int,
                                    **_check(at_least_1), resumable=True)
@@ -270,14 +273,16 @@ def check_resume(path: pathlib.Path, cfg: TrainConfig, step: int | None = None) 
     return history
 
 
-def check_resume_data(path: pathlib.Path, image_size: int, num_classes: int, steps_per_epoch: int) -> None:
+def check_resume_data(path: pathlib.Path, image_size: int, num_classes: int, steps_per_epoch: int,
+                      channels: int | None = None) -> None:
     """Raise ``ValueError`` if the resumed run's data is not what the saved run trained on: another image size,
-    class count or number of steps per epoch (other data under ``--data-dir``, another split size...)."""
+    class count, channel count or number of steps per epoch (other data under ``--data-dir``, another split
+    size...)."""
     saved = json.loads(path.read_text()) if path.exists() else {}
     if saved.get("image_size") not in (None, image_size):
         raise ValueError(f"--resume: the run in {path.parent} trained at {saved['image_size']}x{saved['image_size']}"
                          f" but the data now gives {image_size}x{image_size}; pass --image-size {saved['image_size']}")
-    for key, now in (("num_classes", num_classes), ("steps_per_epoch", steps_per_epoch)):
+    for key, now in (("num_classes", num_classes), ("steps_per_epoch", steps_per_epoch), ("channels", channels)):
         if saved.get(key) not in (None, now):
             raise ValueError(f"--resume: the run in {path.parent} had {key.replace('_', ' ')} {saved[key]}, the data "
                              f"now gives {now}: it is not the data this run trained on")
@@ -315,6 +320,7 @@ def main_exit(fn: Callable[[], Any]) -> int:
     """Run ``fn`` mapping the known failures to one-line messages and exit codes (no traceback); an ``int``
     that ``fn`` returns is the exit code."""
     from cnnjax.checkpoint import StorageError
+    from cnnjax.data.base import MissingDependencyError
 
     quiet_logs()
     parallel.ENDING.clear()
@@ -330,12 +336,12 @@ def main_exit(fn: Callable[[], Any]) -> int:
         return 130
     except Exception as err:
         try:
-            lost = parallel.lost_processes() if not isinstance(err, ValueError | TypeError) else []
+            lost = parallel.lost_processes() if not isinstance(err, ValueError | TypeError | ImportError) else []
         except Exception:  # noqa: BLE001 - the coordination service is gone too
             lost = []
         if lost:  # a collective or checkpoint barrier failed because a process is gone
             _exit_lost_peer(lost)
-        if not isinstance(err, StorageError | ValueError | FileNotFoundError | TypeError):
+        if not isinstance(err, StorageError | ValueError | FileNotFoundError | TypeError | MissingDependencyError):
             parallel.ENDING.set()
             raise
         code, message = (EXIT_STORAGE if isinstance(err, StorageError) else EXIT_BAD_INPUT), str(err)

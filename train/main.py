@@ -26,6 +26,7 @@ import optax
 from cnnjax import checkpoint, models, transfer
 from cnnjax import data as cdata
 from cnnjax.checkpoint import CheckpointStore, StorageError, abstract_like
+from cnnjax.nn import InputTooSmallError
 from cnnjax.training import hooks as H
 from cnnjax.training import optim, parallel
 from cnnjax.training.loop import Hook, Loop, NonFiniteLossError, evaluate, source_batches
@@ -104,6 +105,40 @@ def initial_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicat
     return init_state(model, tx, seed=cfg.seed, input_shape=(1, info.image_size, info.image_size, info.channels),
                       replicated=replicated, overlay=overlay if init is not None else None,
                       trainable=trainable_of(cfg))
+
+
+def is_folder(spec: str) -> bool:
+    return spec.strip().startswith("folder:")
+
+
+def load_source(cfg: TrainConfig, log: Callable[[str], None] = print) -> cdata.DataSource:
+    """The run's dataset. A ``folder:`` without ``--image-size`` trains at the images' typical (median) shorter
+    side, raised to the architecture's smallest valid input and capped at its default input size; its channels
+    follow the data (1 when every image is grayscale) except with ``--init torchvision:...`` (RGB, as the
+    weights need). One line says what was chosen."""
+    if not is_folder(cfg.dataset):
+        return cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
+    rgb = bool(cfg.init and cfg.init.startswith("torchvision:"))
+    source = cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
+                        channels=3 if rgb else None, workers=cfg.data_workers)
+    typical, info = source.typical, source.info
+    if cfg.image_size is not None:
+        return source
+    record = models.record(cfg.arch)
+    size, why = min(typical.short, record.input_size), ""
+    if typical.short > record.input_size:
+        why = f" (capped at {cfg.arch}'s default input size)"
+    model = models.create(cfg.arch, num_classes=info.num_classes, in_channels=info.channels)
+    try:
+        models.check_input_size(model, size)
+    except InputTooSmallError:
+        size, why = models.min_input_size(model), f" (raised to {cfg.arch}'s smallest input)"
+    if size != info.image_size:
+        source = source.resized(size)
+    rgb_note = " as RGB (the torchvision weights need 3 channels)" if rgb and typical.grayscale else ""
+    log(f"images are {typical.describe()} (median); training at {size}x{size}x{source.info.channels}{why}"
+        f"{rgb_note} - pass --image-size to change")
+    return source
 
 
 def default_workdir(cfg: TrainConfig) -> pathlib.Path:
@@ -189,7 +224,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, hooks: Sequence[
 
 def _train(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, log: Callable[[str], None],
            hooks: Sequence[Hook]) -> dict:
-    metrics_path, is_main = workdir / "metrics.jsonl", jax.process_index() == 0
     steps = store.steps()
     if steps and not cfg.resume:
         raise ValueError(f"--workdir {workdir} already holds a run (checkpoints at steps {steps}); add --resume to "
@@ -200,13 +234,23 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, log:
         history = C.check_resume(workdir / "config.json", cfg)  # before reading data or compiling
     elif cfg.resume:
         log(f"--resume: nothing to continue in {workdir} (no committed checkpoint yet); starting from step 0")
-    source = cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
+    source = load_source(cfg, log)
+    try:
+        return _train_on(cfg, workdir, store, log, hooks, source, resuming, history)
+    finally:
+        source.close()
+
+
+def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, log: Callable[[str], None],
+              hooks: Sequence[Hook], source: cdata.DataSource, resuming: bool, history: list) -> dict:
+    metrics_path, is_main = workdir / "metrics.jsonl", jax.process_index() == 0
     info = source.info
     model = build_model(cfg, info)
     models.check_input_size(model, info.image_size)  # before any compile
     steps_per_epoch = source.num_batches("train", cfg.batch_size)
     if resuming:
-        C.check_resume_data(workdir / "config.json", info.image_size, info.num_classes, steps_per_epoch)
+        C.check_resume_data(workdir / "config.json", info.image_size, info.num_classes, steps_per_epoch,
+                            info.channels)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     tx = build_optimizer(cfg, total_steps, round(cfg.warmup_epochs * steps_per_epoch))
 
@@ -216,17 +260,17 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, log:
     check_free_space(workdir, state, cfg.keep)
     trainable = trainable_of(cfg)
     frozen_modules = None if trainable is None else transfer.frozen_module_predicate(state.params, trainable)
-    sums, step = None, 0
+    sums, step, data_state = None, 0, None
     if resuming:
         restored, position, step = store.restore(abstract_like(state.as_dict()))
-        state, sums = TrainState.from_dict(restored), position.get("sums")
+        state, sums, data_state = TrainState.from_dict(restored), position.get("sums"), position.get("data")
         expected = divmod(step, steps_per_epoch)
         if (position.get("epoch"), position.get("batch")) != expected:
             if not (position.get("batch") == 0 and position.get("epoch") == expected[0] + 1):  # old --max-steps end
                 raise ValueError(f"--resume: checkpoint {step} was written at epoch {position.get('epoch')}, batch "
                                  f"{position.get('batch')}, but with this data step {step} is epoch {expected[0]}, "
                                  f"batch {expected[1]}: the data differs from the saved run's")
-            sums = None
+            sums = data_state = None
         if history and history[-1].get("from_step") is None:
             history[-1]["from_step"] = step
         log(f"resumed from {workdir} at step {step} (epoch {expected[0]}, batch {expected[1]})")
@@ -242,7 +286,8 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, log:
                                       trainable=trainable, frozen_modules=frozen_modules)
     if is_main:
         C.write_config(workdir / "config.json", cfg, history=history, workdir=str(workdir),
-                       num_classes=info.num_classes, image_size=info.image_size, steps_per_epoch=steps_per_epoch,
+                       num_classes=info.num_classes, image_size=info.image_size, channels=info.channels,
+                       steps_per_epoch=steps_per_epoch,
                        total_steps=total_steps, devices=jax.device_count(), processes=jax.process_count())
     n_params = sum(p.size for p in jax.tree.leaves(state.params))
     if trainable is not None:
@@ -258,7 +303,7 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, log:
     evaluation = H.Evaluate(cfg.eval_every, lambda s: evaluate(s, eval_step, source, cfg.batch_size, batch_sharding),
                             on_record=([report.MetricsFile(workdir)] if is_main else []) + [on_record])
     with StopFlag() as stop:
-        loop = Loop(state, train_step, source_batches(source, cfg.batch_size), total_steps=total_steps,
+        loop = Loop(state, train_step, source_batches(source, cfg.batch_size, data_state), total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size,
                     to_global=lambda local: parallel.global_batch(local, batch_sharding), sums=sums,
                     should_stop=stop,

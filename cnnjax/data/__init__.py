@@ -11,7 +11,8 @@ Specs (``DATASETS``):
 
 Every source yields dicts of NumPy arrays for this process: ``image`` float32 NHWC ``(local, S, S, C)`` normalised
 with ``info.mean``/``info.std`` (raw pixels in ``[0, 1]``), ``label`` int32 ``(local,)``, ``mask`` bool ``(local,)``;
-see :class:`~cnnjax.data.base.DataSource`. TensorFlow is imported only by ``tfds:`` and ``folder:``.
+see :class:`~cnnjax.data.base.DataSource`. TensorFlow is imported only by ``tfds:``; ``folder:`` decodes with
+PIL through Grain (:mod:`cnnjax.data.grainpipe`), imported when a folder is loaded.
 
 ``tfds:`` and ``folder:`` also take ``eval_preprocess``, a :class:`Preprocess` (resize, crop, interpolation,
 mean, std): their val images are then decoded and transformed with PIL exactly as torchvision's
@@ -41,7 +42,8 @@ def takes_eval_preprocess(spec: str) -> bool:
 
 
 def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | None = None,
-         seed: int = 0, eval_preprocess: Preprocess | Mapping[str, Any] | None = None) -> DataSource:
+         seed: int = 0, eval_preprocess: Preprocess | Mapping[str, Any] | None = None, channels: int | None = None,
+         workers: int | None = None) -> DataSource:
     """Build the dataset named by ``spec``.
 
     Args:
@@ -52,6 +54,8 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
         seed: the run seed: train shuffling and augmentation (not the data of ``shapes``, see its ``data_seed``).
         eval_preprocess: ``tfds:`` and ``folder:`` only: a :class:`Preprocess` (or a mapping of its fields) for
             torchvision-exact val images; ``image_size`` then defaults to its ``crop`` and must equal it.
+        channels: ``folder:`` only: 1 or 3 (default: 1 when every image is grayscale, else 3).
+        workers: ``folder:`` only: Grain decoding processes (default ``$CNNJAX_DATA_WORKERS`` or 0: threads).
 
     Raises:
         ValueError: unknown spec or option, or a dataset that cannot be loaded (with the reason).
@@ -59,6 +63,8 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
     if not isinstance(spec, str):
         raise ValueError(f"dataset spec must be a string, got {spec!r}")
     kind, _, rest = spec.strip().partition(":")
+    if (channels is not None or workers is not None) and kind != "folder":
+        raise ValueError(f"dataset {spec!r}: channels and workers apply only to the folder: dataset")
     if eval_preprocess is not None and kind not in PREPROCESS_KINDS:
         raise ValueError(f"dataset {spec!r}: eval_preprocess applies only to the tfds: and folder: datasets "
                          "(decoded image files)")
@@ -83,5 +89,5 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
         from cnnjax.data.folder import load_folder
 
         return load_folder(rest, data_dir=data_dir, image_size=image_size, seed=seed,
-                           eval_preprocess=eval_preprocess)
+                           eval_preprocess=eval_preprocess, channels=channels, workers=workers)
     raise ValueError(f"unknown dataset {spec!r}: valid choices are {', '.join(DATASETS)}")

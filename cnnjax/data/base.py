@@ -31,6 +31,11 @@ TAG_TF = 0x5446
 Batch = dict[str, np.ndarray]
 
 
+class MissingDependencyError(ImportError):
+    """A package a dataset needs is not installed; the message is one line naming what to install (the CLI
+    prints it without a traceback, exit code 2)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What a model and a train loop need to know about a dataset.
@@ -253,8 +258,12 @@ class DataSource(abc.ABC):
         return num_batches_for(split, n, global_batch_size)
 
     def batches(self, split: str, global_batch_size: int, *, epoch: int = 0, start_batch: int = 0,
-                process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-        """Iterate over one epoch of ``split`` from batch ``start_batch`` on (see the class docstring)."""
+                process_index: int = 0, process_count: int = 1, state: dict | None = None) -> Iterator[Batch]:
+        """Iterate over one epoch of ``split`` from batch ``start_batch`` on (see the class docstring).
+
+        The iterator of a source with a stateful pipeline (``folder:``) has ``get_state()``: JSON that, passed
+        back as ``state`` with the same (epoch, start_batch), restores the pipeline's iterator exactly (what a
+        checkpoint keeps). Stateless sources ignore ``state``."""
         check_split(split)
         local = local_batch_size(global_batch_size, process_count, process_index)
         total = self.num_batches(split, global_batch_size)
@@ -265,8 +274,19 @@ class DataSource(abc.ABC):
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if not 0 <= start_batch <= total:
             raise ValueError(f"start_batch={start_batch} outside [0, {total}] for split {split!r}")
+        extra = {} if state is None else {"state": state}
         return self._batches(split, global_batch_size, local, epoch=epoch, start_batch=start_batch,
-                             process_index=process_index, process_count=process_count)
+                             process_index=process_index, process_count=process_count, **extra)
+
+    def close(self) -> None:
+        """Stop the source's background work (decoding processes and threads); a no-op for in-memory data."""
+        return None
+
+    def __enter__(self) -> DataSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def plain_batches(self, split: str, global_batch_size: int, *, process_index: int = 0,
                       process_count: int = 1) -> Iterator[Batch]:
@@ -321,7 +341,8 @@ class ArraySource(DataSource):
                                  f"(N, H, W, {info.channels}) / (N,)")
         self.pad, self.flip, self.seed, self.scale = int(pad), bool(flip), int(seed), float(scale)
 
-    def _batches(self, split, global_batch_size, local, *, epoch, start_batch, process_index, process_count):
+    def _batches(self, split, global_batch_size, local, *, epoch, start_batch, process_index, process_count,
+                 state=None):
         return self._read(split, split, global_batch_size, epoch=epoch, start_batch=start_batch,
                           process_index=process_index, process_count=process_count)
 

@@ -4,27 +4,30 @@
   ImageNet validation set sorted into class directories): the classes then come from ``val/``, ``num_train`` is 0
   and asking for the train split raises ``ValueError`` naming the missing ``train/`` directory.
 * Files: ``.jpg .jpeg .png .bmp .gif`` (any case), found recursively under each class directory; other files are
-  ignored. Every candidate's header is opened with PIL when the source is built; files PIL cannot open are
-  skipped and reported in ONE ``UserWarning`` with their count. (A file whose header opens but whose pixels fail
-  to decode later becomes a zero image with ``mask`` False, logged once.)
+  ignored. Every candidate's header is opened with PIL when the source is built (its size and mode are kept);
+  files PIL cannot open are skipped and reported in ONE ``UserWarning`` with their count. (A file whose header
+  opens but whose pixels fail to decode later becomes a zero image with ``mask`` False, logged once.)
 * Classes: the sorted names of the subdirectories of ``train/`` (of ``val/`` without ``train/``; hidden ones
   skipped), as torchvision's ``ImageFolder``; ``val/`` may lack classes but may not have unknown ones. An empty
   class directory, a missing ``val/`` or a folder with no class directory raises ``ValueError`` naming the path.
-* Pixels: decoded by PIL and converted to RGB (grayscale, palette, RGBA, CMYK ... -> 3 channels, alpha dropped,
-  like torchvision's ``ImageFolder``; 16-bit grayscale PNGs are scaled to 8 bits, not clipped). Train: augmented
-  with tf.data (see :mod:`cnnjax.data.tfpipe`). Val: by
-  default tf.data's resize/centre crop (:mod:`cnnjax.data.tfpipe`); with ``eval_preprocess`` (a
-  :class:`~cnnjax.data.preprocess.Preprocess`), PIL exactly as torchvision's
-  ``Resize(resize, interpolation, antialias=True)``, ``CenterCrop(crop)``, ``ToTensor()``, ``Normalize(mean,
-  std)``, in a thread pool (:mod:`cnnjax.data.pilpipe`; no TensorFlow needed for the val split then).
-* Normalisation: ImageNet mean/std, or ``eval_preprocess``'s (for both splits). ``image_size`` defaults to 224,
-  or to ``eval_preprocess.crop`` (which it must equal when both are given).
+* Size and channels: ``image_size`` defaults to the data's typical size -- the median shorter side of the
+  images, at most 224 (:data:`DEFAULT_SIZE`) -- and ``channels`` to 1 when every image is grayscale, else 3
+  (:attr:`FolderSource.typical` records what was found; :meth:`FolderSource.resized` changes the size without
+  rescanning). ``eval_preprocess`` fixes both (its crop, RGB).
+* Pixels: decoded with PIL in Grain worker processes/threads (:mod:`cnnjax.data.grainpipe`; no TensorFlow) and
+  transformed as :mod:`cnnjax.data.pil_transforms` describes: train random-resized-crop + flip (pad-and-crop +
+  flip at 64 pixels and below), keyed by (seed, epoch, position in the epoch); val torchvision's
+  ``Resize``/``CenterCrop`` eval transform, or ``eval_preprocess``'s (torchvision-exact, per architecture).
+* Normalisation: ImageNet mean/std (their averages for grayscale), or ``eval_preprocess``'s.
+* Multi-host: each process decodes only its rows ``[p * local, (p + 1) * local)`` of every global batch.
 * A relative ``PATH`` is taken relative to ``data_dir`` when one is given.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import functools
 import logging
 import os
 import warnings
@@ -34,31 +37,33 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.data import pilpipe, tfpipe
+from cnnjax.data import grainpipe
+from cnnjax.data import pil_transforms as T
 from cnnjax.data.base import (
+    TAG_AUGMENT,
     DatasetInfo,
     DataSource,
     epoch_permutation,
+    make_rng,
     num_batches_for,
-    process_rows,
 )
-from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resolve_preprocess, to_rgb
+from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resolve_preprocess
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-DEFAULT_SIZE = 224
+DEFAULT_SIZE = 224  # the largest default image size (photos are trained at 224 unless --image-size says more)
 _log = logging.getLogger(__name__)
 _decode_failures = 0
 
 
-def _readable(path: str) -> bool:
+def _header(path: str) -> tuple[int, int, bool] | None:
+    """(width, height, grayscale) from the file's header, or None if PIL cannot open it."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im.size  # noqa: B018  (the header parsed)
-        return True
+            return im.size[0], im.size[1], im.mode in T.GRAY_MODES
     except Exception:  # noqa: BLE001  (anything PIL cannot open is skipped)
-        return False
+        return None
 
 
 def _list_images(class_dir: Path) -> list[str]:
@@ -74,8 +79,22 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def scan_folder(root: str | os.PathLike) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Class names and, per split, (paths as a str array, labels int32) of the readable images under ``root``.
+@dataclasses.dataclass(frozen=True)
+class Typical:
+    """What a folder's images look like: the median (height, width) and shorter side, and whether all are gray."""
+
+    height: int
+    width: int
+    short: int
+    grayscale: bool
+
+    def describe(self) -> str:
+        return f"{self.height}x{self.width} {'grayscale' if self.grayscale else 'colour'}"
+
+
+def scan_folder(root: str | os.PathLike) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]], Typical]:
+    """Class names, per split (paths as a str array, labels int32) of the readable images under ``root``, and
+    the images' :class:`Typical` look (over the train split, or val without one).
 
     Without ``root/train`` (an evaluation-only folder) the classes are ``root/val``'s and the result has no
     ``'train'`` entry."""
@@ -107,30 +126,23 @@ def scan_folder(root: str | os.PathLike) -> tuple[list[str], dict[str, tuple[np.
 
     everything = [row for split in splits for row in candidates[split]]
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        ok = list(pool.map(_readable, [f for f, _ in everything]))
-    bad = [f for (f, _), good in zip(everything, ok) if not good]
+        headers = dict(zip((f for f, _ in everything), pool.map(_header, [f for f, _ in everything])))
+    bad = [f for f, _ in everything if headers[f] is None]
     if bad:
         warnings.warn(f"folder dataset {root}: skipped {len(bad)} unreadable image file(s), e.g. "
                       f"{', '.join(bad[:3])}", UserWarning, stacklevel=3)
-    bad_set = set(bad)
     out = {}
     for split in splits:
-        kept = [(f, y) for f, y in candidates[split] if f not in bad_set]
+        kept = [(f, y) for f, y in candidates[split] if headers[f] is not None]
         counts = np.bincount([y for _, y in kept], minlength=len(classes))
         for name in classes if split == "train" else val_classes:
             if counts[classes.index(name)] == 0:
                 raise ValueError(f"folder dataset: class directory {root / split / name} has no readable image")
         out[split] = (np.array([f for f, _ in kept], dtype=str), np.array([y for _, y in kept], dtype=np.int32))
-    return classes, out
-
-
-def _pil_open(path: bytes | str):
-    """The file as an RGB PIL image (pixels loaded), like torchvision's ``ImageFolder`` loader (16-bit images
-    scaled to 8 bits rather than clipped: :func:`cnnjax.data.preprocess.to_rgb`)."""
-    from PIL import Image
-
-    with Image.open(path.decode() if isinstance(path, bytes) else str(path)) as im:
-        return to_rgb(im)
+    looks = np.array([headers[f] for f in out[splits[0]][0]], dtype=np.int64)  # (n, 3): w, h, gray
+    typical = Typical(height=int(np.median(looks[:, 1])), width=int(np.median(looks[:, 0])),
+                      short=int(np.median(np.minimum(looks[:, 0], looks[:, 1]))), grayscale=bool(looks[:, 2].all()))
+    return classes, out, typical
 
 
 def _decode_failed(path, error: Exception) -> None:
@@ -141,46 +153,124 @@ def _decode_failed(path, error: Exception) -> None:
                      path, error)
 
 
-def _pil_decode(path: bytes) -> tuple[np.ndarray, np.bool_]:
-    """File -> uint8 ``(h, w, 3)`` RGB and True, or a 1x1 zero image and False if decoding fails."""
-    try:
-        return np.asarray(_pil_open(path), dtype=np.uint8), np.True_
-    except Exception as e:  # noqa: BLE001
-        _decode_failed(path, e)
-        return np.zeros((1, 1, 3), np.uint8), np.False_
+@functools.lru_cache(maxsize=4)
+def _order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return epoch_permutation(n, seed, epoch)
 
 
-def _pil_load(path: str, preprocess: Preprocess) -> tuple[np.ndarray | None, bool]:
-    """File -> the ``eval_preprocess`` output and True, or (None, False) if decoding fails."""
-    try:
-        image = _pil_open(path)
-    except Exception as e:  # noqa: BLE001
-        _decode_failed(path, e)
-        return None, False
-    return preprocess(image), True
+@dataclasses.dataclass(frozen=True, eq=False)
+class FolderElements:
+    """Element ``j`` of a folder stream (picklable: it runs in Grain's worker processes).
+
+    ``j`` counts this process's rows over epochs: batch ``b`` of epoch ``e`` is ``(j // local) = e * nb + b`` and
+    its row ``row0 + j % local`` of the global batch. ``train`` elements are shuffled by (seed, epoch) and
+    augmented by (seed, epoch, position); otherwise in file order, padded past ``n`` (``mask`` False), with the
+    eval transform.
+    """
+
+    paths: np.ndarray
+    labels: np.ndarray
+    train: bool
+    global_batch_size: int
+    local: int
+    row0: int
+    batches_per_epoch: int
+    seed: int
+    size: int
+    channels: int
+    eval_spec: Preprocess | None
+
+    def __call__(self, j: int) -> dict:
+        b_abs, r = divmod(int(j), self.local)
+        epoch, b = divmod(b_abs, self.batches_per_epoch)
+        pos = b * self.global_batch_size + self.row0 + r
+        n = len(self.labels)
+        index = int(_order(n, self.seed, epoch)[pos]) if self.train else (pos if pos < n else -1)
+        image = np.zeros((self.size, self.size, self.channels), np.uint8)
+        if index < 0:
+            return {"image": image, "label": np.int32(0), "mask": np.False_}
+        path = str(self.paths[index])
+        try:
+            if self.train:
+                image = T.train_image(path, self.size, self.channels, make_rng(self.seed, epoch, pos, TAG_AUGMENT))
+            else:
+                image = T.eval_image(path, self.size, self.channels, self.eval_spec)
+            ok = np.True_
+        except Exception as e:  # noqa: BLE001  (a file that cannot be decoded is masked out, not fatal)
+            _decode_failed(path, e)
+            ok = np.False_
+        return {"image": image, "label": np.int32(self.labels[index]), "mask": ok}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Finish:
+    """uint8 stacked elements -> the interface's batch (normalised float32, zero padding rows)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, item: dict) -> dict:
+        mask = np.array(item["mask"], dtype=bool)  # copies: nothing may keep a worker's shared memory alive
+        x = T.normalize_batch(np.asarray(item["image"]), self.mean, self.std)
+        x[~mask] = 0.0
+        return {"image": x, "label": np.where(mask, np.asarray(item["label"], np.int32), 0).astype(np.int32),
+                "mask": mask}
 
 
 class FolderSource(DataSource):
-    """Batches of ``(local, S, S, 3)`` float32 NHWC images from an image folder (see the module docstring)."""
+    """Batches of ``(local, S, S, C)`` float32 NHWC images from an image folder (see the module docstring).
 
-    def __init__(self, root: str | os.PathLike, *, image_size: int, seed: int = 0,
-                 eval_preprocess: Preprocess | Mapping[str, Any] | None = None):
-        if eval_preprocess is None:
-            tfpipe.import_tf()  # fail now, not at the first batch, if TensorFlow is missing
-        else:  # the val split needs no TensorFlow (the train split still imports it, at its first batch)
+    Args:
+        root: the folder.
+        image_size: the side ``S`` (None: :attr:`typical`'s shorter side, at most :data:`DEFAULT_SIZE`).
+        channels: 1 or 3 (None: 1 when every image is grayscale).
+        seed: the run seed (shuffling, augmentation).
+        eval_preprocess: the val transform (a :class:`Preprocess`; fixes ``S`` to its crop and RGB).
+        workers: Grain decoding processes (0: threads of this process only; default :func:`default_workers`).
+        exact: decode JPEGs at full scale even when random-resized-crop shrinks them (see
+            :mod:`cnnjax.data.pil_transforms`).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, image_size: int | None = None, channels: int | None = None,
+                 seed: int = 0, eval_preprocess: Preprocess | Mapping[str, Any] | None = None,
+                 workers: int | None = None, exact: bool = False, _scan=None):
+        grainpipe.import_grain()  # fail now, in one line, not at the first batch
+        if eval_preprocess is not None:
             eval_preprocess = Preprocess.from_value(eval_preprocess)
-        self.root = Path(root)
-        self.seed = int(seed)
+            if image_size is not None and eval_preprocess.crop != image_size:
+                raise ValueError(f"folder dataset: image_size={image_size} differs from the eval_preprocess crop "
+                                 f"{eval_preprocess.crop}")
+            if channels not in (None, 3):
+                raise ValueError("folder dataset: eval_preprocess is an RGB transform; channels must be 3")
+            image_size, channels = eval_preprocess.crop, 3
+        if channels not in (None, 1, 3):
+            raise ValueError(f"folder dataset: channels must be 1 or 3, got {channels!r}")
+        self.root, self.seed, self.exact = Path(root), int(seed), bool(exact)
         self.eval_preprocess = eval_preprocess
-        if eval_preprocess is not None and eval_preprocess.crop != image_size:
-            raise ValueError(f"folder dataset: image_size={image_size} differs from the eval_preprocess crop "
-                             f"{eval_preprocess.crop}")
-        classes, self._splits = scan_folder(self.root)
-        mean, std = ((eval_preprocess.mean, eval_preprocess.std) if eval_preprocess is not None
-                     else (IMAGENET_MEAN, IMAGENET_STD))
-        self.info = DatasetInfo(name=f"folder:{self.root}", num_classes=len(classes), image_size=image_size,
-                                channels=3, num_train=len(self._splits["train"][1]) if "train" in self._splits else 0,
-                                num_val=len(self._splits["val"][1]), class_names=classes, mean=mean, std=std)
+        self.workers = default_workers() if workers is None else int(workers)
+        self._scan = _scan or scan_folder(self.root)
+        classes, self._splits, self.typical = self._scan
+        size = image_size if image_size is not None else min(self.typical.short, DEFAULT_SIZE)
+        channels = channels if channels is not None else (1 if self.typical.grayscale else 3)
+        if eval_preprocess is not None:
+            mean, std = eval_preprocess.mean, eval_preprocess.std
+        elif channels == 3:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            mean, std = (round(float(np.mean(IMAGENET_MEAN)), 4),), (round(float(np.mean(IMAGENET_STD)), 4),)
+        self.info = DatasetInfo(name=f"folder:{self.root}", num_classes=len(classes), image_size=int(size),
+                                channels=channels, num_train=len(self._splits["train"][1]) if "train" in self._splits
+                                else 0, num_val=len(self._splits["val"][1]), class_names=classes, mean=mean, std=std)
+        self._streams = grainpipe.Streams()
+
+    def resized(self, image_size: int | None = None, channels: int | None = None) -> FolderSource:
+        """The same folder (no rescan) at another size and/or channel count."""
+        if self.eval_preprocess is not None and image_size not in (None, self.info.image_size):
+            raise ValueError("folder dataset: the size is fixed by eval_preprocess")
+        return FolderSource(self.root, image_size=image_size or self.info.image_size,
+                            channels=channels or self.info.channels, seed=self.seed,
+                            eval_preprocess=self.eval_preprocess, workers=self.workers, exact=self.exact,
+                            _scan=self._scan)
 
     def _check_split(self, split: str) -> None:
         if split == "train" and "train" not in self._splits:
@@ -195,67 +285,60 @@ class FolderSource(DataSource):
         self._check_split(split)
         return super().batches(split, global_batch_size, **kwargs)
 
-    def _batches(self, split, global_batch_size, local, *, epoch, start_batch, process_index, process_count):
+    def _batches(self, split, global_batch_size, local, *, epoch, start_batch, process_index, process_count,
+                 state=None):
         return self._read(split, split, global_batch_size, local, epoch=epoch, start_batch=start_batch,
-                          process_index=process_index, process_count=process_count)
+                          process_index=process_index, state=state)
 
     def _plain_train_batches(self, global_batch_size, local, *, process_index, process_count):
         self._check_split("train")
         return self._read("train", "val", global_batch_size, local, epoch=0, start_batch=0,
-                          process_index=process_index, process_count=process_count)
+                          process_index=process_index)
 
     def _read(self, data: str, split: str, global_batch_size: int, local: int, *, epoch: int, start_batch: int,
-              process_index: int, process_count: int):
+              process_index: int, state: dict | None = None):
         """Batches of the ``data`` split's files, read as ``split`` is (train: shuffled, augmented; val: in order,
         the eval transform, padded)."""
         paths, labels = self._splits[data]
-        n, size = len(labels), self.info.image_size
-        if split == "val" and self.eval_preprocess is not None:
-            spec = self.eval_preprocess
-            start = start_batch * global_batch_size
-            yield from pilpipe.val_batches(
-                zip(paths[start:].tolist(), labels[start:].tolist()), n=n, global_batch_size=global_batch_size,
-                local=local, start_batch=start_batch, process_index=process_index,
-                load=lambda path: _pil_load(path, spec), shape=(size, size, 3))
-            return
-        tf = tfpipe.import_tf()
-        nb = num_batches_for(split, n, global_batch_size)
-        rows = process_rows(global_batch_size, process_index, process_count)
-        if split == "train":
-            order = epoch_permutation(n, self.seed, epoch)[: nb * global_batch_size]
-        else:
-            order = np.arange(nb * global_batch_size)
-            order[order >= n] = -1
-        position = np.arange(nb * global_batch_size).reshape(nb, global_batch_size)[start_batch:, rows].ravel()
-        index = order.reshape(nb, global_batch_size)[start_batch:, rows].ravel()
-        mask = index >= 0
-        index = np.where(mask, index, 0)
-        base = tfpipe.epoch_base_seed(self.seed, epoch)
-        mean, std = self.info.mean, self.info.std
+        nb = num_batches_for(split, len(labels), global_batch_size)
         train = split == "train"
+        size, channels = self.info.image_size, self.info.channels
+        elements = FolderElements(
+            paths=paths, labels=labels, train=train, global_batch_size=global_batch_size, local=local,
+            row0=process_index * local, batches_per_epoch=nb, seed=self.seed, size=size, channels=channels,
+            eval_spec=self.eval_preprocess or T.default_eval(size))
+        finish = _Finish(self.info.mean, self.info.std)
 
-        def load(path, label, valid, pos):
-            image, ok = tf.numpy_function(_pil_decode, [path], [tf.uint8, tf.bool], stateful=False)
-            image.set_shape([None, None, 3])
-            ok.set_shape([])
-            if train:
-                x = tfpipe.train_transform(tf, image, tf.stack([tf.constant(base, tf.int64), pos]), size)
-            else:
-                x = tfpipe.eval_transform(tf, image, size)
-            return {"image": tfpipe.normalize(tf, x, mean, std), "label": label, "mask": tf.logical_and(valid, ok)}
+        def make(start: int) -> grainpipe.Stream:
+            return grainpipe.Stream(elements, elements_per_batch=local, start=start, finalize=finish,
+                                    workers=self.workers, batches_per_epoch=nb)
 
-        ds = tf.data.Dataset.from_tensor_slices((paths[index], labels[index], mask, position.astype(np.int64)))
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        yield from tfpipe.numpy_batches(tfpipe.finish(tf, ds, local))
+        return self._streams.epoch((data, split, global_batch_size, local, process_index), make, epoch=epoch,
+                                   start_batch=start_batch, batches_per_epoch=nb, state=state, repeat=not train)
+
+    def close(self) -> None:
+        self._streams.close()
+
+
+def default_workers() -> int:
+    """Grain decoding processes for a folder: ``$CNNJAX_DATA_WORKERS``, else 0 (threads of the training process).
+
+    Threads are the default because PIL releases the GIL while it decodes and resizes, so they scale with the
+    cores without the second or two each worker process needs to start (and its memory); see BENCHMARKS.md
+    ("Input pipeline") for 0 vs 1 vs 2 worker processes."""
+    value = os.environ.get("CNNJAX_DATA_WORKERS", "").strip()
+    return int(value) if value else 0
 
 
 def load_folder(path: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0,
-                eval_preprocess: Preprocess | Mapping[str, Any] | None = None) -> FolderSource:
+                eval_preprocess: Preprocess | Mapping[str, Any] | None = None, channels: int | None = None,
+                workers: int | None = None) -> FolderSource:
     """Build the ``folder:PATH`` source (``PATH`` relative to ``data_dir`` if relative and ``data_dir`` given)."""
     if not path:
         raise ValueError("folder dataset: the spec needs a path, as in folder:/data/my_images")
     root = Path(path).expanduser()
     if not root.is_absolute() and data_dir is not None:
         root = Path(data_dir) / root
-    spec, size = resolve_preprocess("folder", eval_preprocess, image_size, DEFAULT_SIZE)
-    return FolderSource(root, image_size=size, seed=seed, eval_preprocess=spec)
+    spec, size = resolve_preprocess("folder", eval_preprocess, image_size, 0) if eval_preprocess is not None \
+        else (None, image_size)
+    return FolderSource(root, image_size=size, seed=seed, eval_preprocess=spec, channels=channels, workers=workers)

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnnjax.data import pilpipe, tfpipe
-from cnnjax.data.base import DatasetInfo, DataSource, make_rng, num_batches_for
+from cnnjax.data.base import DatasetInfo, DataSource, MissingDependencyError, make_rng, num_batches_for
 from cnnjax.data.preprocess import Preprocess, resolve_preprocess
 
 SHUFFLE_BUFFER = 10_000
@@ -43,8 +43,9 @@ def import_tfds() -> Any:
     tfpipe.import_tf()
     try:
         import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise ImportError("the tfds: datasets need tensorflow-datasets: pip install 'cnnjax[data]'") from e
+    except ImportError:
+        raise MissingDependencyError("the tfds: datasets need tensorflow-datasets: pip install 'cnnjax[data]'") \
+            from None
     from tensorflow_datasets.core.utils import gcs_utils
 
     gcs_utils._is_gcs_disabled = True

@@ -1,4 +1,4 @@
-"""tf.data image transforms shared by ``folder:`` and ``tfds:`` (TensorFlow is imported lazily, only here).
+"""tf.data image transforms of ``tfds:`` (TensorFlow is imported lazily, only here; ``folder:`` uses Grain).
 
 All randomness is *stateless*: each example gets the seed ``(base, position)`` where ``base`` is a function of
 (seed, epoch) and ``position`` is the example's row in the epoch (``batch * global_batch_size + row``), so an
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.data.base import TAG_TF, make_rng
+from cnnjax.data.base import TAG_TF, MissingDependencyError, make_rng
 from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL = 64  # image sizes up to this use pad-and-crop instead of random-resized-crop
@@ -36,11 +36,12 @@ EVAL_CROP_FRACTION = 0.875
 def import_tf() -> Any:
     """Import TensorFlow for tf.data only: no GPU for TF (the accelerator belongs to JAX), no GCE metadata probe."""
     os.environ.setdefault("NO_GCE_CHECK", "true")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no oneDNN/CPU-feature info lines at import
     try:
         import tensorflow as tf
-    except ImportError as e:
-        raise ImportError("the folder: and tfds: datasets need TensorFlow for tf.data: "
-                          "pip install 'cnnjax[data]' (tensorflow-cpu, tensorflow-datasets)") from e
+    except ImportError:
+        raise MissingDependencyError("the tfds: datasets need TensorFlow for tf.data: pip install 'cnnjax[data]' "
+                                     "(tensorflow-cpu, tensorflow-datasets)") from None
 
     with contextlib.suppress(RuntimeError, ValueError):  # raises once TF has initialised its devices
         tf.config.set_visible_devices([], "GPU")

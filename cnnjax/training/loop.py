@@ -92,6 +92,7 @@ class Loop:
         self.last_loss: float | None = None
         self.stopped = False
         self.epoch_seen, self.epoch_t0 = 0, time.perf_counter()
+        self._it: Iterator[dict] | None = None
 
     @property
     def epochs(self) -> int:
@@ -122,7 +123,13 @@ class Loop:
         """The data position after the last step, as a checkpoint's ``meta``: epoch and batch of the next step
         and the running sums of the current epoch (zero at an epoch boundary)."""
         epoch, batch = divmod(self.step, self.steps_per_epoch)
-        return {"epoch": epoch, "batch": batch, "sums": list(self.sums) if batch else zero_sums()}
+        position = {"epoch": epoch, "batch": batch, "sums": list(self.sums) if batch else zero_sums()}
+        get_state = getattr(self._it, "get_state", None)
+        if get_state is not None:  # a stateful pipeline (Grain): its iterator state, to restore exactly
+            state = get_state()
+            if (state.get("epoch"), state.get("batch")) == (epoch, batch):
+                position["data"] = state
+        return position
 
     def train_means(self) -> dict:
         """Means of the current epoch's training metrics so far (flushes first)."""
@@ -148,15 +155,15 @@ class Loop:
         """Train to ``total_steps`` (or until stopped); returns ``self``."""
         for hook in self.hooks:
             hook.begin(self)
-        it: Iterator[dict] | None = None
+        self._it = None
         for step in range(self.step, self.total_steps):
             epoch, batch = divmod(step, self.steps_per_epoch)
-            if batch == 0 or it is None:
+            if batch == 0 or self._it is None:
                 if batch == 0:
                     self.sums = zero_sums()
-                it = iter(self.batches(epoch, batch))
+                self._it = iter(self.batches(epoch, batch))
                 self.epoch_seen, self.epoch_t0 = 0, time.perf_counter()
-            self.state, metrics = self.train_step(self.state, self.to_global(next(it)))
+            self.state, metrics = self.train_step(self.state, self.to_global(next(self._it)))
             self.step, self.epoch_seen = step + 1, self.epoch_seen + self.batch_size
             self.pending.append(metrics)
             stop = self.should_stop()
@@ -174,12 +181,20 @@ class Loop:
         return self
 
 
-def source_batches(source: DataSource, batch_size: int) -> Callable[[int, int], Iterable[dict]]:
-    """``batches(epoch, start_batch)`` of ``source``'s train split for :class:`Loop`, this process's shard."""
+def source_batches(source: DataSource, batch_size: int, state: dict | None = None
+                   ) -> Callable[[int, int], Iterable[dict]]:
+    """``batches(epoch, start_batch)`` of ``source``'s train split for :class:`Loop`, this process's shard.
+
+    ``state`` is a checkpoint's data iterator state (``position['data']``, saved by :meth:`Loop.position` for a
+    stateful pipeline): the first call at that position restores the iterator from it."""
+    pending = [state]
 
     def batches(epoch: int, start_batch: int) -> Iterable[dict]:
+        saved, pending[0] = pending[0], None
+        if saved is not None and (saved.get("epoch"), saved.get("batch")) != (epoch, start_batch):
+            saved = None
         return source.batches("train", batch_size, epoch=epoch, start_batch=start_batch,
-                              process_index=jax.process_index(), process_count=jax.process_count())
+                              process_index=jax.process_index(), process_count=jax.process_count(), state=saved)
 
     return batches
 

@@ -1,0 +1,386 @@
+"""The Grain pipeline of ``folder:`` datasets: torchvision's random-resized-crop, worker processes and threads
+giving the same batches, per-process shards whose union is the global batch, exact resume from the data
+iterator's saved state, image size/channel defaults, and training with TensorFlow (or Grain) absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import cnnjax.data as data
+from cnnjax.data import grainpipe
+from cnnjax.data import pil_transforms as T
+from cnnjax.data.base import TAG_AUGMENT, make_rng
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytest.importorskip("grain")
+
+
+def digits_folder(root: pathlib.Path, per_class: int = 6, val: int = 2, size: int = 28, classes: int = 3,
+                  mode: str = "L") -> pathlib.Path:
+    """``root/{train,val}/<class>/*.png``: random-texture PNGs of ``size`` x ``size`` (grayscale ``L`` or RGB)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", val)):
+        for c in range(classes):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                shape = (size, size) if mode == "L" else (size, size, 3)
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def _photo(path: pathlib.Path, w: int, h: int, seed: int, fmt: str = "JPEG") -> pathlib.Path:
+    """A smooth colour image (gradients + blobs, like a photo rather than noise) of w x h pixels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        for _ in range(4):
+            cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, max(w, h) / 2)
+            img[..., c] += rng.uniform(40, 120) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+        img[..., c] += xx / w * rng.uniform(0, 80) + yy / h * rng.uniform(0, 80)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, fmt, **({"quality": 90} if fmt == "JPEG"
+                                                                              else {}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def gray28(tmp_path_factory) -> pathlib.Path:
+    return digits_folder(tmp_path_factory.mktemp("gray28"))
+
+
+def _concat(batches) -> dict:
+    batches = list(batches)
+    return {k: np.concatenate([b[k] for b in batches]) for k in ("image", "label", "mask")}
+
+
+def _same(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+# ------------------------------------------------------------------------------------- random-resized-crop
+
+
+def crop_ok(width: int, height: int, crop: tuple[int, int, int, int]) -> bool:
+    """The law every crop obeys: a non-empty rectangle inside the image."""
+    top, left, h, w = crop
+    return top >= 0 and left >= 0 and h >= 1 and w >= 1 and top + h <= height and left + w <= width
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3000), st.integers(1, 3000), st.integers(0, 2**32 - 1))
+def test_rrc_params_stay_inside_the_image(width, height, seed):
+    crop = T.rrc_params(np.random.default_rng(seed), width, height)
+    assert crop_ok(width, height, crop)
+    top, left, h, w = crop
+    if min(width, height) >= 20 and (h, w) != (height, width):  # a sampled (not fallback) crop of a real image
+        area, ratio = h * w / (width * height), w / h
+        fallback = top == (height - h) // 2 and left == (width - w) // 2 and (h == height or w == width)
+        if not fallback:  # rounding to whole pixels moves area and ratio a little
+            assert 0.08 * 0.8 <= area <= 1.0 and 0.75 * 0.85 <= ratio <= 4 / 3 * 1.15
+
+
+def test_crop_law_can_fail():
+    assert not crop_ok(100, 50, (10, 0, 45, 20))  # 10 + 45 > 50
+    assert not crop_ok(100, 50, (0, 0, 0, 20))
+
+
+def test_rrc_params_follow_torchvision_distribution():
+    """Two-sample Kolmogorov-Smirnov tests of crop area fraction and aspect ratio, ours vs torchvision's
+    ``RandomResizedCrop.get_params`` on a 500x375 image (2000 draws each): no detectable difference; and the
+    same test tells a scale range of (0.3, 1) apart (the negative case)."""
+    torch = pytest.importorskip("torch")
+    from scipy.stats import ks_2samp
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    img = torch.zeros(3, 375, 500)
+    theirs = np.array([RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(2000)])
+    ours = np.array([T.rrc_params(rng, 500, 375) for _ in range(2000)])
+    narrow = np.array([T.rrc_params(rng, 500, 375, scale=(0.3, 1.0)) for _ in range(2000)])
+
+    def area(c):
+        return c[:, 2] * c[:, 3] / (500 * 375)
+
+    def ratio(c):
+        return c[:, 3] / c[:, 2]
+
+    assert ks_2samp(area(ours), area(theirs)).pvalue > 1e-3
+    assert ks_2samp(ratio(ours), ratio(theirs)).pvalue > 1e-3
+    assert ks_2samp(area(narrow), area(theirs)).pvalue < 1e-6
+
+
+@pytest.mark.parity
+def test_train_view_is_torchvision_resized_crop_and_flip(tmp_path):
+    """Given the same crop and flip, the train view of a PNG equals torchvision's ``F.resized_crop`` (PIL
+    bilinear, antialiased) + ``F.hflip`` on the same PIL image; a JPEG decoded at reduced scale (draft) stays
+    within interpolation noise of the full decode."""
+    pytest.importorskip("torch")
+    import torchvision.transforms.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    for i, (w, h, size) in enumerate([(500, 375, 224), (375, 500, 160), (640, 480, 96)]):
+        png = _photo(tmp_path / f"p{i}.png", w, h, i, "PNG")
+        for seed in range(4):
+            ours = T.train_image(str(png), size, 3, make_rng(seed, 0, i, TAG_AUGMENT))
+            rng = make_rng(seed, 0, i, TAG_AUGMENT)
+            top, left, ch, cw = T.rrc_params(rng, w, h)
+            want = F.resized_crop(Image.open(png).convert("RGB"), top, left, ch, cw, [size, size],
+                                  InterpolationMode.BILINEAR, antialias=True)
+            if rng.random() < 0.5:
+                want = F.hflip(want)
+            want = np.asarray(want)
+            assert ours.shape == want.shape == (size, size, 3)
+            assert np.abs(ours.astype(int) - want.astype(int)).max() <= 1, (i, seed)
+        jpg = _photo(tmp_path / f"p{i}.jpg", 2 * w, 2 * h, i)
+        diffs = []
+        for seed in range(8):
+            fast = T.train_image(str(jpg), size, 3, make_rng(seed, 1, i, TAG_AUGMENT))
+            exact = T.train_image(str(jpg), size, 3, make_rng(seed, 1, i, TAG_AUGMENT), exact=True)
+            diffs.append(np.abs(fast.astype(np.float32) - exact.astype(np.float32)).mean())
+        assert np.mean(diffs) < 3.0, diffs  # of 255: smooth-image interpolation noise, not a different crop
+
+
+def test_small_images_pad_crop_and_flip(gray28):
+    """At <= 64 px the train view is resize -> random flip -> pad size // 8 zeros -> random crop: every output
+    is a shifted (maybe mirrored) copy of the resized image, the shift within the padding."""
+    path = sorted((gray28 / "train" / "c0").iterdir())[0]
+    src = np.asarray(Image.open(path).resize((32, 32), Image.BILINEAR))
+    for seed in range(20):
+        out = T.train_image(str(path), 32, 1, make_rng(seed, 0, 0, TAG_AUGMENT))[..., 0]
+        found = False
+        for img in (src, src[:, ::-1]):
+            padded = np.pad(img, 4)
+            for dy in range(9):
+                for dx in range(9):
+                    found |= np.array_equal(padded[dy:dy + 32, dx:dx + 32], out)
+        assert found, seed
+
+
+# ----------------------------------------------------------------------------- workers, shards and resume
+
+
+def test_worker_processes_threads_and_shards_give_the_same_batches(gray28):
+    """The batches of one epoch are identical with 0 or 2 decoding processes; process p of 2 gets rows
+    [p * B/2, (p + 1) * B/2) of every global batch, so the union of the shards is the global batch (train and
+    val); the next epoch is a different shuffle."""
+    threads = data.load(f"folder:{gray28}", seed=3, workers=0)
+    procs = data.load(f"folder:{gray28}", seed=3, workers=2)
+    try:
+        ref = list(threads.batches("train", 6, epoch=1))
+        _same(list(procs.batches("train", 6, epoch=1)), ref)
+        _same(list(procs.batches("val", 4)), list(threads.batches("val", 4)))
+        for split in ("train", "val"):
+            kw = {"epoch": 1} if split == "train" else {}
+            whole = _concat(threads.batches(split, 6, **kw))
+            shards = [list(threads.batches(split, 6, process_index=p, process_count=2, **kw)) for p in (0, 1)]
+            joined = {k: np.concatenate([np.concatenate([a[k], b[k]]) for a, b in zip(*shards, strict=True)])
+                      for k in ("image", "label", "mask")}
+            for key in whole:
+                np.testing.assert_array_equal(joined[key], whole[key])
+        assert not np.array_equal(next(threads.batches("train", 6, epoch=2))["image"], ref[0]["image"])
+        assert sorted(_concat(ref)["label"].tolist()) == [0] * 6 + [1] * 6 + [2] * 6
+    finally:
+        threads.close()
+        procs.close()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_saved_iterator_state_resumes_bit_identically(gray28, workers):
+    """Stop mid-epoch, keep ``get_state()`` (what a checkpoint stores, JSON), restore it in a NEW source object
+    (as after a restart): the remaining batches are bit-identical, as are those of ``start_batch=k``; a state
+    for another position is refused."""
+    a = data.load(f"folder:{gray28}", seed=5, workers=workers)
+    b = data.load(f"folder:{gray28}", seed=5, workers=workers)
+    try:
+        it = a.batches("train", 4, epoch=2)
+        head = [next(it), next(it)]
+        state = json.loads(json.dumps(it.get_state()))
+        assert (state["epoch"], state["batch"]) == (2, 2)
+        rest = list(it)
+        _same(list(b.batches("train", 4, epoch=2, start_batch=2, state=state)), rest)
+        _same(list(b.batches("train", 4, epoch=2, start_batch=2)), rest)
+        _same(list(b.batches("train", 4, epoch=2))[:2], head)
+        with pytest.raises(ValueError, match="saved data iterator is at epoch 2, batch 2"):
+            b.batches("train", 4, epoch=2, start_batch=1, state=state)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_grayscale_folder_defaults_and_decode_failure(tmp_path):
+    """A folder of 28x28 grayscale PNGs defaults to 28x28x1 (not 224x224x3); a file whose header parses but whose
+    pixels do not becomes a masked-out zero row, not a crash."""
+    root = digits_folder(tmp_path / "g", per_class=3, val=1)
+    good = (root / "train/c0/0.png").read_bytes()
+    (root / "train/c0/0.png").write_bytes(good[: len(good) // 2])  # truncated: header fine, data cut
+    with data.load(f"folder:{root}") as ds:
+        assert (ds.info.image_size, ds.info.channels) == (28, 1)
+        assert ds.info.mean == (0.449,) and ds.info.std == (0.226,)
+        batch = _concat(ds.plain_batches("train", 9))
+        assert batch["image"].shape == (9, 28, 28, 1)
+        assert batch["mask"].tolist() == [False] + [True] * 8
+        assert (batch["image"][0] == 0).all()
+
+
+def test_load_source_picks_size_and_channels_for_the_architecture(gray28, tmp_path):
+    """``train.main.load_source``: 28x28 gray digits -> 32x32x1 for lenet5 (its smallest input) but 28x28x1 for
+    resnet20 (global average pooling takes 28), each with a one-line notice; RGB for ``--init torchvision:``;
+    large photos capped at the architecture's default input size; an explicit --image-size is kept."""
+    from train.config import TrainConfig
+    from train.main import load_source
+
+    lines = []
+    for arch, size in (("lenet5", 32), ("resnet20", 28)):
+        with load_source(TrainConfig(arch=arch, dataset=f"folder:{gray28}"), lines.append) as src:
+            assert (src.info.image_size, src.info.channels) == (size, 1), arch
+    assert lines == ["images are 28x28 grayscale (median); training at 32x32x1 (raised to lenet5's smallest "
+                     "input) - pass --image-size to change",
+                     "images are 28x28 grayscale (median); training at 28x28x1 - pass --image-size to change"]
+    with load_source(TrainConfig(arch="resnet18", dataset=f"folder:{gray28}", init="torchvision:resnet18"),
+                     lines.append) as src:
+        assert (src.info.image_size, src.info.channels) == (28, 3)
+    assert "as RGB" in lines[-1]
+    photos = tmp_path / "photos"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (photos / split / c).mkdir(parents=True)
+            _photo(photos / split / c / "x.jpg", 400, 300, hash(c) % 100)
+    with load_source(TrainConfig(arch="resnet18", dataset=f"folder:{photos}"), lines.append) as src:
+        assert (src.info.image_size, src.info.channels) == (224, 3)
+    assert "300x400 colour" in lines[-1] and "capped at resnet18's default input size" in lines[-1]
+    with load_source(TrainConfig(arch="lenet5", dataset=f"folder:{gray28}", image_size=48), lines.append) as src:
+        assert src.info.image_size == 48
+
+
+def test_training_resumes_mid_epoch_from_the_saved_data_iterator(gray28, tmp_path):
+    """A folder run checkpointed mid-epoch keeps the Grain iterator state in the checkpoint; resuming from that
+    checkpoint ends with parameters bit-identical to the uninterrupted run."""
+    import shutil
+
+    import jax
+
+    from cnnjax import checkpoint
+    from cnnjax.checkpoint import CheckpointStore
+    from train.config import TrainConfig
+    from train.main import train
+
+    cfg = dict(arch="lenet5", dataset=f"folder:{gray28}", batch_size=4, epochs=2, checkpoint_every=2, keep=10,
+               progress=False)
+    full = tmp_path / "full"
+    train(TrainConfig(**cfg, workdir=str(full)), log=lambda s: None)
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    for step_dir in (cut / "checkpoints").iterdir():
+        if step_dir.name.isdigit() and int(step_dir.name) > 6:
+            shutil.rmtree(step_dir)
+    store = CheckpointStore(cut / "checkpoints")
+    _, meta, step = store.restore()
+    store.close()
+    assert step == 6 and (meta["epoch"], meta["batch"]) == (1, 2) and meta["data"]["batch"] == 2
+    train(TrainConfig(**cfg, workdir=str(cut), resume=True), log=lambda s: None)
+    for x, y in zip(jax.tree.leaves(checkpoint.restore(full)), jax.tree.leaves(checkpoint.restore(cut)),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ------------------------------------------------------------------------- without TensorFlow / Grain
+
+
+BLOCK = textwrap.dedent("""
+    import sys
+    for name in {blocked!r}:
+        sys.modules[name] = None  # `import name` now raises ImportError, as where it is not installed
+    from train.main import main
+    code = main({argv!r})
+    assert not any(m.split('.')[0] in {blocked!r} for m in sys.modules if sys.modules[m] is not None), \\
+        'a blocked package was imported'
+    sys.exit(code)
+""")
+
+
+def _run_blocked(blocked: list[str], argv: list[str], tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-c", BLOCK.format(blocked=blocked, argv=argv)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_folder_trains_with_tensorflow_blocked(gray28, tmp_path):
+    out = _run_blocked(["tensorflow", "tensorflow_datasets"],
+                       ["--arch", "lenet5", "--dataset", f"folder:{gray28}", "--max-steps", "1", "--batch-size", "4",
+                        "--no-progress", "--workdir", str(tmp_path / "run")], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "training at 32x32x1" in out.stdout and "val loss" in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_without_grain_folder_is_one_line_and_synthetic_still_trains(gray28, tmp_path):
+    out = _run_blocked(["grain"], ["--arch", "lenet5", "--dataset", f"folder:{gray28}", "--max-steps", "1",
+                                   "--no-progress", "--workdir", str(tmp_path / "a")], tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "pip install grain" in lines[-1] and "Traceback" not in out.stderr
+    out = _run_blocked(["grain"], ["--arch", "lenet5", "--dataset", "synthetic:num_classes=3", "--image-size",
+                                   "32", "--max-steps", "2", "--batch-size", "4", "--no-progress", "--workdir",
+                                   str(tmp_path / "b")], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+TWO_PROCESS = textwrap.dedent("""
+    import sys, numpy as np, jax
+    jax.distributed.initialize({coordinator!r}, num_processes=2, process_id=int(sys.argv[1]))
+    import cnnjax.data as data
+    from cnnjax.training.loop import source_batches
+    with data.load({spec!r}, seed=7) as src:
+        batches = list(source_batches(src, 6)(1, 0))
+    np.savez(sys.argv[2], **{{f"{{k}}{{i}}": b[k] for i, b in enumerate(batches) for k in b}})
+    jax.distributed.shutdown()
+""")
+
+
+@pytest.mark.slow
+def test_two_process_run_shards_the_folder_into_the_global_batches(gray28, tmp_path):
+    """Two processes of a JAX multi-process run (``jax.distributed``) each read their shard through
+    ``source_batches`` (``jax.process_index()``); concatenated, the shards are the one-process batches."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = TWO_PROCESS.format(coordinator=f"127.0.0.1:{port}", spec=f"folder:{gray28}")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(tmp_path / f"p{i}.npz")], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    shards = [np.load(tmp_path / f"p{i}.npz") for i in (0, 1)]
+    with data.load(f"folder:{gray28}", seed=7) as src:
+        whole = list(src.batches("train", 6, epoch=1))
+    for i, batch in enumerate(whole):
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(np.concatenate([shards[0][f"{key}{i}"], shards[1][f"{key}{i}"]]),
+                                          batch[key])
+
+
+def test_grain_import_error_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "grain", None)
+    with pytest.raises(grainpipe.MissingDependencyError, match=r"^this dataset loads images with Grain.*pip install "
+                                                               r"grain") as err:
+        grainpipe.import_grain()
+    assert "\n" not in str(err.value)
