@@ -286,6 +286,7 @@ def test_builtin_datasets_work_without_tensorflow():
         import sys
         sys.modules['tensorflow'] = None
         sys.modules['tensorflow_datasets'] = None
+        sys.modules['grain'] = None  # (Grain imports JAX; without it the in-memory datasets are plain NumPy)
         import cnnjax.data as data
         for spec in ('digits', 'shapes:num_train=12,num_val=6', 'synthetic:num_train=8,num_val=4'):
             ds = data.load(spec)

@@ -200,7 +200,7 @@ def test_worker_processes_threads_and_shards_give_the_same_batches(gray28):
         procs.close()
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_saved_iterator_state_resumes_bit_identically(gray28, workers):
     """Stop mid-epoch, keep ``get_state()`` (what a checkpoint stores, JSON), restore it in a NEW source object
     (as after a restart): the remaining batches are bit-identical, as are those of ``start_batch=k``; a state
@@ -221,6 +221,26 @@ def test_saved_iterator_state_resumes_bit_identically(gray28, workers):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("spec", ["digits", "shapes:num_train=40,num_val=10"])
+def test_in_memory_datasets_give_the_same_batches_through_grain(spec):
+    """digits/shapes batches through the Grain stream (prefetched in a thread, resumable by state) equal the
+    plain NumPy generator's, for train (shuffled, augmented) and val, whole and sharded."""
+    ds = data.load(spec, seed=4)
+    try:
+        for split, epoch in (("train", 3), ("val", 0)):
+            for p, count in ((0, 1), (1, 2)):
+                got = list(ds.batches(split, 8, epoch=epoch, process_index=p, process_count=count))
+                want = list(ds._read(split, split, 8, epoch=epoch, start_batch=0, process_index=p,
+                                     process_count=count))
+                _same(got, want)
+        it = ds.batches("train", 8, epoch=1, start_batch=1)
+        next(it)
+        state = it.get_state()
+        _same(list(data.load(spec, seed=4).batches("train", 8, epoch=1, start_batch=2, state=state)), list(it))
+    finally:
+        ds.close()
 
 
 def test_grayscale_folder_defaults_and_decode_failure(tmp_path):

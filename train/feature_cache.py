@@ -24,14 +24,15 @@ from tqdm import tqdm
 
 from cnnjax import transfer
 from cnnjax.data import DatasetInfo, DataSource
-from cnnjax.data.base import ArraySource, num_batches_for
+from cnnjax.data.arrays import ArraySource
+from cnnjax.data.base import num_batches_for
 from cnnjax.training import parallel
 
 
 def cache_features(model, state, source: DataSource, batch_size: int, seed: int, replicated, batch_sharding,
                    progress: bool = True, log: Callable[[str], None] = print) -> tuple[ArraySource, object]:
     """``(feature_source, head_model)``: the head inputs of every example of ``source`` as an
-    :class:`~cnnjax.data.base.ArraySource` of (N, 1, 1, D) "images" (mean 0, std 1: used as they are) and the
+    :class:`~cnnjax.data.arrays.ArraySource` of (N, 1, 1, D) "images" (mean 0, std 1: used as they are) and the
     model that applies only ``head`` to them."""
     info = source.info
 

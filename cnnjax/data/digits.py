@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnjax.data.base import ArraySource, DatasetInfo, channel_stats, parse_options, resize_images, resolve_image_size
+from cnnjax.data.arrays import ArraySource
+from cnnjax.data.base import DatasetInfo, channel_stats, parse_options, resize_images, resolve_image_size
 
 ASSET = Path(__file__).parent / "assets" / "digits.npz"
 NUM_EXAMPLES = 1797

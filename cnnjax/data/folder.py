@@ -179,6 +179,7 @@ class FolderElements:
     size: int
     channels: int
     eval_spec: Preprocess | None
+    exact: bool = False
 
     def __call__(self, j: int) -> dict:
         b_abs, r = divmod(int(j), self.local)
@@ -192,7 +193,8 @@ class FolderElements:
         path = str(self.paths[index])
         try:
             if self.train:
-                image = T.train_image(path, self.size, self.channels, make_rng(self.seed, epoch, pos, TAG_AUGMENT))
+                image = T.train_image(path, self.size, self.channels, make_rng(self.seed, epoch, pos, TAG_AUGMENT),
+                                      exact=self.exact)
             else:
                 image = T.eval_image(path, self.size, self.channels, self.eval_spec)
             ok = np.True_
@@ -306,7 +308,7 @@ class FolderSource(DataSource):
         elements = FolderElements(
             paths=paths, labels=labels, train=train, global_batch_size=global_batch_size, local=local,
             row0=process_index * local, batches_per_epoch=nb, seed=self.seed, size=size, channels=channels,
-            eval_spec=self.eval_preprocess or T.default_eval(size))
+            eval_spec=self.eval_preprocess or T.default_eval(size), exact=self.exact)
         finish = _Finish(self.info.mean, self.info.std)
 
         def make(start: int) -> grainpipe.Stream:

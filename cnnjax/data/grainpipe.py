@@ -73,7 +73,7 @@ class Stream:
         start: the first batch, as ``epoch * batches_per_epoch + batch``.
         finalize: ``f(stacked dict) -> Batch`` run in this process (e.g. uint8 -> normalised float32).
         workers: decoding processes (0: decode in this process's threads).
-        threads: threads per process reading elements (default: :func:`default_threads`).
+        threads: threads per process, each reading whole batches (default: the CPUs shared by the workers).
         buffer: batches each worker (or this process) prepares ahead.
     """
 
@@ -88,8 +88,11 @@ class Stream:
         ds = ds.map(element_fn)
         if k > 1:
             ds = ds.batch(k, drop_remainder=True)
-        threads = threads or default_threads()
-        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(1, buffer) * k))
+        # Threads read whole batches (so a batch is the same for any threads/workers); per process the CPUs are
+        # shared among the workers. Buffers count batches.
+        threads = threads or max(1, default_threads() // max(1, int(workers)))
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                     prefetch_buffer_size=max(1, buffer, threads)))
         if workers > 0:
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers),
                                                                    per_worker_buffer_size=max(1, buffer)))

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnjax.data.arrays import ArraySource
 from cnnjax.data.base import (
-    ArraySource,
     DatasetInfo,
     channel_stats,
     make_rng,
