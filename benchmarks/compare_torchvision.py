@@ -68,7 +68,7 @@ def compare(arch: str, precision: str, args: argparse.Namespace) -> list[dict]:
     ours, build_s = {}, {}
     for impl in args.conv_impl:
         cfg = TrainConfig(arch=arch, batch_size=args.batch_size, image_size=args.image_size, precision=precision,
-                          conv_impl=impl, zero_init_residual=False)
+                          conv_impl=impl, zero_init_residual="off")
         t0 = time.perf_counter()
         ours[impl] = BenchmarkStep(cfg)
         build_s[impl] = time.perf_counter() - t0

@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args()
     step = BenchmarkStep(TrainConfig(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size,
-                                     precision=args.precision, conv_impl=args.conv_impl, zero_init_residual=False))
+                                     precision=args.precision, conv_impl=args.conv_impl, zero_init_residual="off"))
     step()
     out = tempfile.mkdtemp(prefix="cnnjax-profile-")
     with jax.profiler.trace(out, create_perfetto_trace=True):

@@ -204,7 +204,7 @@ def test_every_field_is_a_flag_with_its_declared_default():
 def test_negated_booleans_and_evaluate_shares_the_declarations():
     args = C.build_parser().parse_args(["--no-progress", "--no-zero-init-residual", "--lr", "0.2"])
     cfg = C.from_args(args)
-    assert (cfg.progress, cfg.zero_init_residual, cfg.lr) == (False, False, 0.2)
+    assert (cfg.progress, cfg.zero_init_residual, cfg.lr) == (False, "off", 0.2)
     from train.evaluate import build_parser
 
     ev = build_parser().parse_args(["--arch", "lenet5", "--init", "x", "--conv-impl", "gemm"])

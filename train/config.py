@@ -31,6 +31,9 @@ from cnnjax.training.loop import NonFiniteLossError
 from train.report import write_atomic
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+#: ``--zero-init-residual``; a ``config.json`` written before it had a boolean (:data:`LEGACY_ZERO_INIT`).
+ZERO_INIT_MODES = ("auto", "on", "off")
+LEGACY_ZERO_INIT = {True: "on", False: "off"}
 #: Exit codes of the CLIs: 0 done; 2 bad input (nothing was run); 3 non-finite loss (the last good checkpoint is
 #: kept); 4 storage (workdir unwritable or full, a checkpoint write failed; the last good one is kept);
 #: 128 + N stopped by signal N after saving (130 SIGINT, 143 SIGTERM: "not finished, resume me").
@@ -46,18 +49,20 @@ EXIT_CODES_HELP = ("exit codes: 0 done; 2 bad input; 3 non-finite loss (the last
 def option(default: Any, help: str, *, type: Callable | None = None, choices: Iterable | Callable | None = None,
            check: Callable[[Any], bool] | None = None, must: str = "", flag: str | None = None,
            group: str | None = None, metavar: str | None = None, negate: str | None = None,
-           saved: bool = True, resumable: bool = False) -> Any:
+           aliases: dict[str, Any] | None = None, saved: bool = True, resumable: bool = False) -> Any:
     """A :class:`TrainConfig` field with everything the parser and the validation need.
 
     ``choices`` (a tuple, or a function returning one) and ``check`` (a predicate; ``must`` says what it
     requires, e.g. ``"> 0"``) validate a set value; ``flag`` overrides ``--field-name``; a boolean that is on by
-    default is turned off by ``negate`` (e.g. ``--no-progress``); ``saved=False`` keeps a process setting
-    (multi-host addresses, benchmark mode) out of ``config.json``; ``resumable=True`` marks a setting that may
-    differ when a run is resumed (logging and checkpoint cadence, ``--epochs``/``--max-steps`` to extend it);
-    any other saved field must be the same (:func:`check_resume`).
+    default is turned off by ``negate`` (e.g. ``--no-progress``); ``aliases`` maps further flags without a
+    value to the value they set (``{"--no-zero-init-residual": "off"}``, kept for old command lines);
+    ``saved=False`` keeps a process setting (multi-host addresses, benchmark mode) out of ``config.json``;
+    ``resumable=True`` marks a setting that may differ when a run is resumed (logging and checkpoint cadence,
+    ``--epochs``/``--max-steps`` to extend it); any other saved field must be the same (:func:`check_resume`).
     """
     meta = {"help": help, "type": type, "choices": choices, "check": check, "must": must, "flag": flag,
-            "group": group, "metavar": metavar, "negate": negate, "saved": saved, "resumable": resumable}
+            "group": group, "metavar": metavar, "negate": negate, "aliases": dict(aliases or {}), "saved": saved,
+            "resumable": resumable}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -109,8 +114,12 @@ class TrainConfig:
                             choices=CONV_IMPLS)
     autotune: str | None = option(None, "--conv-impl auto: measure and cache (default; $CNNJAX_AUTOTUNE) or a "
                                         "fixed rule", choices=AUTOTUNE_MODES)
-    zero_init_residual: bool = option(True, "keep torchvision's init of the last BN in residual blocks "
-                                            "(default: zero, Goyal et al.)", negate="--no-zero-init-residual")
+    zero_init_residual: str = option("auto", "start the last BN scale of each residual block at zero (Goyal et al. "
+                                             "2017): auto = per architecture (on for the ImageNet ResNets; off for "
+                                             "the CIFAR ResNets, where it stalls training, and the _plain nets, "
+                                             "which have no shortcut), on, off",
+                                     choices=ZERO_INIT_MODES, aliases={"--no-zero-init-residual": "off"},
+                                     resumable=True)
     init: str | None = option(None, "start from a cnnjax run directory/checkpoint or torchvision:ARCH",
                               group="transfer learning", resumable=True)
     transfer: str | None = option(None, "finetune | linear-probe | freeze:<regex> (freeze parameters whose path "
@@ -175,6 +184,9 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None =
             kw["help"] = f"{m['help']}: " + ", ".join(choices)
         kw["type"] = m["type"] or (type(f.default) if f.default is not None else str)
         target.add_argument(_flag(f), **kw)
+        for alias, value in m["aliases"].items():
+            target.add_argument(alias, dest=name, action="store_const", const=value, default=argparse.SUPPRESS,
+                                help=f"the same as {_flag(f)} {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,10 +233,34 @@ def check_value(name: str, value: Any) -> None:
         raise ValueError(f"{_flag(f)} must be {f.metadata['must']}, got {value}")
 
 
+def zero_init_last_bn(arch: str, mode: str) -> bool:
+    """Whether ``--zero-init-residual mode`` starts ``arch`` with the last BN scale of each residual block at
+    zero: ``auto`` follows the architecture's record (:attr:`cnnjax.models.ArchRecord.zero_init_residual`), ``on``
+    and ``off`` force it; never for an architecture without the ``zero_init_last_bn`` option."""
+    if "zero_init_last_bn" not in models.registry.options(arch):
+        return False
+    return models.record(arch).zero_init_residual if mode == "auto" else mode == "on"
+
+
+def check_zero_init(arch: str, mode: str) -> None:
+    """Raise ``ValueError`` (one line) if ``--zero-init-residual on`` cannot apply to ``arch``: it has no
+    residual blocks, or no shortcuts (the model refuses it)."""
+    if mode != "on":
+        return
+    if "zero_init_last_bn" not in models.registry.options(arch):
+        raise ValueError(f"--zero-init-residual on: {arch} has no residual blocks whose last BN could start at zero; "
+                         "use auto or off")
+    try:
+        models.create(arch, zero_init_last_bn=True)  # the model's own check, without building anything
+    except ValueError as err:
+        raise ValueError(f"--zero-init-residual on: {arch}: {err}; use auto or off") from None
+
+
 def validate(cfg: TrainConfig) -> None:
     """Reject bad values early, before any data is read or anything compiled, naming the valid choices."""
     for name in FIELDS:
         check_value(name, getattr(cfg, name))
+    check_zero_init(cfg.arch, cfg.zero_init_residual)
     parallel.check_batch_size(cfg.batch_size)
     if cfg.transfer is not None:
         transfer.mode_predicate(cfg.transfer)  # raises on an unknown mode
@@ -248,16 +284,23 @@ def check_resume(path: pathlib.Path, cfg: TrainConfig, step: int | None = None) 
     data, batch size, seed, precision, optimizer settings, ...). Fields declared ``resumable`` may differ;
     those changes are appended to the saved ``resume_history`` (returned). Changing ``--epochs`` or
     ``--max-steps`` extends (or shortens) the run: the learning-rate schedule is recomputed for the new total.
+    ``--zero-init-residual`` only decides the fresh initialisation, which a resume replaces with the checkpoint:
+    the boolean of an older ``config.json`` reads as ``on``/``off``, and two values that give ``arch`` the same
+    initialisation (``on`` and ``auto`` on resnet50) are equal.
     An unset ``--image-size`` is compared with the data's size once the data is loaded (:func:`check_resume_data`).
     """
     if not path.exists():
         return []
     saved = json.loads(path.read_text())
+    if isinstance(saved.get("zero_init_residual"), bool):  # written before --zero-init-residual auto|on|off
+        saved["zero_init_residual"] = LEGACY_ZERO_INIT[saved["zero_init_residual"]]
     now = to_json(cfg)
     changed, forbidden = {}, []
     for name, value in now.items():
         if name == "resume" or name not in saved or saved[name] == value:
             continue
+        if name == "zero_init_residual" and saved.get("arch") == cfg.arch and _same_init(cfg.arch, saved[name], value):
+            continue  # e.g. the old boolean true and auto on resnet50: the same initialisation
         if name == "image_size" and value is None:  # saved is the size the data gave: checked after loading it
             continue
         if FIELDS[name].metadata["resumable"]:
@@ -271,6 +314,13 @@ def check_resume(path: pathlib.Path, cfg: TrainConfig, step: int | None = None) 
     if changed:
         history.append({"from_step": step, "changed": changed})
     return history
+
+
+def _same_init(arch: str, saved: Any, now: str) -> bool:
+    try:
+        return zero_init_last_bn(arch, saved) == zero_init_last_bn(arch, now)
+    except Exception:  # noqa: BLE001 - an unknown architecture or value: the plain comparison decides
+        return False
 
 
 def check_resume_data(path: pathlib.Path, image_size: int, num_classes: int, steps_per_epoch: int,

@@ -87,7 +87,7 @@ def load_variables(init: str, arch: str, num_classes: int, step: int | None = No
 
 def run(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, batch_size=args.batch_size, precision=args.precision,
-                      conv_impl=args.conv_impl, zero_init_residual=False)
+                      conv_impl=args.conv_impl, zero_init_residual="off")
     C.validate(cfg)
     spec, origin = resolve_preprocess(args)
     source = cdata.load(args.dataset, data_dir=args.data_dir, image_size=args.image_size, eval_preprocess=spec)

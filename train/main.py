@@ -78,15 +78,20 @@ def build_optimizer(cfg: TrainConfig, total_steps: int, warmup_steps: int) -> op
 def build_model(cfg: TrainConfig, info: cdata.DatasetInfo):
     """The architecture for this dataset's classes and channels, at the chosen precision and conv algorithm.
 
-    Residual networks that support it start with the last BN of each block at zero (Goyal et al. 2017), which
-    makes from-scratch training of deep ResNets stable; ``--no-zero-init-residual`` turns it off.
+    ``--zero-init-residual`` (:func:`train.config.zero_init_last_bn`) decides whether the last BN of each residual
+    block starts at zero (Goyal et al. 2017). ``auto`` (the default) follows the architecture's record
+    (:attr:`cnnjax.models.ArchRecord.zero_init_residual`): on for the ImageNet ResNets, where it makes
+    from-scratch training of deep ResNets stable; off for the CIFAR ResNets, where it stalls training (the zero
+    scales barely get a gradient, and the zero-padded option-A shortcut channels none at all; see
+    :mod:`cnnjax.models.cifar_resnet`), and for the ``_plain`` networks (no shortcut: every block would output 0).
+    ``on``/``off`` force it (``on`` is refused by :func:`train.config.validate` where there is no shortcut).
     """
     if cfg.autotune is not None:
         from cnnjax.ops import autotune
 
         autotune.configure(mode=cfg.autotune)
     extra = {}
-    if cfg.zero_init_residual and "zero_init_last_bn" in models.registry.options(cfg.arch):
+    if C.zero_init_last_bn(cfg.arch, cfg.zero_init_residual):
         extra["zero_init_last_bn"] = True
     return models.create(cfg.arch, num_classes=info.num_classes, in_channels=info.channels,
                          dtype=PRECISIONS[cfg.precision], conv_impl=cfg.conv_impl, **extra)

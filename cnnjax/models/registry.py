@@ -92,6 +92,21 @@ class ArchRecord:
     ``torchvision_map``: the cnnjax -> torchvision module-name map (None: no torchvision counterpart);
     ``head_modules``: the classifier modules replaced when fine-tuning on another label set (``head``, and
     GoogLeNet's auxiliary ``fc2``); ``weights``: the torchvision weights it can load.
+
+    ``zero_init_residual``: whether the architecture, trained from scratch, should start with the last BN scale
+    of each residual block at zero (the factory's ``zero_init_last_bn``; what ``python -m train.main
+    --zero-init-residual auto`` does); set by each model file's :func:`register` call. A zero-initialised
+    network starts as its shortcut path, and a branch opens only through the gradient reaching its zero scale.
+    True for the ImageNet ResNets (Goyal et al. 2017, torchvision's ``zero_init_residual``): their shortcut
+    path (7x7 stem, projections) gives that gradient (norm 1.1 for resnet18 on a digits batch) and it is what
+    keeps deep ResNet-50 training stable (``BENCHMARKS.md``). False for the CIFAR ResNets, measured on the
+    digits (4 epochs, val top-1 zero-initialised vs not: resnet20 0.153 vs 0.964, at ``--lr 0.1`` 0.240 vs
+    0.983): their shortcut path is one 16-channel 3x3 conv averaged over 8x8 positions, nearly the same vector
+    for every image, so the zero scales get a gradient 50x smaller (0.021) and the branches barely open; with
+    their option-A shortcuts (zero-padded channels) the padded channels never train at all (ReLU(0 + 0) has
+    gradient 0: 16 of 32 channels in stage 2 and 48 of 64 in stage 3 stay exactly 0). Details and commands:
+    :mod:`cnnjax.models.cifar_resnet`. Never for a network without shortcuts (``_plain``): a zero last BN
+    makes every block output exactly 0 (the models refuse it).
     """
 
     name: str
@@ -100,10 +115,13 @@ class ArchRecord:
     torchvision_map: TorchvisionMap | None = None
     head_modules: tuple[ModulePath, ...] = (("head",),)
     weights: tuple[WeightsRecord, ...] = ()
+    zero_init_residual: bool = False
 
     def __post_init__(self):
         if self.weights and self.torchvision_map is None:
             raise ValueError(f"{self.name}: torchvision weights need a torchvision_map")
+        if self.zero_init_residual and "zero_init_last_bn" not in _fields(self.factory):
+            raise ValueError(f"{self.name}: zero_init_residual needs a factory with a zero_init_last_bn option")
 
     def weights_for(self, name: str = "IMAGENET1K_V1") -> WeightsRecord:
         """The :class:`WeightsRecord` called ``name`` (``KeyError`` if the architecture has none)."""
@@ -119,12 +137,13 @@ _REGISTRY: dict[str, ArchRecord] = {}
 
 def register(name: str, factory: Callable[..., nn.Module], *, input_size: int = 224,
              torchvision_map: TorchvisionMap | None = None, head_modules: tuple[ModulePath, ...] = (("head",),),
-             weights: tuple[WeightsRecord, ...] = ()) -> Callable[..., nn.Module]:
+             weights: tuple[WeightsRecord, ...] = (), zero_init_residual: bool = False) -> Callable[..., nn.Module]:
     """Add ``factory`` (a module class or a ``functools.partial`` of one) under ``name``, with the rest of its
     :class:`ArchRecord`; returns ``factory``."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = ArchRecord(name, factory, input_size, torchvision_map, tuple(head_modules), tuple(weights))
+    _REGISTRY[name] = ArchRecord(name, factory, input_size, torchvision_map, tuple(head_modules), tuple(weights),
+                                 zero_init_residual)
     return factory
 
 
@@ -151,6 +170,10 @@ def _module_class(factory: Callable[..., nn.Module]) -> type:
     return factory  # type: ignore[return-value]
 
 
+def _fields(factory: Callable[..., nn.Module]) -> set[str]:
+    return {f.name for f in dataclasses.fields(_module_class(factory))} - {"parent", "name"}
+
+
 def unknown_name_message(name: str) -> str:
     close = difflib.get_close_matches(name, names(), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -159,7 +182,7 @@ def unknown_name_message(name: str) -> str:
 
 def options(name: str) -> set[str]:
     """The fields ``create(name, ...)`` accepts as overrides."""
-    return {f.name for f in dataclasses.fields(_module_class(record(name).factory))} - {"parent", "name"}
+    return _fields(record(name).factory)
 
 
 def create(name: str, num_classes: int | None = None, **overrides) -> nn.Module:

@@ -129,6 +129,14 @@ class Bottleneck(_ResidualBlock):
         return self.act(y + _shortcut(self, x, self.features * 4))
 
 
+def check_zero_init(model: nn.Module) -> None:
+    """Refuse ``zero_init_last_bn=True`` on a network without shortcuts (``skip=False``): there the block's
+    output is ReLU(0) = 0 at init whatever its input, so nothing before the head would ever get a gradient."""
+    if model.zero_init_last_bn and not model.skip:
+        raise ValueError(f"zero_init_last_bn=True needs shortcuts, and {type(model).__name__}(skip=False) has "
+                         "none: every block would output 0 at init and nothing before the head would get a gradient")
+
+
 def _shortcut(block: nn.Module, x: jax.Array, out_features: int) -> jax.Array | float:
     if not block.skip:
         return 0.0
@@ -142,10 +150,10 @@ class ResNet(ImageClassifier):
     """torchvision's ResNet on NHWC input (N, H, W, 3) -> logits (N, num_classes); features (N, H/32, W/32, C).
 
     ``skip=False`` removes every shortcut (the "plain" network); ``zero_init_last_bn`` zero-initialises the
-    last BN scale of each block (torchvision's ``zero_init_residual``); ``antialias`` blurs before every
-    subsampling (see the module docstring); ``act`` (default ReLU) is every activation: the stem's and the
-    blocks' (after each BN but the last, and after the residual sum). It has no parameters, so the parameter
-    tree does not depend on it.
+    last BN scale of each block (torchvision's ``zero_init_residual``; refused with ``skip=False``);
+    ``antialias`` blurs before every subsampling (see the module docstring); ``act`` (default ReLU) is every
+    activation: the stem's and the blocks' (after each BN but the last, and after the residual sum). It has no
+    parameters, so the parameter tree does not depend on it.
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -156,6 +164,10 @@ class ResNet(ImageClassifier):
     zero_init_last_bn: bool = False
     act: Callable[[jax.Array], jax.Array] = nn.relu
     antialias: bool = False
+
+    def __post_init__(self):
+        check_zero_init(self)
+        super().__post_init__()
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
@@ -220,4 +232,4 @@ _WEIGHTS = {
 }
 for _name, _kw in _VARIANTS.items():
     register(_name, functools.partial(ResNet, **_kw), torchvision_map=torchvision_name,
-             weights=(imagenet1k_v1(*_WEIGHTS[_name]),))
+             weights=(imagenet1k_v1(*_WEIGHTS[_name]),), zero_init_residual=True)
