@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import signal
 import threading
 import weakref
 from collections.abc import Callable
@@ -63,6 +64,12 @@ def grain_available() -> bool:
     return True
 
 
+def _quiet_worker(index: int, count: int) -> None:
+    """In each Grain worker process: Ctrl-C (sent to the whole process group) is the training process's to
+    handle -- it saves, then closes the workers -- so workers ignore SIGINT instead of printing tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Stream:
     """Batches of one split, epoch after epoch, from batch ``start`` (counted over epochs) on.
 
@@ -95,7 +102,8 @@ class Stream:
                                                      prefetch_buffer_size=max(1, buffer, threads)))
         if workers > 0:
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers),
-                                                                   per_worker_buffer_size=max(1, buffer)))
+                                                                   per_worker_buffer_size=max(1, buffer)),
+                                      worker_init_fn=_quiet_worker)
         self._it = iter(it_ds)
         self._lock = threading.Lock()
 
