@@ -137,11 +137,15 @@ def _label(i: int) -> int:
     return 100 * i + 1
 
 
-@pytest.fixture(scope="module")
-def tfds_photos(tmp_path_factory) -> tuple[str, list[pathlib.Path]]:
+@pytest.fixture(scope="module", params=["tfrecord", "array_record"])
+def tfds_photos(tmp_path_factory, request) -> tuple[str, list[pathlib.Path]]:
     """(data_dir, files) of ``tfds:cnnjax_tiny_photos``: validation = the photos (file ``i`` has label
-    ``100 * i + 1`` of 1000 classes), train = the first two."""
+    ``100 * i + 1`` of 1000 classes), train = the first two; stored as TFRecord (tf.data) or ArrayRecord
+    (Grain)."""
     from test_data_tfds import prepare, tfds  # skips without tensorflow_datasets
+
+    if request.param == "tfrecord":
+        pytest.importorskip("tensorflow")
 
     files = make_photos(tmp_path_factory.mktemp("tfds_photos_src"))
 
@@ -161,7 +165,8 @@ def tfds_photos(tmp_path_factory) -> tuple[str, list[pathlib.Path]]:
             for i in range(n):  # a path: TFDS stores the file's bytes without re-encoding
                 yield i, {"image": str(files[i]), "label": _label(i)}
 
-    return prepare(CnnjaxTinyPhotos, tmp_path_factory.mktemp("tfds_photos")), files
+    file_format = None if request.param == "tfrecord" else request.param
+    return prepare(CnnjaxTinyPhotos, tmp_path_factory.mktemp(f"tfds_photos_{request.param}"), file_format), files
 
 
 @pytest.mark.parity

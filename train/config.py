@@ -85,9 +85,9 @@ class TrainConfig:
     data_dir: str | None = option(None, "TFDS data dir (else $TFDS_DATA_DIR); base of folder: paths", resumable=True)
     image_size: int | None = option(None, "input side in pixels (default: the dataset's; folder: the images' "
                                           "median size, within what --arch takes)", type=int, **_check(at_least_1))
-    data_workers: int | None = option(None, "folder: Grain decoding processes (default $CNNJAX_DATA_WORKERS or "
-                                            "0: threads of this process)", type=int, **_check(non_negative),
-                                      resumable=True)
+    data_workers: int | None = option(None, "folder: and ArrayRecord tfds: Grain decoding processes (default "
+                                            "$CNNJAX_DATA_WORKERS or 0: threads of this process)", type=int,
+                                      **_check(non_negative), resumable=True)
     epochs: int | None = option(None, "default 10", type=int, **_check(at_least_1), resumable=True)
     max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", type=int,
                                    **_check(at_least_1), resumable=True)

@@ -9,8 +9,9 @@ shuffling (same seed and example count), same checkpoints (the full model's para
 It is the same computation as an uncached linear probe when the training data is not augmented and nothing
 random sits between the backbone and the head; training-time augmentation and dropout before the head (VGG,
 AlexNet, MobileNet, EfficientNet) are not applied to cached features, and GoogLeNet's auxiliary losses (which
-only reach frozen parameters) are not computed. Shuffling is the same as uncached for in-memory and folder
-datasets; ``tfds:`` shuffles its files and a buffer instead, so the example order differs there.
+only reach frozen parameters) are not computed. Shuffling is the same as uncached for in-memory, folder and
+ArrayRecord ``tfds:`` datasets; TFRecord ``tfds:`` shuffles its files and a buffer instead, so the example order
+differs there.
 """
 
 from __future__ import annotations

@@ -122,7 +122,8 @@ def load_source(cfg: TrainConfig, log: Callable[[str], None] = print) -> cdata.D
     follow the data (1 when every image is grayscale) except with ``--init torchvision:...`` (RGB, as the
     weights need). One line says what was chosen."""
     if not is_folder(cfg.dataset):
-        return cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
+        workers = {"workers": cfg.data_workers} if cfg.dataset.strip().startswith("tfds:") else {}
+        return cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed, **workers)
     rgb = bool(cfg.init and cfg.init.startswith("torchvision:"))
     source = cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
                         channels=3 if rgb else None, workers=cfg.data_workers)

@@ -5,14 +5,18 @@ Specs (``DATASETS``):
 * ``digits`` (the default): UCI handwritten digits, bundled; 8x8 gray upsampled to 32x32x1 (``digits.py``);
 * ``shapes[:key=value,...]``: procedurally generated shapes with region control (``shapes.py``);
 * ``synthetic[:key=value,...]``: random images and labels made on the fly (``synthetic.py``);
-* ``tfds:NAME[/CONFIG]``: a TFDS dataset already prepared under ``data_dir`` / ``$TFDS_DATA_DIR`` (``tfds.py``);
+* ``tfds:NAME[/CONFIG]``: a TFDS dataset already prepared under ``data_dir`` / ``$TFDS_DATA_DIR`` (``tfds.py``):
+  stored as ArrayRecord it is read by index with TFDS's data source and the Grain + PIL pipeline of ``folder:``
+  (no TensorFlow); stored as TFRecord (TFDS's default) through tf.data (TensorFlow needed);
 * ``folder:PATH``: ``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` image files, or ``val/`` alone for
   evaluation (``folder.py``).
 
 Every source yields dicts of NumPy arrays for this process: ``image`` float32 NHWC ``(local, S, S, C)`` normalised
 with ``info.mean``/``info.std`` (raw pixels in ``[0, 1]``), ``label`` int32 ``(local,)``, ``mask`` bool ``(local,)``;
-see :class:`~cnnjax.data.base.DataSource`. TensorFlow is imported only by ``tfds:``; ``folder:`` decodes with
-PIL through Grain (:mod:`cnnjax.data.grainpipe`), imported when a folder is loaded.
+see :class:`~cnnjax.data.base.DataSource`. TensorFlow is imported only by TFRecord ``tfds:`` datasets;
+``folder:`` and ArrayRecord ``tfds:`` decode with PIL through Grain (:mod:`cnnjax.data.imagerecords`,
+:mod:`cnnjax.data.grainpipe`; their iterators have ``get_state()`` for exact resume), imported when such a
+dataset is loaded.
 
 ``tfds:`` and ``folder:`` also take ``eval_preprocess``, a :class:`Preprocess` (resize, crop, interpolation,
 mean, std): their val images are then decoded and transformed with PIL exactly as torchvision's
@@ -55,7 +59,8 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
         eval_preprocess: ``tfds:`` and ``folder:`` only: a :class:`Preprocess` (or a mapping of its fields) for
             torchvision-exact val images; ``image_size`` then defaults to its ``crop`` and must equal it.
         channels: ``folder:`` only: 1 or 3 (default: 1 when every image is grayscale, else 3).
-        workers: ``folder:`` only: Grain decoding processes (default ``$CNNJAX_DATA_WORKERS`` or 0: threads).
+        workers: ``folder:`` and ArrayRecord ``tfds:``: Grain decoding processes (default ``$CNNJAX_DATA_WORKERS``
+            or 0: threads); ignored by TFRecord ``tfds:`` (tf.data).
 
     Raises:
         ValueError: unknown spec or option, or a dataset that cannot be loaded (with the reason).
@@ -63,8 +68,10 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
     if not isinstance(spec, str):
         raise ValueError(f"dataset spec must be a string, got {spec!r}")
     kind, _, rest = spec.strip().partition(":")
-    if (channels is not None or workers is not None) and kind != "folder":
-        raise ValueError(f"dataset {spec!r}: channels and workers apply only to the folder: dataset")
+    if channels is not None and kind != "folder":
+        raise ValueError(f"dataset {spec!r}: channels applies only to the folder: dataset")
+    if workers is not None and kind not in ("folder", "tfds"):
+        raise ValueError(f"dataset {spec!r}: workers applies only to the folder: and tfds: datasets")
     if eval_preprocess is not None and kind not in PREPROCESS_KINDS:
         raise ValueError(f"dataset {spec!r}: eval_preprocess applies only to the tfds: and folder: datasets "
                          "(decoded image files)")
@@ -84,7 +91,7 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
         from cnnjax.data.tfds import load_tfds
 
         return load_tfds(rest.strip(), data_dir=data_dir, image_size=image_size, seed=seed,
-                         eval_preprocess=eval_preprocess)
+                         eval_preprocess=eval_preprocess, workers=workers)
     if kind == "folder":
         from cnnjax.data.folder import load_folder
 

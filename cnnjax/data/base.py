@@ -261,9 +261,9 @@ class DataSource(abc.ABC):
                 process_index: int = 0, process_count: int = 1, state: dict | None = None) -> Iterator[Batch]:
         """Iterate over one epoch of ``split`` from batch ``start_batch`` on (see the class docstring).
 
-        The iterator of a source with a stateful pipeline (``folder:``) has ``get_state()``: JSON that, passed
-        back as ``state`` with the same (epoch, start_batch), restores the pipeline's iterator exactly (what a
-        checkpoint keeps). Stateless sources ignore ``state``."""
+        The iterator of a source with a stateful pipeline (``folder:``, ArrayRecord ``tfds:``) has ``get_state()``:
+        JSON that, passed back as ``state`` with the same (epoch, start_batch), restores the pipeline's iterator
+        exactly (what a checkpoint keeps). Stateless sources ignore ``state``."""
         check_split(split)
         local = local_batch_size(global_batch_size, process_count, process_index)
         total = self.num_batches(split, global_batch_size)

@@ -14,10 +14,11 @@
   images, at most 224 (:data:`DEFAULT_SIZE`) -- and ``channels`` to 1 when every image is grayscale, else 3
   (:attr:`FolderSource.typical` records what was found; :meth:`FolderSource.resized` changes the size without
   rescanning). ``eval_preprocess`` fixes both (its crop, RGB).
-* Pixels: decoded with PIL in Grain worker processes/threads (:mod:`cnnjax.data.grainpipe`; no TensorFlow) and
-  transformed as :mod:`cnnjax.data.pil_transforms` describes: train random-resized-crop + flip (pad-and-crop +
-  flip at 64 pixels and below), keyed by (seed, epoch, position in the epoch); val torchvision's
-  ``Resize``/``CenterCrop`` eval transform, or ``eval_preprocess``'s (torchvision-exact, per architecture).
+* Pixels: decoded with PIL in Grain worker processes/threads (:mod:`cnnjax.data.imagerecords`, the pipeline
+  ArrayRecord ``tfds:`` datasets share; no TensorFlow) and transformed as :mod:`cnnjax.data.pil_transforms`
+  describes: train random-resized-crop + flip (pad-and-crop + flip at 64 pixels and below), keyed by (seed,
+  epoch, position in the epoch); val torchvision's ``Resize``/``CenterCrop`` eval transform, or
+  ``eval_preprocess``'s (torchvision-exact, per architecture).
 * Normalisation: ImageNet mean/std (their averages for grayscale), or ``eval_preprocess``'s.
 * Multi-host: each process decodes only its rows ``[p * local, (p + 1) * local)`` of every global batch.
 * A relative ``PATH`` is taken relative to ``data_dir`` when one is given.
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
-import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -39,20 +38,15 @@ import numpy as np
 
 from cnnjax.data import grainpipe
 from cnnjax.data import pil_transforms as T
-from cnnjax.data.base import (
-    TAG_AUGMENT,
-    DatasetInfo,
-    DataSource,
-    epoch_permutation,
-    make_rng,
-    num_batches_for,
-)
+from cnnjax.data.base import DatasetInfo
+from cnnjax.data.imagerecords import ImageRecordSource, default_workers
 from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resolve_preprocess
+
+__all__ = ["DEFAULT_SIZE", "EXTENSIONS", "FileRecords", "FolderSource", "Typical", "default_workers", "load_folder",
+           "scan_folder"]
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_SIZE = 224  # the largest default image size (photos are trained at 224 unless --image-size says more)
-_log = logging.getLogger(__name__)
-_decode_failures = 0
 
 
 def _header(path: str) -> tuple[int, int, bool] | None:
@@ -145,81 +139,24 @@ def scan_folder(root: str | os.PathLike) -> tuple[list[str], dict[str, tuple[np.
     return classes, out, typical
 
 
-def _decode_failed(path, error: Exception) -> None:
-    global _decode_failures
-    _decode_failures += 1
-    if _decode_failures == 1:
-        _log.warning("folder dataset: cannot decode %s (%s); it gets mask=False (further failures not logged)",
-                     path, error)
-
-
-@functools.lru_cache(maxsize=4)
-def _order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return epoch_permutation(n, seed, epoch)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
-class FolderElements:
-    """Element ``j`` of a folder stream (picklable: it runs in Grain's worker processes).
-
-    ``j`` counts this process's rows over epochs: batch ``b`` of epoch ``e`` is ``(j // local) = e * nb + b`` and
-    its row ``row0 + j % local`` of the global batch. ``train`` elements are shuffled by (seed, epoch) and
-    augmented by (seed, epoch, position); otherwise in file order, padded past ``n`` (``mask`` False), with the
-    eval transform.
-    """
+class FileRecords:
+    """The image files of one split and their labels (:class:`~cnnjax.data.imagerecords.ImageRecords`)."""
 
     paths: np.ndarray
     labels: np.ndarray
-    train: bool
-    global_batch_size: int
-    local: int
-    row0: int
-    batches_per_epoch: int
-    seed: int
-    size: int
-    channels: int
-    eval_spec: Preprocess | None
-    exact: bool = False
 
-    def __call__(self, j: int) -> dict:
-        b_abs, r = divmod(int(j), self.local)
-        epoch, b = divmod(b_abs, self.batches_per_epoch)
-        pos = b * self.global_batch_size + self.row0 + r
-        n = len(self.labels)
-        index = int(_order(n, self.seed, epoch)[pos]) if self.train else (pos if pos < n else -1)
-        image = np.zeros((self.size, self.size, self.channels), np.uint8)
-        if index < 0:
-            return {"image": image, "label": np.int32(0), "mask": np.False_}
-        path = str(self.paths[index])
-        try:
-            if self.train:
-                image = T.train_image(path, self.size, self.channels, make_rng(self.seed, epoch, pos, TAG_AUGMENT),
-                                      exact=self.exact)
-            else:
-                image = T.eval_image(path, self.size, self.channels, self.eval_spec)
-            ok = np.True_
-        except Exception as e:  # noqa: BLE001  (a file that cannot be decoded is masked out, not fatal)
-            _decode_failed(path, e)
-            ok = np.False_
-        return {"image": image, "label": np.int32(self.labels[index]), "mask": ok}
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        return str(self.paths[index]), int(self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return str(self.paths[index])
 
 
-@dataclasses.dataclass(frozen=True)
-class _Finish:
-    """uint8 stacked elements -> the interface's batch (normalised float32, zero padding rows)."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __call__(self, item: dict) -> dict:
-        mask = np.array(item["mask"], dtype=bool)  # copies: nothing may keep a worker's shared memory alive
-        x = T.normalize_batch(np.asarray(item["image"]), self.mean, self.std)
-        x[~mask] = 0.0
-        return {"image": x, "label": np.where(mask, np.asarray(item["label"], np.int32), 0).astype(np.int32),
-                "mask": mask}
-
-
-class FolderSource(DataSource):
+class FolderSource(ImageRecordSource):
     """Batches of ``(local, S, S, C)`` float32 NHWC images from an image folder (see the module docstring).
 
     Args:
@@ -232,6 +169,8 @@ class FolderSource(DataSource):
         exact: decode JPEGs at full scale even when random-resized-crop shrinks them (see
             :mod:`cnnjax.data.pil_transforms`).
     """
+
+    what = "folder dataset"
 
     def __init__(self, root: str | os.PathLike, *, image_size: int | None = None, channels: int | None = None,
                  seed: int = 0, eval_preprocess: Preprocess | Mapping[str, Any] | None = None,
@@ -263,7 +202,8 @@ class FolderSource(DataSource):
         self.info = DatasetInfo(name=f"folder:{self.root}", num_classes=len(classes), image_size=int(size),
                                 channels=channels, num_train=len(self._splits["train"][1]) if "train" in self._splits
                                 else 0, num_val=len(self._splits["val"][1]), class_names=classes, mean=mean, std=std)
-        self._streams = grainpipe.Streams()
+        self._files = {split: FileRecords(*rows) for split, rows in self._splits.items()}
+        self._start_streams()
 
     def resized(self, image_size: int | None = None, channels: int | None = None) -> FolderSource:
         """The same folder (no rescan) at another size and/or channel count."""
@@ -287,49 +227,13 @@ class FolderSource(DataSource):
         self._check_split(split)
         return super().batches(split, global_batch_size, **kwargs)
 
-    def _batches(self, split, global_batch_size, local, *, epoch, start_batch, process_index, process_count,
-                 state=None):
-        return self._read(split, split, global_batch_size, local, epoch=epoch, start_batch=start_batch,
-                          process_index=process_index, state=state)
-
     def _plain_train_batches(self, global_batch_size, local, *, process_index, process_count):
         self._check_split("train")
-        return self._read("train", "val", global_batch_size, local, epoch=0, start_batch=0,
-                          process_index=process_index)
+        return super()._plain_train_batches(global_batch_size, local, process_index=process_index,
+                                            process_count=process_count)
 
-    def _read(self, data: str, split: str, global_batch_size: int, local: int, *, epoch: int, start_batch: int,
-              process_index: int, state: dict | None = None):
-        """Batches of the ``data`` split's files, read as ``split`` is (train: shuffled, augmented; val: in order,
-        the eval transform, padded)."""
-        paths, labels = self._splits[data]
-        nb = num_batches_for(split, len(labels), global_batch_size)
-        train = split == "train"
-        size, channels = self.info.image_size, self.info.channels
-        elements = FolderElements(
-            paths=paths, labels=labels, train=train, global_batch_size=global_batch_size, local=local,
-            row0=process_index * local, batches_per_epoch=nb, seed=self.seed, size=size, channels=channels,
-            eval_spec=self.eval_preprocess or T.default_eval(size), exact=self.exact)
-        finish = _Finish(self.info.mean, self.info.std)
-
-        def make(start: int) -> grainpipe.Stream:
-            return grainpipe.Stream(elements, elements_per_batch=local, start=start, finalize=finish,
-                                    workers=self.workers, batches_per_epoch=nb)
-
-        return self._streams.epoch((data, split, global_batch_size, local, process_index), make, epoch=epoch,
-                                   start_batch=start_batch, batches_per_epoch=nb, state=state, repeat=not train)
-
-    def close(self) -> None:
-        self._streams.close()
-
-
-def default_workers() -> int:
-    """Grain decoding processes for a folder: ``$CNNJAX_DATA_WORKERS``, else 0 (threads of the training process).
-
-    Threads are the default because PIL releases the GIL while it decodes and resizes, so they scale with the
-    cores without the second or two each worker process needs to start (and its memory); see BENCHMARKS.md
-    ("Input pipeline") for 0 vs 1 vs 2 worker processes."""
-    value = os.environ.get("CNNJAX_DATA_WORKERS", "").strip()
-    return int(value) if value else 0
+    def _records(self, data: str) -> FileRecords:
+        return self._files[data]
 
 
 def load_folder(path: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0,

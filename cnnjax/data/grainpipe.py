@@ -89,6 +89,7 @@ class Stream:
                  batches_per_epoch: int):
         grain = import_grain()
         self.start, self.next, self.finalize = int(start), int(start), finalize
+        self.workers = int(workers)
         self.batches_per_epoch = int(batches_per_epoch)
         k = int(elements_per_batch)
         ds = grain.MapDataset.range(self.start * k, (self.start + EPOCHS_AHEAD * self.batches_per_epoch) * k)
@@ -120,9 +121,11 @@ class Stream:
         return self.finalize(item)
 
     def get_state(self) -> dict:
-        """JSON: where this stream started and Grain's state of its iterator (the next batch)."""
+        """JSON: where this stream started, its worker processes and Grain's state of its iterator (the next
+        batch)."""
         epoch, batch = self.position()
-        return {"epoch": epoch, "batch": batch, "start": self.start, "grain": self._it.get_state()}
+        return {"epoch": epoch, "batch": batch, "start": self.start, "workers": self.workers,
+                "grain": self._it.get_state()}
 
     def set_state(self, state: dict) -> None:
         """Continue where the stream whose :meth:`get_state` gave ``state`` was (same ``start`` required)."""
@@ -175,7 +178,9 @@ class Streams:
     def epoch(self, key: Any, make: Callable[[int], Stream], *, epoch: int, start_batch: int, batches_per_epoch: int,
               state: dict | None = None, repeat: bool = False) -> EpochIterator:
         """An iterator over ``epoch`` from ``start_batch``; ``make(start)`` builds a stream starting at batch
-        ``start`` (over epochs); ``state`` (from :meth:`EpochIterator.get_state`) restores Grain's iterator."""
+        ``start`` (over epochs); ``state`` (from :meth:`EpochIterator.get_state`) restores Grain's iterator (or,
+        saved with another number of worker processes, which Grain's state cannot be moved to, a stream starts at
+        the saved position: the same batches)."""
         with self._lock:
             stream = self._live.get(key)
             want = (0 if repeat else epoch) * batches_per_epoch + start_batch
@@ -191,7 +196,13 @@ class Streams:
                     stream.close()
                 stream = make(int(state["start"]) if state is not None else want)
                 if state is not None:
-                    stream.set_state(state)
+                    if int(state.get("workers", stream.workers)) == stream.workers:
+                        stream.set_state(state)
+                    else:
+                        # Grain's state is per worker process; as an element is a function of its number, a
+                        # stream started at the saved position yields the same batches.
+                        stream.close()
+                        stream = make(want)
                 self._live[key] = stream
         return EpochIterator(stream, epoch, start_batch)
 

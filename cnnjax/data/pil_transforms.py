@@ -1,8 +1,9 @@
 """Per-image transforms on the host with PIL: decode, convert, random-resized-crop / resize / centre crop, flip.
 
-Each function maps one image file (or PIL image) to uint8 ``(S, S, C)``; normalisation happens once per batch
-(:func:`normalize_batch`). Randomness comes from a ``numpy.random.Generator`` the caller derives from (seed,
-epoch, example position), so an example's augmentation does not depend on workers, threads or sharding.
+Each function maps one image file (a path, or a binary file object such as ``io.BytesIO`` of the encoded bytes
+a TFDS dataset stores) to uint8 ``(S, S, C)``; normalisation happens once per batch (:func:`normalize_batch`).
+Randomness comes from a ``numpy.random.Generator`` the caller derives from (seed, epoch, example position), so an
+example's augmentation does not depend on workers, threads or sharding.
 
 * train, ``S > SMALL``: torchvision's ``RandomResizedCrop(S, scale=(0.08, 1), ratio=(3/4, 4/3))`` (the same
   parameter draw: 10 tries, log-uniform ratio, then a centre crop clamped to the ratio range) resized with PIL
@@ -22,6 +23,7 @@ PIL's ``convert('L')`` (ITU-R 601-2 luma, as torchvision's ``Grayscale``), 16-bi
 from __future__ import annotations
 
 import math
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -72,8 +74,10 @@ def _flip(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else image
 
 
-def train_image(path: str, size: int, channels: int, rng: np.random.Generator, exact: bool = False) -> np.ndarray:
-    """The training view of one image file: uint8 ``(size, size, channels)`` (see the module docstring)."""
+def train_image(path: str | BinaryIO, size: int, channels: int, rng: np.random.Generator,
+                exact: bool = False) -> np.ndarray:
+    """The training view of one image file (path or binary file object): uint8 ``(size, size, channels)`` (see
+    the module docstring)."""
     with Image.open(path) as im:
         if size > SMALL:
             width, height = im.size
@@ -106,9 +110,10 @@ def default_eval(size: int) -> Preprocess | None:
     return Preprocess(resize=int(round(size / EVAL_CROP_FRACTION)), crop=size) if size > SMALL else None
 
 
-def eval_image(path: str, size: int, channels: int, spec: Preprocess | None) -> np.ndarray:
-    """The evaluation view of one image file: uint8 ``(size, size, channels)``; ``spec``'s resize, interpolation
-    and crop (its mean/std are applied per batch), or a plain ``size x size`` resize when ``spec`` is None."""
+def eval_image(path: str | BinaryIO, size: int, channels: int, spec: Preprocess | None) -> np.ndarray:
+    """The evaluation view of one image file (path or binary file object): uint8 ``(size, size, channels)``;
+    ``spec``'s resize, interpolation and crop (its mean/std are applied per batch), or a plain ``size x size``
+    resize when ``spec`` is None."""
     from cnnjax.data.preprocess import _PIL_MODES
 
     with Image.open(path) as im:
