@@ -13,6 +13,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from _batches import concat as _concat  # noqa: E402
+from _batches import same as _same  # noqa: E402
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -58,18 +60,6 @@ def _photo(path: pathlib.Path, w: int, h: int, seed: int, fmt: str = "JPEG") -> 
 @pytest.fixture(scope="module")
 def gray28(tmp_path_factory) -> pathlib.Path:
     return digits_folder(tmp_path_factory.mktemp("gray28"))
-
-
-def _concat(batches) -> dict:
-    batches = list(batches)
-    return {k: np.concatenate([b[k] for b in batches]) for k in ("image", "label", "mask")}
-
-
-def _same(a: list, b: list) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        for key in ("image", "label", "mask"):
-            np.testing.assert_array_equal(x[key], y[key])
 
 
 # ------------------------------------------------------------------------------------- random-resized-crop

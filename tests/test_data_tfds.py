@@ -19,6 +19,9 @@ from PIL import Image
 
 pytest.importorskip("tensorflow_datasets")
 
+from _batches import concat as _concat  # noqa: E402
+from _batches import same as _same  # noqa: E402
+
 import cnnjax.data as data  # noqa: E402
 from cnnjax.data import tfpipe  # noqa: E402
 from cnnjax.data.base import MissingDependencyError  # noqa: E402
@@ -189,18 +192,6 @@ def ar_dir(tmp_path_factory):
 def ar(ar_dir):
     with data.load("tfds:cnnjax_tiny_images", data_dir=ar_dir, seed=2) as src:
         yield src
-
-
-def _concat(batches) -> dict:
-    batches = list(batches)
-    return {k: np.concatenate([b[k] for b in batches]) for k in ("image", "label", "mask")}
-
-
-def _same(a: list, b: list) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        for key in ("image", "label", "mask"):
-            np.testing.assert_array_equal(x[key], y[key])
 
 
 def test_arrayrecord_info(ar, ar_dir):
