@@ -367,3 +367,19 @@ def test_arrayrecord_trains_one_step_without_tensorflow(ar_dir, tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "val loss" in out.stdout and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_tfrecord_cli_start_is_quiet(data_dir, tmp_path):
+    """The TFRecord (tf.data) path through the CLI prints cnnjax's lines only: no TensorFlow/absl start-up
+    notices (oneDNN, CPU features, "All log messages before absl::InitializeLog()")."""
+    pytest.importorskip("tensorflow")
+    argv = ["-m", "train.main", "--arch", "lenet5", "--dataset", "tfds:cnnjax_tiny_images", "--data-dir", data_dir,
+            "--max-steps", "1", "--batch-size", "4", "--image-size", "32", "--no-progress", "--workdir",
+            str(tmp_path / "run")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")} | {"JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    assert lines[0].startswith("lenet5: ") and lines[1].startswith("epoch 1: "), lines
+    assert not any(s in out.stderr for s in ("oneDNN", "InitializeLog", "cpu_feature_guard")), out.stderr

@@ -36,7 +36,8 @@ EVAL_CROP_FRACTION = 0.875
 def import_tf() -> Any:
     """Import TensorFlow for tf.data only: no GPU for TF (the accelerator belongs to JAX), no GCE metadata probe."""
     os.environ.setdefault("NO_GCE_CHECK", "true")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no oneDNN/CPU-feature info lines at import
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no CPU-feature info lines at import
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # nor the oneDNN notice (tf.data image ops do not use it)
     try:
         import tensorflow as tf
     except ImportError:
