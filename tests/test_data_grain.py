@@ -394,3 +394,44 @@ def test_grain_import_error_is_one_line(monkeypatch):
                                                                r"grain") as err:
         grainpipe.import_grain()
     assert "\n" not in str(err.value)
+
+
+def _start_with_workers(folder: pathlib.Path, workdir: pathlib.Path) -> tuple[subprocess.Popen, list]:
+    """A CLI run with 2 Grain worker processes in its own session, once its first epoch is done; returns the
+    process and its worker processes (psutil)."""
+    psutil = pytest.importorskip("psutil")
+    argv = [sys.executable, "-m", "train.main", "--arch", "lenet5", "--dataset", f"folder:{folder}", "--epochs",
+            "500", "--batch-size", "4", "--no-progress", "--data-workers", "2", "--workdir", str(workdir)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1:"):
+            break
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) >= 2
+    return proc, workers
+
+
+@pytest.mark.slow
+def test_signals_with_worker_processes_leave_nothing_behind(gray28, tmp_path):
+    """SIGTERM to the whole process group: the run saves and exits 143 without worker tracebacks or leaked
+    shared memory, and its workers are gone; SIGKILL of the training process alone: the orphaned workers exit
+    by themselves within seconds."""
+    import signal
+
+    import psutil
+
+    proc, workers = _start_with_workers(gray28, tmp_path / "term")
+    os.killpg(proc.pid, signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 143, rest
+    assert "Traceback" not in rest and "leaked" not in rest and "stopped by signal 15" in rest, rest
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    proc, workers = _start_with_workers(gray28, tmp_path / "kill")
+    proc.kill()
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    for p in alive:
+        p.kill()
+    assert not alive, "worker processes outlived the killed training process"

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -65,9 +67,20 @@ def grain_available() -> bool:
 
 
 def _quiet_worker(index: int, count: int) -> None:
-    """In each Grain worker process: Ctrl-C (sent to the whole process group) is the training process's to
-    handle -- it saves, then closes the workers -- so workers ignore SIGINT instead of printing tracebacks."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Set up each Grain worker process. Ctrl-C or SIGTERM sent to the whole process group is the training
+    process's to handle -- it saves, then closes the workers -- so workers ignore both (no tracebacks, no shared
+    memory left behind). And a worker exits on its own once the training process is gone (killed with
+    SIGKILL, say), instead of waiting forever as an orphan."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="cnnjax-parent-watch", daemon=True).start()
 
 
 class Stream:
