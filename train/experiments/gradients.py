@@ -80,6 +80,8 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
 
     budget = BUDGETS[budget_name]
     seeds = tuple(seeds or budget.seeds)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     runner = R.Runner(out, log, runs=R.sibling_runs(out, "degradation"))
     trained = D.train_all(runner, budget, seeds)
     source = cdata.load(budget.dataset)

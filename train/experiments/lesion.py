@@ -11,6 +11,7 @@ Writes ``OUT/results.json``, ``OUT/table.md`` and ``OUT/lesion.png``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -36,24 +37,32 @@ CLAIM = R.Claim(
 )
 
 
-def lesion_errors(arch: str, variables: dict, images, labels, masks: list) -> list[float]:
-    """Val error of ``arch`` with ``variables`` for each keep mask (3n floats, 1 keep / 0 remove); one jit."""
+@functools.lru_cache(maxsize=8)
+def _error_fn(arch: str, channels: int):
+    """The jitted error rate of ``arch`` for (variables, keep mask, images, labels): one compile per shape."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from cnnjax import models
     from cnnjax.models.cifar_resnet import lesion_mask
 
     depth = int(arch.removeprefix("resnet").split("_")[0])
-    model = models.create(arch, num_classes=10, in_channels=images.shape[-1])
+    model = models.create(arch, num_classes=10, in_channels=channels)
 
     @jax.jit
-    def wrong(keep):
+    def wrong(variables, keep, images, labels):
         logits = model.apply({**variables, "lesion": lesion_mask(depth, keep)}, images, train=False)
         return jnp.mean(jnp.argmax(logits, -1) != labels)
 
-    return [float(wrong(jnp.asarray(np.asarray(m, np.float32)))) for m in masks]
+    return wrong
+
+
+def lesion_errors(arch: str, variables: dict, images, labels, masks: list) -> list[float]:
+    """Val error of ``arch`` with ``variables`` for each keep mask (3n floats, 1 keep / 0 remove)."""
+    import numpy as np
+
+    wrong = _error_fn(arch, images.shape[-1])
+    return [float(wrong(variables, np.asarray(m, np.float32), images, labels)) for m in masks]
 
 
 def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = None, log=print) -> dict:
@@ -65,6 +74,8 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
 
     budget = BUDGETS[budget_name]
     seeds = tuple(seeds or budget.seeds)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     runner = R.Runner(out, log, runs=R.sibling_runs(out, "degradation"))
     deep = max(budget.depths)
     sub = dataclasses.replace(budget, depths=tuple(d for d in budget.depths if d in (20, deep)))

@@ -104,7 +104,7 @@ class Runner:
         saved = json.loads(path.read_text())
         for name in ("arch", "dataset", "epochs", "batch_size", "lr", "seed", "weight_decay", "optimizer"):
             want = getattr(cfg, name)
-            if want is not None and saved.get(name) != want:
+            if want is not None and name in saved and saved[name] != want:
                 raise ValueError(f"{self.workdir(run_id)} holds a run with {name}={saved.get(name)!r}, this "
                                  f"experiment wants {want!r}: use another --out or delete that run")
 
