@@ -91,12 +91,18 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
     stats = {}
     for arch, t in trained.items():
         for rid in t["runs"]:
+            cached = out / "stats" / f"{rid}.json"  # a rerun (another table, an interruption) recomputes nothing
+            if cached.exists():
+                stats[rid] = json.loads(cached.read_text())
+                continue
             cfg = json.loads((runner.workdir(rid) / "config.json").read_text())
             model = models.create(arch, num_classes=cfg["num_classes"], in_channels=cfg["channels"])
             init = init_variables(model, (1, cfg["image_size"], cfg["image_size"], cfg["channels"]), cfg["seed"])
             epoch1 = checkpoint.restore(runner.workdir(rid), step=cfg["steps_per_epoch"])
             stats[rid] = {"arch": arch, "seed": cfg["seed"], "init": block_stats(arch, init, images, labels),
-                          "epoch1": block_stats(arch, epoch1, images, labels)}
+                          "epoch1": block_stats(arch, epoch1, images, labels), "batch_images": n}
+            cached.parent.mkdir(exist_ok=True)
+            R.write_atomic(cached, json.dumps(stats[rid]))
             log(f"[gradients] {rid}: log10(first/last grad) init {log_ratio(stats[rid]['init']['grad_rms']):+.2f}, "
                 f"epoch 1 {log_ratio(stats[rid]['epoch1']['grad_rms']):+.2f}")
 
@@ -108,10 +114,10 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
         for when in ("init", "epoch1"):
             ss = [s[when] for s in stats.values() if s["arch"] == arch]
             rows.append([f"`{arch}`", when, R.fmt(ratios(arch, when), 2),
-                         R.fmt([min(s["grad_rms"]) / max(s["grad_rms"]) for s in ss], 3),
+                         R.fmt([math.log10(max(s["grad_rms"]) / min(s["grad_rms"])) for s in ss], 2),
                          R.fmt([s["act_rms"][-1] for s in ss], 3)])
     measured = R.markdown_table(["architecture", "when", "log10(first / last block RMS grad)",
-                                 "min / max block RMS grad", "last block output RMS"], rows)
+                                 "log10(max / min block RMS grad)", "last block output RMS"], rows)
     deep = max(budget.depths)
     verdicts = []
     for when in ("init", "epoch1"):
