@@ -235,3 +235,14 @@ def test_lesion_smoke(smoke_out):
     assert res["downsampling_blocks"] == [3, 6]
     for r in res["lesions"].values():
         assert len(r["single"]) == 9 and set(r["random"]) == {"1", "2"} and 0 <= r["baseline"] <= 1
+
+
+def test_cli_transfer_keeps_its_options(capsys):
+    from train.experiments.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["transfer", "--help"])
+    assert e.value.code == 0 and "--per-class" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--budget", "smoke", "transfer"])
+    assert e.value.code == 2

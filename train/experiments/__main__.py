@@ -3,7 +3,7 @@
 ``degradation``, ``gradients`` and ``lesion`` run on :mod:`train.experiments.runner` (cached runs under
 ``OUT/runs/``; the last two train nothing of their own: they use the ``degradation`` runs cached in the sibling
 folder ``OUT/../degradation/runs``, training them there first if needed). ``transfer`` keeps its own options
-(``python -m train.experiments transfer --help``); ``--out`` and ``--seeds`` are passed on to it.
+(``python -m train.experiments transfer --help``; it takes ``--out`` and ``--seeds`` too, but no ``--budget``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gr
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["transfer"]:  # its own options (--out, --seeds, --arch, --epochs ...) and its own --help
+        return transfer.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m train.experiments", description=__doc__.split("\n\n")[0])
     p.add_argument("name", choices=sorted(EXPERIMENTS))
     p.add_argument("--budget", choices=R.BUDGETS, default="default",
@@ -27,11 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output directory (default experiments_out/NAME; runs are cached in OUT/runs)")
     args, rest = p.parse_known_args(argv)
     if args.name == "transfer":
-        if args.budget != "default":
-            p.error("transfer has no --budget (see python -m train.experiments transfer --help)")
-        passed = rest + (["--out", args.out] if args.out else []) + (
-            ["--seeds", *map(str, args.seeds)] if args.seeds else [])
-        return transfer.main(passed)
+        p.error("transfer takes its own options after its name: python -m train.experiments transfer [--out ...]")
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     out = pathlib.Path(args.out) if args.out else R.default_out(args.name)
