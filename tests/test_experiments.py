@@ -232,7 +232,7 @@ def test_lesion_smoke(smoke_out):
 
     lesion.run(smoke_out / "lesion", "smoke", log=lambda s: None)
     res, _ = _check_outputs(smoke_out / "lesion", "lesion", "lesion.png")
-    assert res["downsampling_blocks"] == [3, 6]
+    assert res["downsampling_blocks"] == {"20": [3, 6]}
     for r in res["lesions"].values():
         assert len(r["single"]) == 9 and set(r["random"]) == {"1", "2"} and 0 <= r["baseline"] <= 1
 

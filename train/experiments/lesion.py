@@ -1,6 +1,6 @@
 """``python -m train.experiments lesion``: residual networks behave like ensembles (Veit et al. 2016).
 
-With the trained deepest nets of ``degradation`` (56 layers at ``default``; cached in
+With the trained nets of ``degradation`` at depth 20 and the deepest (56 at ``default``; cached in
 ``OUT/../degradation/runs``, trained there first if missing), at test time: remove each block
 (``CifarResNet``'s ``lesion`` mask: the block computes only its shortcut path, the identity or, for a
 downsampling block, option A's strided subsampling with zero padding; for the plain net the same parameter-free
@@ -65,6 +65,21 @@ def lesion_errors(arch: str, variables: dict, images, labels, masks: list) -> li
     return [float(wrong(variables, np.asarray(m, np.float32), images, labels)) for m in masks]
 
 
+def _masks(nb: int, ks: tuple[int, ...], samples: int, seed: int = 0) -> tuple[list, dict]:
+    """Keep masks: intact, each block removed, then ``samples`` random draws of ``k`` blocks for each k."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    draws = {k: [rng.choice(nb, k, replace=False) for _ in range(samples)] for k in ks}
+    masks = [np.ones(nb)] + [np.ones(nb) - np.eye(nb)[i] for i in range(nb)]
+    for k in ks:
+        for d in draws[k]:
+            m = np.ones(nb)
+            m[d] = 0
+            masks.append(m)
+    return masks, draws
+
+
 def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = None, log=print) -> dict:
     import numpy as np
 
@@ -78,104 +93,108 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
     out.mkdir(parents=True, exist_ok=True)
     runner = R.Runner(out, log, runs=R.sibling_runs(out, "degradation"))
     deep = max(budget.depths)
-    sub = dataclasses.replace(budget, depths=tuple(d for d in budget.depths if d in (20, deep)))
-    trained = {a: t for a, t in D.train_all(runner, sub, seeds).items() if a.startswith(f"resnet{deep}")}
+    depths = tuple(d for d in budget.depths if d in (20, deep))  # 20: a plain net that did train
+    trained = D.train_all(runner, dataclasses.replace(budget, depths=depths), seeds)
     source = cdata.load(budget.dataset)
     val = list(source.plain_batches("val", source.info.num_val))[0]
     images, labels = val["image"], val["label"]
-    nb = 3 * ((deep - 2) // 6)
-    down = downsampling_blocks(deep)
-    ks = tuple(k for k in KS[budget_name] if k < nb)
-    rng = np.random.default_rng(0)
-    draws = {k: [rng.choice(nb, k, replace=False) for _ in range(SAMPLES[budget_name])] for k in ks}
-    masks = [np.ones(nb)] + [np.ones(nb) - np.eye(nb)[i] for i in range(nb)]
-    for k in ks:
-        for d in draws[k]:
-            m = np.ones(nb)
-            m[d] = 0
-            masks.append(m)
-    per_run = {}
-    for arch, t in trained.items():
-        for rid in t["runs"]:
-            cfg = json.loads((runner.workdir(rid) / "config.json").read_text())
-            variables = checkpoint.restore(runner.workdir(rid))
-            errs = lesion_errors(arch, variables, images, labels, masks)
-            base, single, rest = errs[0], errs[1:1 + nb], errs[1 + nb:]
-            by_k = {}
-            for j, k in enumerate(ks):
-                by_k[k] = rest[j * SAMPLES[budget_name]:(j + 1) * SAMPLES[budget_name]]
-            per_run[rid] = {"arch": arch, "seed": cfg["seed"], "baseline": base, "single": single,
-                            "random": {str(k): v for k, v in by_k.items()}}
-            log(f"[lesion] {rid}: baseline error {base:.3f}, one block removed {np.mean(single):.3f} (mean)")
+    samples = SAMPLES[budget_name]
+    info, per_run = {}, {}
+    for depth in depths:
+        nb = 3 * ((depth - 2) // 6)
+        ks = tuple(k for k in KS[budget_name] if k < nb)
+        masks, draws = _masks(nb, ks, samples)
+        info[depth] = {"blocks": nb, "down": downsampling_blocks(depth), "ks": ks, "draws": draws}
+        for arch in (f"resnet{depth}", f"resnet{depth}_plain"):
+            for rid in trained[arch]["runs"]:
+                cfg = json.loads((runner.workdir(rid) / "config.json").read_text())
+                errs = lesion_errors(arch, checkpoint.restore(runner.workdir(rid)), images, labels, masks)
+                base, single, rest = errs[0], errs[1:1 + nb], errs[1 + nb:]
+                per_run[rid] = {"arch": arch, "depth": depth, "seed": cfg["seed"], "baseline": base, "single": single,
+                                "random": {str(k): rest[j * samples:(j + 1) * samples] for j, k in enumerate(ks)}}
+                log(f"[lesion] {rid}: baseline error {base:.3f}, one block removed {np.mean(single):.3f} (mean)")
 
     def runs_of(arch):
         return [r for r in per_run.values() if r["arch"] == arch]
 
-    def inner_increase(r):  # mean error increase over the non-downsampling blocks
-        return float(np.mean([e for i, e in enumerate(r["single"]) if i not in down]) - r["baseline"])
+    def inner(r):  # mean error over the removals of a non-downsampling block
+        return float(np.mean([e for i, e in enumerate(r["single"]) if i not in info[r["depth"]]["down"]]))
 
-    res, plain = f"resnet{deep}", f"resnet{deep}_plain"
-    rows = []
-    for arch in (res, plain):
-        rr = runs_of(arch)
-        rows.append([f"`{arch}`", R.fmt([100 * r["baseline"] for r in rr], 1),
-                     R.fmt([100 * np.mean([e for i, e in enumerate(r["single"]) if i not in down]) for r in rr], 1),
-                     R.fmt([100 * max(r["single"]) for r in rr], 1),
-                     R.fmt([100 * np.mean([r["single"][i] for i in down]) for r in rr], 1)]
-                    + [R.fmt([100 * np.mean(r["random"][str(k)]) for r in rr], 1) for k in ks])
+    all_ks = sorted({k for d in depths for k in info[d]["ks"]})
+    rows, verdicts = [], []
+    for depth in depths:
+        down, ks = info[depth]["down"], info[depth]["ks"]
+        res, plain = f"resnet{depth}", f"resnet{depth}_plain"
+        for arch in (res, plain):
+            rr = runs_of(arch)
+            rows.append([f"`{arch}`", R.fmt([100 * r["baseline"] for r in rr], 1),
+                         R.fmt([100 * inner(r) for r in rr], 1), R.fmt([100 * max(r["single"]) for r in rr], 1),
+                         R.fmt([100 * np.mean([r["single"][i] for i in down]) for r in rr], 1)]
+                        + [R.fmt([100 * np.mean(r["random"][str(k)]) for r in rr], 1) if k in ks else "—"
+                           for k in all_ks])
+        verdicts += [
+            R.verdict([inner(r) - r["baseline"] for r in runs_of(res)],
+                      [inner(r) - r["baseline"] for r in runs_of(plain)], "less",
+                      f"removing one (non-downsampling) block raises ResNet-{depth}'s error less than "
+                      f"plain-{depth}'s"),
+            R.verdict([inner(r) - r["baseline"] for r in runs_of(res)], 0.05, "less",
+                      f"ResNet-{depth} degrades smoothly: one block removed costs < 5 points of error"),
+            R.verdict([float(np.mean(r["single"])) for r in runs_of(plain)], 0.5, "greater",
+                      f"plain-{depth} collapses: with one block removed its error is > 50% (chance: 90%)"),
+        ]
     measured = R.markdown_table(["network", "val error % (intact)", "one non-downsampling block removed (mean)",
                                  "worst single removal", "a downsampling block removed"]
-                                + [f"{k} random removed" for k in ks], rows)
-    verdicts = [
-        R.verdict([inner_increase(r) for r in runs_of(res)], [inner_increase(r) for r in runs_of(plain)], "less",
-                  f"removing one (non-downsampling) block raises ResNet-{deep}'s error less than plain-{deep}'s"),
-        R.verdict([inner_increase(r) for r in runs_of(res)], 0.05, "less",
-                  f"ResNet-{deep} degrades smoothly: one block removed costs < 5 points of error"),
-        R.verdict([float(np.mean(r["single"])) for r in runs_of(plain)], 0.5, "greater",
-                  f"plain-{deep} collapses: with one block removed its error is > 50% (chance: 90%)"),
-    ]
-    plot(per_run, out / "lesion.png", res, plain, nb, down, ks)
-    setup = (f"The trained `{res}` and `{plain}` of `degradation --budget {budget_name}` (seeds {list(seeds)}), "
-             f"evaluated on all {len(labels)} validation images of `{budget.dataset}` with BatchNorm's running "
-             f"statistics. Blocks {down} (0-based, of {nb}) are the downsampling blocks. k random removals: "
-             f"{SAMPLES[budget_name]} draws per k (the same draws for every network).")
+                                + [f"{k} random removed" for k in all_ks], rows)
+    plot(per_run, out / "lesion.png", info)
+    down_text = "; ".join(f"depth {d}: blocks {info[d]['down']} of {info[d]['blocks']}" for d in depths)
+    setup = (f"The trained ResNets and plain nets of `degradation --budget {budget_name}` at depths "
+             f"{list(depths)} (seeds {list(seeds)}), evaluated on all {len(labels)} validation images of "
+             f"`{budget.dataset}` with BatchNorm's running statistics. Downsampling blocks (0-based): {down_text}. "
+             f"k random removals: {samples} draws per k (the same draws for both networks of a depth).")
     notes = (f"Reproduce: `python -m train.experiments lesion --budget {budget_name}` (reuses the `degradation` "
              "runs in `OUT/../degradation/runs`).")
-    results = {"budget_config": dataclasses.asdict(budget), "seeds": list(seeds), "blocks": nb,
-               "downsampling_blocks": down, "ks": list(ks), "draws": {str(k): [d.tolist() for d in v]
-                                                                        for k, v in draws.items()},
+    results = {"budget_config": dataclasses.asdict(budget), "seeds": list(seeds),
+               "blocks": {str(d): info[d]["blocks"] for d in depths},
+               "downsampling_blocks": {str(d): info[d]["down"] for d in depths},
+               "ks": {str(d): list(info[d]["ks"]) for d in depths},
+               "draws": {str(d): {str(k): [x.tolist() for x in v] for k, v in info[d]["draws"].items()}
+                         for d in depths},
                "lesions": per_run}
     R.write_outputs(out, NAME, budget_name, CLAIM, setup, measured, verdicts, results, ["lesion.png"], notes)
     return results
 
 
-def plot(per_run: dict, path: pathlib.Path, res: str, plain: str, nb: int, down: list[int], ks) -> None:
+def plot(per_run: dict, path: pathlib.Path, info: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
-    for arch, color, label in ((res, "tab:blue", "ResNet"), (plain, "tab:red", "plain")):
-        rr = [r for r in per_run.values() if r["arch"] == arch]
-        single = 100 * np.array([r["single"] for r in rr])
-        base = 100 * np.mean([r["baseline"] for r in rr])
-        a.plot(range(nb), single.mean(0), "o-" if label == "ResNet" else "s--", color=color, ms=3, label=label)
-        a.axhline(base, color=color, lw=0.8, ls=":")
-        rand = 100 * np.array([[np.mean(r["random"][str(k)]) for k in ks] for r in rr])
-        b.errorbar([0, *ks], [base, *rand.mean(0)], yerr=[0, *(rand.std(0) if len(rr) > 1 else 0 * rand[0])],
-                   fmt="o-" if label == "ResNet" else "s--", color=color, label=label, capsize=3)
-    for i in down:
-        a.axvline(i, color="gray", lw=0.8, alpha=0.6)
-    a.axhline(90, color="k", lw=0.8, ls="--", alpha=0.4)
-    b.axhline(90, color="k", lw=0.8, ls="--", alpha=0.4)
-    a.set(xlabel="removed block (grey lines: downsampling blocks)", ylabel="val error (%)",
-          title="one block removed (dotted: intact net)", ylim=(0, 100))
-    b.set(xlabel="blocks removed at random", ylabel="val error (%)", title="k random blocks removed", ylim=(0, 100))
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend()
+    fig, axes = plt.subplots(len(info), 2, figsize=(12, 4 * len(info)), squeeze=False)
+    for (a, b), (depth, inf) in zip(axes, info.items(), strict=True):
+        nb, down, ks = inf["blocks"], inf["down"], inf["ks"]
+        for arch, color, label in ((f"resnet{depth}", "tab:blue", f"ResNet-{depth}"),
+                                   (f"resnet{depth}_plain", "tab:red", f"plain-{depth}")):
+            rr = [r for r in per_run.values() if r["arch"] == arch]
+            style = "s--" if "plain" in label else "o-"
+            single = 100 * np.array([r["single"] for r in rr])
+            base = 100 * np.mean([r["baseline"] for r in rr])
+            a.plot(range(nb), single.mean(0), style, color=color, ms=3, label=label)
+            a.axhline(base, color=color, lw=0.8, ls=":")
+            rand = 100 * np.array([[np.mean(r["random"][str(k)]) for k in ks] for r in rr])
+            b.errorbar([0, *ks], [base, *rand.mean(0)], yerr=[0, *(rand.std(0) if len(rr) > 1 else 0 * rand[0])],
+                       fmt=style, color=color, label=label, capsize=3)
+        for i in down:
+            a.axvline(i, color="gray", lw=0.8, alpha=0.6)
+        for ax in (a, b):
+            ax.axhline(90, color="k", lw=0.8, ls="--", alpha=0.4)
+            ax.set(ylabel="val error (%)", ylim=(0, 100))
+            ax.grid(alpha=0.3)
+            ax.legend()
+        a.set(xlabel="removed block (grey lines: downsampling blocks)", title=f"depth {depth}: one block removed "
+              "(dotted: intact net)")
+        b.set(xlabel="blocks removed at random", title=f"depth {depth}: k random blocks removed")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
