@@ -9,12 +9,13 @@ The data is ``assets/digits.npz`` (``images`` uint8 ``(1797, 8, 8)`` with values
 * Channels: 1 by default; ``digits:channels=3`` repeats the gray channel (for RGB-only architectures).
 * Normalisation: the train split's mean/std at 32x32 (the same constants for every ``image_size``).
 * Train augmentation: random translation by pad-and-crop with zeros (pad 2 pixels at 32x32, ``image_size // 16``
-  in general). No flips: a mirrored digit is a different glyph.
+  in general; ``pad=N`` sets it, ``pad=0`` switches augmentation off). No flips: a mirrored digit is a different
+  glyph.
 
 Subsets (for transfer experiments): ``classes=5+6+7+8+9`` keeps those digits, relabelled 0..k-1 in the order
 given (val keeps every example of them); ``per_class=N`` keeps the first N training examples of each class.
 
-Spec options: ``digits:channels=3,image_size=64,classes=0+1+2+3+4,per_class=10``.
+Spec options: ``digits:channels=3,image_size=64,classes=0+1+2+3+4,per_class=10,pad=0``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def split_indices() -> tuple[np.ndarray, np.ndarray]:
 def load_digits(options: str = "", *, image_size: int | None = None, seed: int = 0) -> ArraySource:
     """Build the ``digits`` source; ``options`` is the text after ``digits:`` (see the module docstring)."""
     opts = parse_options("digits", options, {"channels": int, "image_size": int, "classes": _class_list,
-                                             "per_class": int})
+                                             "per_class": int, "pad": int})
     channels = opts.get("channels", 1)
     if channels not in (1, 3):
         raise ValueError(f"digits: channels must be 1 or 3, got {channels}")
@@ -84,11 +85,14 @@ def load_digits(options: str = "", *, image_size: int | None = None, seed: int =
             raise ValueError(f"digits: per_class must be >= 1, got {opts['per_class']}")
         train_idx = np.sort(np.concatenate([train_idx[labels[train_idx] == c][: opts["per_class"]]
                                             for c in range(len(classes))]))
+    pad = opts.get("pad", max(1, size // 16))
+    if pad < 0:
+        raise ValueError(f"digits: pad must be >= 0, got {pad}")
     info = DatasetInfo(name="digits", num_classes=len(classes), image_size=size, channels=channels,
                        num_train=len(train_idx), num_val=len(val_idx), class_names=[str(d) for d in classes],
                        mean=mean, std=std)
     return ArraySource(info, stored[train_idx], labels[train_idx], stored[val_idx], labels[val_idx],
-                       pad=max(1, size // 16), flip=False, seed=seed, scale=1 / 16)
+                       pad=pad, flip=False, seed=seed, scale=1 / 16)
 
 
 def _class_list(text: str) -> list[int]:

@@ -49,7 +49,14 @@ from cnnjax.models.resnet import BlurPool, Downsample, check_zero_init
 
 class CifarBasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a shortcut (option A or B) unless ``skip`` is False; ``act`` (default ReLU)
-    after the first BN and after the sum."""
+    after the first BN and after the sum.
+
+    ``drop=True`` removes the residual branch (Veit et al. 2016's lesion): the block computes ``act(shortcut(x))``,
+    its output with the branch's contribution set to zero: the identity when the shape is kept (``x`` is already
+    the output of an ``act``), else the option-A strided subsampling with zero-padded channels (option B: the
+    1x1 projection). A plain block (``skip=False``) has no shortcut; removing it leaves the same parameter-free
+    path (identity, or subsampling + zero padding), so the two kinds of network lose the same thing.
+    """
 
     features: int
     stride: int
@@ -60,9 +67,12 @@ class CifarBasicBlock(nn.Module):
     zero_init_last: bool = False
     antialias: bool = False
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    drop: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.drop:
+            return self.act(self._shortcut(x, self.skip))
         blur = self.antialias and self.stride > 1
         y = self.act(self.norm(name="bn1")(self.conv(self.features, 3, 1 if blur else self.stride, 1,
                                                      use_bias=False, name="conv1")(x)))
@@ -71,18 +81,25 @@ class CifarBasicBlock(nn.Module):
         y = self.conv(self.features, 3, 1, 1, use_bias=False, name="conv2")(y)
         y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_last else
                       nn.initializers.ones)(y)
+        if self.has_variable("lesion", "keep"):  # a run-time lesion mask (see CifarResNet.drop_blocks)
+            keep = self.get_variable("lesion", "keep").astype(y.dtype)
+            return self.act(keep * y + (1 - keep if not self.skip else 1) * self._shortcut(x, True))
         if not self.skip:
             return self.act(y)
+        return self.act(y + self._shortcut(x, True))
+
+    def _shortcut(self, x: jax.Array, with_params: bool) -> jax.Array:
+        """The shortcut path: identity, option-A subsampling + zero padding, or (``with_params`` and option B) the
+        projection."""
         if self.stride == 1 and x.shape[-1] == self.features:
-            return self.act(y + x)
-        if self.shortcut == "B":
-            sc = Downsample(self.features, self.stride, self.conv, self.norm, antialias=self.antialias,
-                            name="downsample")(x)
-            return self.act(y + sc)
+            return x
+        if self.shortcut == "B" and with_params:
+            return Downsample(self.features, self.stride, self.conv, self.norm, antialias=self.antialias,
+                              name="downsample")(x)
+        blur = self.antialias and self.stride > 1
         sc = BlurPool(self.stride, name="shortcut_blur")(x) if blur else x[:, :: self.stride, :: self.stride, :]
         extra = self.features - x.shape[-1]
-        sc = jnp.pad(sc, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-        return self.act(y + sc)
+        return jnp.pad(sc, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
 class CifarResNet(ImageClassifier):
@@ -90,6 +107,12 @@ class CifarResNet(ImageClassifier):
 
     ``act`` (default ReLU) is every activation (the stem's and the blocks'); it has no parameters, so the
     parameter tree does not depend on it.
+
+    ``drop_blocks`` (block indices 0 .. 3n-1 in network order, stage by stage) removes those blocks' residual
+    branches at apply time (:class:`CifarBasicBlock` ``drop``); the parameters stay the same tree (a dropped
+    block's are simply unused). For many lesions without recompiling, pass a float vector of 3n keep factors as
+    the variable collection ``lesion`` instead: ``{"lesion": lesion_mask(model, keep)}`` with 1 = keep, 0 =
+    remove (:func:`lesion_mask`); the same result as ``drop_blocks`` for a 0/1 mask.
     """
 
     num_classes: int = 10
@@ -99,6 +122,7 @@ class CifarResNet(ImageClassifier):
     zero_init_last_bn: bool = False
     antialias: bool = False
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    drop_blocks: tuple[int, ...] = ()
 
     def __post_init__(self):
         check_zero_init(self)
@@ -113,16 +137,37 @@ class CifarResNet(ImageClassifier):
         n = (self.depth - 2) // 6
         conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out)
         norm = self.norm_def(train)
+        bad = [i for i in self.drop_blocks if not 0 <= i < 3 * n]
+        if bad:
+            raise ValueError(f"drop_blocks: block indices must be in 0..{3 * n - 1} for depth {self.depth}, got {bad}")
         x = ConvNormAct(16, 3, conv, norm, act=self.act, name="stem")(x)
         for s, width in enumerate((16, 32, 64)):
             for b in range(n):
                 x = CifarBasicBlock(width, 2 if s > 0 and b == 0 else 1, conv, norm, skip=self.skip,
                                     shortcut=self.shortcut, zero_init_last=self.zero_init_last_bn,
-                                    antialias=self.antialias, act=self.act, name=f"stage{s + 1}_block{b}")(x)
+                                    antialias=self.antialias, act=self.act, drop=s * n + b in self.drop_blocks,
+                                    name=f"stage{s + 1}_block{b}")(x)
         if features_only:
             return x
         x = cnn.global_avg_pool(x)
         return cnn.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+
+
+def block_names(depth: int) -> list[str]:
+    """The blocks' module names in network order (index = position in ``drop_blocks``)."""
+    n = (depth - 2) // 6
+    return [f"stage{s + 1}_block{b}" for s in range(3) for b in range(n)]
+
+
+def downsampling_blocks(depth: int) -> list[int]:
+    """Indices of the blocks that halve the resolution and widen the channels (first of stages 2 and 3)."""
+    n = (depth - 2) // 6
+    return [n, 2 * n]
+
+
+def lesion_mask(depth: int, keep) -> dict:
+    """The ``lesion`` collection for :class:`CifarResNet`: ``keep[i]`` (1 keep, 0 remove) for block ``i``."""
+    return {name: {"keep": keep[i]} for i, name in enumerate(block_names(depth))}
 
 
 for _depth in (20, 32, 44, 56, 110):  # zero_init_residual=False: see the module docstring

@@ -1,20 +1,42 @@
-"""``python -m train.experiments transfer [--out DIR] [--seeds 0 1 2]``."""
+"""``python -m train.experiments NAME [--budget smoke|default|full] [--seeds ...] [--out DIR]``.
+
+``degradation``, ``gradients`` and ``lesion`` run on :mod:`train.experiments.runner` (cached runs under
+``OUT/runs/``; the last two train nothing of their own: they use the ``degradation`` runs cached in the sibling
+folder ``OUT/../degradation/runs``, training them there first if needed). ``transfer`` keeps its own options
+(``python -m train.experiments transfer --help``; it takes ``--out`` and ``--seeds`` too, but no ``--budget``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
-from train.experiments import transfer
+from train.experiments import degradation, gradients, lesion, transfer
+from train.experiments import runner as R
 
-EXPERIMENTS = {"transfer": transfer}
+EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.experiments")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["transfer"]:  # its own options (--out, --seeds, --arch, --epochs ...) and its own --help
+        return transfer.main(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m train.experiments", description=__doc__.split("\n\n")[0])
     p.add_argument("name", choices=sorted(EXPERIMENTS))
+    p.add_argument("--budget", choices=R.BUDGETS, default="default",
+                   help="smoke: seconds, checks the pipeline; default: <= 15 min on a 2-core CPU; full: a GPU")
+    p.add_argument("--seeds", type=int, nargs="+", help="default: the budget's (3 at default)")
+    p.add_argument("--out", help="output directory (default experiments_out/NAME; runs are cached in OUT/runs)")
     args, rest = p.parse_known_args(argv)
-    return EXPERIMENTS[args.name].main(rest)
+    if args.name == "transfer":
+        p.error("transfer takes its own options after its name: python -m train.experiments transfer [--out ...]")
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    out = pathlib.Path(args.out) if args.out else R.default_out(args.name)
+    EXPERIMENTS[args.name].run(out, args.budget, tuple(args.seeds) if args.seeds else None)
+    print((out / "table.md").read_text())
+    return 0
 
 
 if __name__ == "__main__":

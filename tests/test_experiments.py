@@ -1,0 +1,248 @@
+"""The experiment runner (verdicts, caching, outputs), the lesion option of the CIFAR ResNets, and each experiment's
+``smoke`` budget end to end (the files and their structure, not the verdicts)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import models
+from cnnjax import nn as cnn
+from cnnjax.models.cifar_resnet import CifarBasicBlock, block_names, downsampling_blocks, lesion_mask
+from cnnjax.models.layers import ConvNormAct
+from train.experiments import runner as R
+
+# ------------------------------------------------------------------------------------------------ verdict()
+
+
+@pytest.mark.parametrize("test", ["welch", "bootstrap"])
+def test_verdict_supported_not_supported_mixed(test):
+    hi, lo = [1.0, 1.1, 0.9, 1.05], [0.0, 0.1, -0.1, 0.05]
+    v = R.verdict(hi, lo, "greater", "a > b", test=test)
+    assert v.verdict == "supported" and v.low > 0 and v.diff == pytest.approx(1.0)
+    assert R.verdict(hi, lo, "less", test=test).verdict == "not supported"  # the opposite direction
+    assert R.verdict(lo, hi, "less", test=test).verdict == "supported"
+    assert R.verdict(lo, hi, "greater", test=test).verdict == "not supported"
+    overlap = R.verdict([0.0, 1.0, 2.0], [0.5, 1.5, 0.9], "greater", test=test)
+    assert overlap.verdict == "mixed" and overlap.low < 0 < overlap.high
+    assert test.split()[0] in {"welch": "welch", "bootstrap": "bootstrap"}[test]
+    assert ("Welch" if test == "welch" else "bootstrap") in v.test
+
+
+def test_verdict_welch_matches_scipy():
+    from scipy import stats
+
+    a, b = [3.1, 2.9, 3.4, 3.0], [2.0, 2.6, 2.2]
+    diff, lo, hi = R.welch_interval(a, b)
+    res = stats.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    assert (lo, hi) == pytest.approx((ci.low, ci.high)) and diff == pytest.approx(np.mean(a) - np.mean(b))
+
+
+def test_verdict_edge_cases():
+    one = R.verdict([1.0], [0.0], "greater")  # one seed: no interval
+    assert one.verdict == "mixed" and math.isinf(one.low) and math.isinf(one.high)
+    assert R.verdict([1.0, 1.0], [0.0, 0.0], "greater").verdict == "supported"  # no spread: the point itself
+    assert R.verdict([1.0, 1.0], [1.0, 1.0], "greater").verdict == "mixed"
+    # against a threshold (one-sample t interval)
+    assert R.verdict([0.9, 0.92, 0.88], 0.5, "greater").verdict == "supported"
+    assert R.verdict([0.9, 0.92, 0.88], 0.5, "less").verdict == "not supported"
+    assert R.verdict([0.4, 0.6, 0.5], 0.5, "less").verdict == "mixed"
+    with pytest.raises(ValueError, match="direction"):
+        R.verdict([1.0], [0.0], "up")
+    with pytest.raises(ValueError, match="test"):
+        R.verdict([1.0], [0.0], "less", test="z")
+    line = R.verdict([1.0, 1.1], [0.0, 0.1], "greater", "x beats y").line()
+    assert "supported" in line and "x beats y" in line and "95% CI" in line
+
+
+def test_write_outputs(tmp_path):
+    claim = R.Claim("глубже — хуже", "deeper is worse", "He et al. 2015, Fig. 6")
+    v = R.verdict([1.0, 1.2, 1.1], [0.2, 0.1, 0.3], "greater", "deep > shallow")
+    text = R.write_outputs(tmp_path, "demo", "smoke", claim, "setup", R.markdown_table(["a", "b"], [[1, 2]]),
+                           [v], {"runs": [], "x": np.float32(1.5)}, ["demo.png"])
+    assert (tmp_path / "table.md").read_text() == text
+    for part in ("«глубже — хуже»", "deeper is worse", "He et al. 2015", "| a | b |", "**supported**", "Welch",
+                 "![demo.png](demo.png)"):
+        assert part in text
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["experiment"] == "demo" and res["verdicts"][0]["verdict"] == "supported" and res["x"] == 1.5
+    assert R.fmt([1.0, 3.0], 2) == "2.00 ± 1.41"
+
+
+def test_runner_caches_and_sweep(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train(cfg, log):
+        calls.append((cfg.arch, cfg.lr, cfg.seed))
+        (tmp := __import__("pathlib").Path(cfg.workdir)).mkdir(parents=True, exist_ok=True)
+        (tmp / "config.json").write_text(json.dumps({"arch": cfg.arch, "lr": cfg.lr, "seed": cfg.seed}))
+        if cfg.lr > 0.5:
+            from cnnjax.training.loop import NonFiniteLossError
+
+            raise NonFiniteLossError("nan")
+        return {"val_top1": 1 - abs(cfg.lr - 0.1), "val_loss": 0.1, "train_loss": 0.2, "workdir": cfg.workdir}
+
+    monkeypatch.setattr(R, "train_run", fake_train)
+    runner = R.Runner(tmp_path, log=lambda s: None)
+    base = R.TrainConfig(arch="resnet20", epochs=1)
+    lr, rows = R.sweep_lr(runner, base, [0.01, 0.1, 1.0], seed=3)
+    assert lr == 0.1 and rows[2]["diverged"] and rows[2]["val_top1"] == 0.0
+    assert len(calls) == 3
+    again, _ = R.sweep_lr(runner, base, [0.01, 0.1, 1.0], seed=3)  # all cached
+    assert again == 0.1 and len(calls) == 3
+    rec = runner.record(rows[1]["run_id"])
+    assert rec["config"]["lr"] == 0.1 and rec["final"]["val_top1"] == pytest.approx(1.0) and "seconds" in rec
+    with pytest.raises(ValueError, match="another --out"):  # a cached run trained differently
+        runner.run(rows[1]["run_id"], R.dataclasses.replace(base, lr=0.2, seed=3))
+
+
+# ---------------------------------------------------------------------------------------------- lesion option
+
+
+def _variables(arch, seed=0):
+    model = models.create(arch, num_classes=10, in_channels=1)
+    x = jnp.zeros((1, 16, 16, 1))
+    v = model.init(jax.random.key(seed), x)
+    # non-trivial BatchNorm statistics (a small spread around the init's, so that the plain net's signal
+    # survives 20 layers in inference mode), so that a wrong path shows
+    stats = jax.tree.map(lambda a: a * (1 + 0.05 * jax.random.uniform(jax.random.key(seed + 1), a.shape))
+                         + 0.01 * jax.random.normal(jax.random.key(seed + 2), a.shape), v["batch_stats"])
+    return model, {"params": v["params"], "batch_stats": stats}
+
+
+def _manual(arch, variables, x, dropped):
+    """The network computed block by block, with the blocks in ``dropped`` replaced by their shortcut path."""
+    depth = int(arch.removeprefix("resnet").split("_")[0])
+    skip = not arch.endswith("_plain")
+    model = models.create(arch)
+    conv, norm = model.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out), model.norm_def(False)
+    p, s = variables["params"], variables["batch_stats"]
+    x = ConvNormAct(16, 3, conv, norm).apply({"params": p["stem"], "batch_stats": s["stem"]}, x)
+    n = (depth - 2) // 6
+    for i, name in enumerate(block_names(depth)):
+        width, stride = (16, 32, 64)[i // n], 2 if i in downsampling_blocks(depth) else 1
+        if i in dropped:
+            if stride == 2:
+                x = x[:, ::2, ::2, :]
+                x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (width // 4, width // 4)))
+            continue
+        x = CifarBasicBlock(width, stride, conv, norm, skip=skip).apply({"params": p[name], "batch_stats": s[name]},
+                                                                        x)
+    return x.mean((1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet20_plain"])
+def test_lesion_drop_blocks_is_the_net_without_them(arch):
+    model, v = _variables(arch)
+    x = jax.random.normal(jax.random.key(5), (3, 16, 16, 1))
+    full = model.apply(v, x)
+    np.testing.assert_allclose(_manual(arch, v, x, ()), full, rtol=1e-4, atol=1e-5)  # the manual net is the net
+    np.testing.assert_array_equal(models.create(arch, num_classes=10, in_channels=1, drop_blocks=()).apply(v, x),
+                                  full)  # removing none: unchanged
+    np.testing.assert_array_equal(model.apply({**v, "lesion": lesion_mask(20, jnp.ones(9))}, x), full)
+    for dropped in [(1,), (3,), (6,), (0, 4, 8)]:  # 3 and 6 are the downsampling blocks
+        want = _manual(arch, v, x, dropped)
+        got = models.create(arch, num_classes=10, in_channels=1, drop_blocks=dropped).apply(v, x)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        keep = jnp.ones(9).at[jnp.array(dropped)].set(0.0)
+        np.testing.assert_allclose(model.apply({**v, "lesion": lesion_mask(20, keep)}, x), want, rtol=1e-4,
+                                   atol=1e-5)
+        assert not np.allclose(got, full)
+
+
+def test_lesion_bad_index():
+    model, v = _variables("resnet20")
+    with pytest.raises(ValueError, match="drop_blocks"):
+        models.create("resnet20", num_classes=10, in_channels=1, drop_blocks=(9,)).apply(v, jnp.zeros((1, 16, 16, 1)))
+    assert downsampling_blocks(56) == [9, 18] and len(block_names(56)) == 27
+
+
+def test_digits_pad_option():
+    from cnnjax import data as cdata
+
+    assert cdata.load("digits").pad == 2 and cdata.load("digits:pad=0").pad == 0
+    src = cdata.load("digits:pad=0,per_class=3")
+    a = next(iter(src.batches("train", 30, epoch=0)))
+    b = next(iter(src.batches("train", 30, epoch=0)))
+    np.testing.assert_array_equal(a["image"], b["image"])
+    plain = next(iter(src.plain_batches("train", 30)))
+    # without augmentation the (shuffled) training images are exactly the un-augmented ones
+    assert sorted(map(bytes, a["image"])) == sorted(map(bytes, plain["image"]))
+    with pytest.raises(ValueError, match="pad"):
+        cdata.load("digits:pad=-1")
+
+
+# ------------------------------------------------------------------------------------------- smoke budgets
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory):
+    from train.experiments.__main__ import main
+
+    base = tmp_path_factory.mktemp("experiments")
+    assert main(["degradation", "--budget", "smoke", "--out", str(base / "degradation")]) == 0
+    return base
+
+
+def _check_outputs(out, name, png):
+    res = json.loads((out / "results.json").read_text())
+    table = (out / "table.md").read_text()
+    assert res["experiment"] == name and res["budget"] == "smoke" and res["verdicts"]
+    for v in res["verdicts"]:
+        assert v["verdict"] in ("supported", "not supported", "mixed") and "95%" in v["test"]
+    assert "**Lecture:** «" in table and "**Literature:**" in table and "**Verdicts**" in table
+    assert (out / png).stat().st_size > 1000
+    return res, table
+
+
+def test_degradation_smoke(smoke_out):
+    out = smoke_out / "degradation"
+    res, table = _check_outputs(out, "degradation", "degradation.png")
+    assert {r["config"]["arch"] for r in res["runs"]} == {"resnet20", "resnet20_plain"}
+    for r in res["runs"]:
+        assert r["metrics"] and r["final"]["train_loss"] > 0 and r["config"]["dataset"].startswith("digits:pad=0")
+    assert "`resnet20_plain`" in table and set(res["lr"]) == {"resnet20", "resnet20_plain"}
+    mtime = (out / "runs" / res["runs"][0]["run_id"] / "result.json").stat().st_mtime
+    from train.experiments import degradation
+
+    degradation.run(out, "smoke", log=lambda s: None)  # everything cached: nothing retrains
+    assert (out / "runs" / res["runs"][0]["run_id"] / "result.json").stat().st_mtime == mtime
+
+
+def test_gradients_smoke(smoke_out):
+    from train.experiments import gradients
+
+    gradients.run(smoke_out / "gradients", "smoke", log=lambda s: None)
+    res, _ = _check_outputs(smoke_out / "gradients", "gradients", "gradients.png")
+    assert not (smoke_out / "gradients" / "runs").exists()  # reused degradation's runs
+    for s in res["stats"].values():
+        for when in ("init", "epoch1"):
+            assert len(s[when]["grad_rms"]) == 9 and all(g > 0 for g in s[when]["grad_rms"])
+            assert len(s[when]["act_rms"]) == 9
+
+
+def test_lesion_smoke(smoke_out):
+    from train.experiments import lesion
+
+    lesion.run(smoke_out / "lesion", "smoke", log=lambda s: None)
+    res, _ = _check_outputs(smoke_out / "lesion", "lesion", "lesion.png")
+    assert res["downsampling_blocks"] == {"20": [3, 6]}
+    for r in res["lesions"].values():
+        assert len(r["single"]) == 9 and set(r["random"]) == {"1", "2"} and 0 <= r["baseline"] <= 1
+
+
+def test_cli_transfer_keeps_its_options(capsys):
+    from train.experiments.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["transfer", "--help"])
+    assert e.value.code == 0 and "--per-class" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--budget", "smoke", "transfer"])
+    assert e.value.code == 2
