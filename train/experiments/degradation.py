@@ -66,6 +66,20 @@ def run_id(arch: str, lr: float, budget: Budget, seed: int) -> str:
     return f"{arch}-lr{lr:g}-e{budget.epochs}-s{seed}"
 
 
+def reuse_trained(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None, log,
+                  depths: tuple[int, ...] | None = None) -> tuple[Budget, tuple[int, ...], R.Runner, dict]:
+    """For the experiments built on this one (gradients, lesion): the budget, the seeds, a runner over the
+    degradation runs and those runs
+    (from ``OUT/../degradation/runs``, trained there first where missing), at ``depths`` (default: the budget's)."""
+    budget = BUDGETS[budget_name]
+    seeds = tuple(seeds or budget.seeds)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = R.Runner(out, log, runs=R.sibling_runs(out, "degradation"))
+    chosen = budget if depths is None else dataclasses.replace(budget, depths=depths)
+    return budget, seeds, runner, train_all(runner, chosen, seeds)
+
+
 def train_all(runner: R.Runner, budget: Budget, seeds: tuple[int, ...]) -> dict:
     """Sweep, then train every (arch, seed); returns ``{arch: {"lr", "sweep", "runs": [run ids]}}``. The
     ``gradients`` and ``lesion`` experiments call this too: everything comes from the cache once trained."""

@@ -78,12 +78,8 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
     from cnnjax import data as cdata
     from cnnjax.training.state import init_variables
 
-    budget = BUDGETS[budget_name]
-    seeds = tuple(seeds or budget.seeds)
+    budget, seeds, runner, trained = D.reuse_trained(out, budget_name, seeds, log)
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runner = R.Runner(out, log, runs=R.sibling_runs(out, "degradation"))
-    trained = D.train_all(runner, budget, seeds)
     source = cdata.load(budget.dataset)
     n = min(BATCH, source.info.num_train)
     batch = next(iter(source.plain_batches("train", n)))

@@ -87,14 +87,10 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
     from cnnjax import data as cdata
     from cnnjax.models.cifar_resnet import downsampling_blocks
 
-    budget = BUDGETS[budget_name]
-    seeds = tuple(seeds or budget.seeds)
+    deep = max(BUDGETS[budget_name].depths)
+    depths = tuple(d for d in BUDGETS[budget_name].depths if d in (20, deep))  # 20: a plain net that did train
+    budget, seeds, runner, trained = D.reuse_trained(out, budget_name, seeds, log, depths=depths)
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runner = R.Runner(out, log, runs=R.sibling_runs(out, "degradation"))
-    deep = max(budget.depths)
-    depths = tuple(d for d in budget.depths if d in (20, deep))  # 20: a plain net that did train
-    trained = D.train_all(runner, dataclasses.replace(budget, depths=depths), seeds)
     source = cdata.load(budget.dataset)
     val = list(source.plain_batches("val", source.info.num_val))[0]
     images, labels = val["image"], val["label"]
