@@ -201,6 +201,7 @@ def _check_outputs(out, name, png):
     return res, table
 
 
+@pytest.mark.slow  # ~45 s for the three: the full suite runs them
 def test_degradation_smoke(smoke_out):
     out = smoke_out / "degradation"
     res, table = _check_outputs(out, "degradation", "degradation.png")
@@ -215,6 +216,7 @@ def test_degradation_smoke(smoke_out):
     assert (out / "runs" / res["runs"][0]["run_id"] / "result.json").stat().st_mtime == mtime
 
 
+@pytest.mark.slow  # ~45 s for the three: the full suite runs them
 def test_gradients_smoke(smoke_out):
     from train.experiments import gradients
 
@@ -227,6 +229,7 @@ def test_gradients_smoke(smoke_out):
             assert len(s[when]["act_rms"]) == 9
 
 
+@pytest.mark.slow  # ~45 s for the three: the full suite runs them
 def test_lesion_smoke(smoke_out):
     from train.experiments import lesion
 
