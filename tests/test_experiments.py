@@ -249,3 +249,21 @@ def test_cli_transfer_keeps_its_options(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--budget", "smoke", "transfer"])
     assert e.value.code == 2
+
+
+def test_lecture_quotes_are_verbatim():
+    """Every experiment's «quote» is the lecture's own words (its parts, joined by ' […] ', occur in the lecture
+    text with Markdown bold and empty link targets removed), not a paraphrase."""
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "shared" / "lecture-cnn-ru.txt"
+    if not path.exists():
+        pytest.skip("the lecture text is not beside this checkout")
+    lecture = path.read_text().replace("**", "").replace("(#)", "")
+    from train.experiments import degradation, gradients, lesion
+
+    for module in (degradation, gradients, lesion):
+        claim = next(v for v in vars(module).values() if hasattr(v, "lecture_ru"))
+        for part in claim.lecture_ru.split(" […] "):
+            assert part in lecture, (module.__name__, part)
+    assert "Residual-связи решают эту проблему" not in lecture  # the check can fail: a paraphrase is not found

@@ -41,12 +41,12 @@ BUDGETS = {
 }
 
 CLAIM = R.Claim(
-    lecture_ru="При увеличении глубины сети, начиная с некоторого момента, качество начинает ухудшаться — и не "
-               "только на тесте, но и на обучающей выборке. Это не переобучение: глубокая сеть хуже "
-               "оптимизируется. Residual-связи решают эту проблему.",
-    lecture_en="Past some depth, making a network deeper makes it worse — on the training set too, not only on "
-               "the test set. This is not overfitting: the deep network is harder to optimise. Residual "
-               "connections solve this.",
+    lecture_ru="Поход с использованием skip connections позволил обучать нейросети со 152 слоями. […] Residual "
+               "connections помогает течь градиентам лучше => можно брать сильно больше слоев!!!",
+    lecture_en="The skip-connection approach made it possible to train networks with 152 layers. […] Residual "
+               "connections help gradients flow better => one can stack many more layers. (The lecture does not"
+               " describe degradation itself — training error rising with depth — it is He et al.'s "
+               "observation; the lecture's claim tested here is that shortcuts let the deeper networks train.)",
     literature="He et al. 2015 (arXiv:1512.03385), Fig. 6 (CIFAR-10): plain-56 has higher training error than "
                "plain-20, ResNet-56 lower than ResNet-20; Table 6 test error ResNet-20 8.75%, ResNet-56 6.97%, "
                "ResNet-110 6.43% (plain nets: >10% at depth 56, Fig. 6 left).",

@@ -23,10 +23,12 @@ BUDGETS = D.BUDGETS
 BATCH = 256
 
 CLAIM = R.Claim(
-    lecture_ru="В глубоких сетях без residual-связей градиент затухает по мере распространения к первым слоям, "
-               "поэтому они плохо обучаются; skip-connection даёт градиенту прямой путь.",
-    lecture_en="In deep networks without residual connections the gradient vanishes on its way back to the first "
-               "layers, so they train badly; the skip connection gives the gradient a direct path.",
+    lecture_ru="В начале люди старались учить \"глубокие\" нейросети, но резко столкнулись с проблемой затухания "
+               "градиентов, даже при правильных функциях активации. […] Ниже представлена схема и изначальная "
+               "мотивация к использованию skip connections, а именно решение проблемы затухания градиентов.",
+    lecture_en="At first people tried to train \"deep\" networks but ran straight into the vanishing-gradient "
+               "problem, even with the right activation functions. […] Below is the scheme and the original "
+               "motivation for skip connections, namely solving the vanishing-gradient problem.",
     literature="He et al. 2015 §4.1: with BatchNorm the plain nets' forward signals have non-zero variance and the "
                "backward gradients healthy norms, so degradation is 'unlikely to be caused by vanishing "
                "gradients' but an optimisation difficulty. Balduzzi et al. 2017 ('The shattered gradients "

@@ -24,12 +24,13 @@ SAMPLES = {"smoke": 2, "default": 10, "full": 20}  # random draws per k
 KS = {"smoke": (1, 2), "default": (1, 2, 3, 5, 8, 12), "full": (1, 2, 3, 5, 8, 12, 16, 20)}
 
 CLAIM = R.Claim(
-    lecture_ru="Residual-сеть можно рассматривать как ансамбль путей разной длины: если удалить один блок, "
-               "качество почти не меняется, тогда как обычная сеть без skip-connection после удаления любого слоя "
-               "ломается.",
-    lecture_en="A residual network can be seen as an ensemble of paths of different lengths: removing one block "
-               "barely changes its accuracy, while a plain network without skip connections breaks when any "
-               "layer is removed.",
+    lecture_ru="Можно посмотреть на нейросети со skip connections как некоторый подход к ансамблированию [Veit "
+               "et al., 2016]. […] Такая запись чем-то напоминает градиентный бустинг, а по интуиции из "
+               "машинного обучения мы знаем, что ансамблирования это хороший способ поднять качество.",
+    lecture_en="Networks with skip connections can be seen as a kind of ensembling [Veit et al., 2016]. […] The"
+               " unrolled formula resembles gradient boosting, and from machine-learning intuition we know "
+               "ensembling is a good way to raise quality. (The lesion prediction itself — removing one block "
+               "barely hurts a ResNet but breaks a plain net — is Veit et al.'s, which the lecture cites.)",
     literature="Veit, Wilber & Belongie 2016 ('Residual Networks Behave Like Ensembles of Relatively Shallow "
                "Networks'), Fig. 3 (CIFAR-10, ResNet-110): removing one block leaves the error near the "
                "baseline except the downsampling blocks; the plain VGG-like net goes to chance (90% error) after "
