@@ -278,6 +278,7 @@ def test_load_source_picks_size_and_channels_for_the_architecture(gray28, tmp_pa
         assert src.info.image_size == 48
 
 
+@pytest.mark.slow
 def test_training_resumes_mid_epoch_from_the_saved_data_iterator(gray28, tmp_path):
     """A folder run checkpointed mid-epoch keeps the Grain iterator state in the checkpoint; resuming from that
     checkpoint ends with parameters bit-identical to the uninterrupted run."""

@@ -357,6 +357,7 @@ HIDE_TF = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_arrayrecord_trains_one_step_without_tensorflow(ar_dir, tmp_path):
     """``python -m train.main --dataset tfds:...`` on the ArrayRecord dataset with TensorFlow not importable: one
     step trains and evaluates, and no ``tensorflow`` module was ever imported (TFDS and array_record were)."""

@@ -158,6 +158,7 @@ def test_dropout_only_in_training():
     assert not np.allclose(t1, t2)
 
 
+@pytest.mark.slow
 def test_zero_init_last_bn():
     model = models.create("resnet18", zero_init_last_bn=True)
     v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
