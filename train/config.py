@@ -49,7 +49,8 @@ EXIT_CODES_HELP = ("exit codes: 0 done; 2 bad input; 3 non-finite loss (the last
 def option(default: Any, help: str, *, type: Callable | None = None, choices: Iterable | Callable | None = None,
            check: Callable[[Any], bool] | None = None, must: str = "", flag: str | None = None,
            group: str | None = None, metavar: str | None = None, negate: str | None = None,
-           aliases: dict[str, Any] | None = None, saved: bool = True, resumable: bool = False) -> Any:
+           aliases: dict[str, Any] | None = None, saved: bool = True, resumable: bool = False,
+           repeat: bool = False) -> Any:
     """A :class:`TrainConfig` field with everything the parser and the validation need.
 
     ``choices`` (a tuple, or a function returning one) and ``check`` (a predicate; ``must`` says what it
@@ -59,10 +60,11 @@ def option(default: Any, help: str, *, type: Callable | None = None, choices: It
     ``saved=False`` keeps a process setting (multi-host addresses, benchmark mode) out of ``config.json``;
     ``resumable=True`` marks a setting that may differ when a run is resumed (logging and checkpoint cadence,
     ``--epochs``/``--max-steps`` to extend it); any other saved field must be the same (:func:`check_resume`).
+    ``repeat=True``: a repeatable flag collecting its values into a tuple (``--model-opt``).
     """
     meta = {"help": help, "type": type, "choices": choices, "check": check, "must": must, "flag": flag,
             "group": group, "metavar": metavar, "negate": negate, "aliases": dict(aliases or {}), "saved": saved,
-            "resumable": resumable}
+            "resumable": resumable, "repeat": repeat}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -114,6 +116,10 @@ class TrainConfig:
                             choices=CONV_IMPLS)
     autotune: str | None = option(None, "--conv-impl auto: measure and cache (default; $CNNJAX_AUTOTUNE) or a "
                                         "fixed rule", choices=AUTOTUNE_MODES)
+    model_opt: tuple[str, ...] = option((), "an architecture option KEY=VALUE, repeatable; VALUE is a Python "
+                                        "literal (0.2, True, (64, 32), 'relu'; a bare word is a string): e.g. "
+                                        "--model-opt dropout=0.2 --model-opt antialias=True; a wrong KEY lists the "
+                                        "architecture's options", repeat=True, metavar="KEY=VALUE")
     zero_init_residual: str = option("auto", "start the last BN scale of each residual block at zero (Goyal et al. "
                                              "2017): auto = per architecture (on for the ImageNet ResNets; off for "
                                              "the CIFAR ResNets, where it stalls training, and the _plain nets, "
@@ -168,6 +174,10 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None =
         target = parser
         if m["group"]:
             target = groups.setdefault(m["group"], parser.add_argument_group(m["group"]))
+        if m["repeat"]:
+            target.add_argument(_flag(f), dest=name, action="append", type=str, default=None,
+                                metavar=m["metavar"], help=m["help"])
+            continue
         if isinstance(f.default, bool):
             action = "store_false" if m["negate"] else "store_true"
             target.add_argument(_flag(f), dest=name, action=action, default=default, help=m["help"])
@@ -201,7 +211,71 @@ def build_parser() -> argparse.ArgumentParser:
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
     """The config of parsed arguments (fields the parser did not have keep their defaults)."""
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in FIELDS})
+    values = {k: v for k, v in vars(args).items() if k in FIELDS}
+    for name, f in FIELDS.items():
+        if f.metadata["repeat"] and name in values:
+            values[name] = tuple(values[name] or ())
+    return TrainConfig(**values)
+
+
+#: Options of every architecture that the CLI sets itself (from the data or its own flags), never by --model-opt.
+RESERVED_MODEL_OPTS = {"num_classes": "the dataset's classes", "in_channels": "the dataset's channels",
+                       "dtype": "--precision", "param_dtype": "--precision", "conv_impl": "--conv-impl",
+                       "zero_init_last_bn": "--zero-init-residual"}
+
+
+def parse_model_opt(item: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> ``(KEY, value)``: VALUE through :func:`ast.literal_eval` (``0.2``, ``True``,
+    ``(64, 32)``, ``'relu'``); a VALUE that is not a Python literal is the string itself (``act=gelu``)."""
+    import ast
+
+    key, sep, text = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise ValueError(f"--model-opt {item!r}: expected KEY=VALUE, e.g. --model-opt dropout=0.2")
+    text = text.strip()
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(value, list):
+        value = tuple(value)
+    return key, value
+
+
+def model_options(arch: str, items: Iterable[str]) -> dict[str, Any]:
+    """The ``--model-opt`` items of a run as keyword arguments of ``arch``'s constructor, checked: an unknown or
+    reserved key raises ``ValueError`` naming the valid ones, as does a value the model refuses."""
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, value = parse_model_opt(item)
+        opts[key] = value
+    if not opts:
+        return opts
+    valid = sorted(set(models.registry.options(arch)) - set(RESERVED_MODEL_OPTS))
+    for key in opts:
+        if key in RESERVED_MODEL_OPTS:
+            raise ValueError(f"--model-opt {key}: set by {RESERVED_MODEL_OPTS[key]}, not by --model-opt; "
+                             f"{arch}'s options: {', '.join(valid)}")
+        if key not in valid:
+            import difflib
+
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ValueError(f"--model-opt {key}: {arch} has no option {key!r}{hint}; its options: "
+                             f"{', '.join(valid)}")
+    try:
+        models.create(arch, **opts)  # the module's own checks (dataclass fields, __post_init__)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--model-opt: {arch} refuses {opts}: {err}") from None
+    return opts
+
+
+def canonical_model_opt(items: Iterable[str]) -> list[str]:
+    """``--model-opt`` items as ``config.json`` keeps them: one per key (the last wins), sorted, the value
+    written back as a Python literal, so equal settings compare equal on ``--resume``."""
+    opts = dict(parse_model_opt(item) for item in items)
+    return [f"{k}={v!r}" for k, v in sorted(opts.items())]
 
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -261,6 +335,7 @@ def validate(cfg: TrainConfig) -> None:
     for name in FIELDS:
         check_value(name, getattr(cfg, name))
     check_zero_init(cfg.arch, cfg.zero_init_residual)
+    model_options(cfg.arch, cfg.model_opt)
     parallel.check_batch_size(cfg.batch_size)
     if cfg.transfer is not None:
         transfer.mode_predicate(cfg.transfer)  # raises on an unknown mode
@@ -274,7 +349,9 @@ def validate(cfg: TrainConfig) -> None:
 
 def to_json(cfg: TrainConfig, **derived: Any) -> dict:
     """What ``config.json`` holds: every saved field, then ``derived`` values (class count, steps, devices)."""
-    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if FIELDS[k].metadata["saved"]}, **derived}
+    saved = {k: v for k, v in dataclasses.asdict(cfg).items() if FIELDS[k].metadata["saved"]}
+    saved["model_opt"] = canonical_model_opt(cfg.model_opt)
+    return {**saved, **derived}
 
 
 def check_resume(path: pathlib.Path, cfg: TrainConfig, step: int | None = None) -> list[dict]:

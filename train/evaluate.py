@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 from collections.abc import Sequence
 
@@ -85,9 +86,25 @@ def load_variables(init: str, arch: str, num_classes: int, step: int | None = No
     return weights.load_torchvision(arch)
 
 
+def saved_model_opt(init: str) -> tuple[str, ...]:
+    """The ``--model-opt`` items of the cnnjax run that ``init`` names (its ``config.json``, in the run directory
+    or above a checkpoint directory); () for torchvision weights or a run without them."""
+    if init.startswith("torchvision:"):
+        return ()
+    path = pathlib.Path(init).resolve()
+    for folder in (path, *path.parents[:3]):
+        if (folder / "config.json").is_file():
+            try:
+                return tuple(json.loads((folder / "config.json").read_text()).get("model_opt", ()))
+            except ValueError:
+                return ()
+    return ()
+
+
 def run(args: argparse.Namespace) -> dict:
+    model_opt = tuple(args.model_opt) if args.model_opt else saved_model_opt(args.init)
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, batch_size=args.batch_size, precision=args.precision,
-                      conv_impl=args.conv_impl, zero_init_residual="off")
+                      conv_impl=args.conv_impl, zero_init_residual="off", model_opt=model_opt)
     C.validate(cfg)
     spec, origin = resolve_preprocess(args)
     source = cdata.load(args.dataset, data_dir=args.data_dir, image_size=args.image_size, eval_preprocess=spec)
@@ -124,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder:/tfds: val transform: resize interpolation, antialiased (default: the torchvision "
                         "arch's, else bilinear)")
     C.add_arguments(p, ["batch_size", "precision", "conv_impl", "progress"], defaults={"batch_size": 100})
+    C.add_arguments(p, ["model_opt"])
     return p
 
 

@@ -85,12 +85,13 @@ def build_model(cfg: TrainConfig, info: cdata.DatasetInfo):
     scales barely get a gradient, and the zero-padded option-A shortcut channels none at all; see
     :mod:`cnnjax.models.cifar_resnet`), and for the ``_plain`` networks (no shortcut: every block would output 0).
     ``on``/``off`` force it (``on`` is refused by :func:`train.config.validate` where there is no shortcut).
+    ``--model-opt KEY=VALUE`` items (:func:`train.config.model_options`) go to the constructor as they are.
     """
     if cfg.autotune is not None:
         from cnnjax.ops import autotune
 
         autotune.configure(mode=cfg.autotune)
-    extra = {}
+    extra = C.model_options(cfg.arch, cfg.model_opt)
     if C.zero_init_last_bn(cfg.arch, cfg.zero_init_residual):
         extra["zero_init_last_bn"] = True
     return models.create(cfg.arch, num_classes=info.num_classes, in_channels=info.channels,
@@ -134,7 +135,8 @@ def load_source(cfg: TrainConfig, log: Callable[[str], None] = print) -> cdata.D
     size, why = min(typical.short, record.input_size), ""
     if typical.short > record.input_size:
         why = f" (capped at {cfg.arch}'s default input size)"
-    model = models.create(cfg.arch, num_classes=info.num_classes, in_channels=info.channels)
+    model = models.create(cfg.arch, num_classes=info.num_classes, in_channels=info.channels,
+                          **C.model_options(cfg.arch, cfg.model_opt))
     try:
         models.check_input_size(model, size)
     except InputTooSmallError:
