@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cnnjax.training.loop import NonFiniteLossError
-from train.config import TrainConfig
+from train.config import TrainConfig, canonical_model_opt
 from train.report import read_jsonl, write_atomic
 
 BUDGETS = ("smoke", "default", "full")
@@ -102,6 +102,10 @@ class Runner:
         if not path.exists():
             return
         saved = json.loads(path.read_text())
+        if "model_opt" in saved and saved["model_opt"] != canonical_model_opt(cfg.model_opt):
+            raise ValueError(f"{self.workdir(run_id)} holds a run with --model-opt {saved['model_opt']}, this "
+                             f"experiment wants {canonical_model_opt(cfg.model_opt)}: use another --out or delete "
+                             "that run")
         for name in ("arch", "dataset", "epochs", "batch_size", "lr", "seed", "weight_decay", "optimizer"):
             want = getattr(cfg, name)
             if want is not None and name in saved and saved[name] != want:
