@@ -179,14 +179,21 @@ class CheckpointStore:
             log.warning("closing the checkpoint manager failed: %s", err)
 
 
-def restore(path: str | os.PathLike, step: int | None = None) -> dict:
+def restore(path: str | os.PathLike, step: int | None = None, ema: bool = False) -> dict:
     """Variables ``{'params': ..., 'batch_stats': ...}`` of the newest (or ``step``) checkpoint of a run
-    directory (or its ``checkpoints/`` folder), as nested dicts of arrays on the default device."""
+    directory (or its ``checkpoints/`` folder), as nested dicts of arrays on the default device; ``ema=True``:
+    the run's exponential moving average of them (a run trained with ``--ema-decay``; ``ValueError`` if
+    there is none)."""
     store = CheckpointStore(checkpoint_dir(path), read_only=True, async_save=False)
     try:
-        state, _, _ = store.restore(step=step)
+        state, _, s = store.restore(step=step)
     finally:
         store.close()
+    if ema:
+        if not state.get("ema"):
+            raise ValueError(f"checkpoint {s} in {path} holds no EMA weights (the run was trained without "
+                             "--ema-decay); drop --use-ema")
+        state = state["ema"]
     return {"params": state["params"], "batch_stats": state.get("batch_stats", {}) or {}}
 
 

@@ -97,10 +97,33 @@ class TrainConfig:
     optimizer: str = option("sgd", "optimizer", choices=optim.OPTIMIZERS)
     lr: float | None = option(None, "peak learning rate (sgd: 0.1 x batch/256; adamw: 1e-3)", type=float,
                               **_check(positive))
-    momentum: float = option(0.9, "SGD momentum (Nesterov)", **_check(unit_interval))
+    momentum: float = option(0.9, "SGD momentum", **_check(unit_interval))
+    nesterov: bool = option(True, "classic momentum instead of Nesterov's (torchvision's references)",
+                            negate="--no-nesterov")
     weight_decay: float | None = option(None, "sgd: 5e-5; adamw: 0.05 (never on biases/norms)", type=float,
                                         **_check(non_negative))
-    warmup_epochs: float = option(1.0, "linear warmup from 0 to --lr", **_check(non_negative))
+    warmup_epochs: float = option(1.0, "linear warmup to --lr over this many epochs", **_check(non_negative))
+    warmup_start_factor: float = option(0.0, "the warmup starts at this fraction of --lr (torchvision's "
+                                             "--lr-warmup-decay)", **_check(unit_interval))
+    schedule: str = option("cosine", "learning-rate schedule after the warmup: cosine (to --lr-min), step (x "
+                                     "--lr-gamma every --lr-step-size epochs), multistep (x --lr-gamma at each of "
+                                     "--lr-milestones), linear (to --lr-min), constant", choices=optim.SCHEDULES)
+    lr_step_size: float = option(30.0, "step: epochs between decays", **_check(positive))
+    lr_gamma: float = option(0.1, "step/multistep: factor of each decay", **_check(positive))
+    lr_milestones: str | None = option(None, "multistep: comma-separated epochs after the warmup, e.g. 30,60,80",
+                                       metavar="EPOCHS")
+    lr_min: float = option(0.0, "cosine/linear: the final learning rate", **_check(non_negative))
+    clip_grad_norm: float | None = option(None, "clip the gradient's global L2 norm to this before the update",
+                                          type=float, **_check(positive))
+    grad_accum_steps: int = option(1, "split each --batch-size batch into this many micro-batches (summed "
+                                      "gradients, one update; BatchNorm statistics per micro-batch)",
+                                   **_check(at_least_1))
+    ema_decay: float | None = option(None, "keep an exponential moving average of the weights and BN statistics "
+                                           "with this decay (torchvision: 0.99998), evaluated and checkpointed "
+                                           "beside them", type=float, **_check(unit_interval))
+    ema_every: int = option(32, "steps between EMA updates (torchvision's --model-ema-steps)", **_check(at_least_1))
+    ema_adjust: bool = option(True, "use --ema-decay as given instead of torchvision's adjustment to batch size, "
+                                    "--ema-every and epochs", negate="--no-ema-adjust")
     label_smoothing: float = option(0.0, "label smoothing of the cross entropy", **_check(unit_interval))
     precision: str = option("fp32", "bf16: bfloat16 compute, float32 parameters and loss",
                             choices=tuple(PRECISIONS))
@@ -175,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None =
         if m["group"]:
             target = groups.setdefault(m["group"], parser.add_argument_group(m["group"]))
         if m["repeat"]:
-            target.add_argument(_flag(f), dest=name, action="append", type=str, default=None,
+            target.add_argument(_flag(f), dest=name, action=_AppendTuple, type=str, default=tuple(default),
                                 metavar=m["metavar"], help=m["help"])
             continue
         if isinstance(f.default, bool):
@@ -197,6 +220,13 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None =
         for alias, value in m["aliases"].items():
             target.add_argument(alias, dest=name, action="store_const", const=value, default=argparse.SUPPRESS,
                                 help=f"the same as {_flag(f)} {value}")
+
+
+class _AppendTuple(argparse.Action):
+    """A repeatable flag whose values collect into a tuple (the field's type), after its default's items."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (*(getattr(namespace, self.dest, None) or ()), values))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,6 +373,16 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError("--transfer needs --init (a cnnjax run directory or torchvision:ARCH)")
     if cfg.backbone_lr_mult != 1.0 and cfg.transfer not in (None, "finetune"):
         raise ValueError("--backbone-lr-mult applies to --transfer finetune only")
+    if cfg.schedule == "multistep" and not optim.parse_milestones(cfg.lr_milestones):
+        raise ValueError("--schedule multistep needs --lr-milestones (epochs, e.g. 30,60,80)")
+    optim.parse_milestones(cfg.lr_milestones)
+    if cfg.grad_accum_steps > 1:
+        import jax
+
+        parts = cfg.grad_accum_steps * jax.device_count()
+        if cfg.batch_size % parts:
+            raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by --grad-accum-steps "
+                             f"{cfg.grad_accum_steps} x {jax.device_count()} device(s) = {parts}")
     if cfg.feature_cache and cfg.transfer != "linear-probe":
         raise ValueError("--feature-cache applies to --transfer linear-probe only")
 

@@ -73,11 +73,13 @@ def resolve_preprocess(args: argparse.Namespace) -> tuple[Preprocess | None, str
     return Preprocess.from_value(values), ", ".join(origin + flags)
 
 
-def load_variables(init: str, arch: str, num_classes: int, step: int | None = None) -> dict:
-    """Variables from a cnnjax run directory/checkpoint or ``torchvision:ARCH`` (ImageNet-1k weights, cached or
-    downloaded with a SHA-256 check; see :func:`cnnjax.weights.load_torchvision`)."""
+def load_variables(init: str, arch: str, num_classes: int, step: int | None = None, ema: bool = False) -> dict:
+    """Variables from a cnnjax run directory/checkpoint (its EMA weights with ``ema``) or ``torchvision:ARCH``
+    (ImageNet-1k weights, cached or downloaded with a SHA-256 check; see :func:`cnnjax.weights.load_torchvision`)."""
     if torchvision_arch(init, arch) is None:
-        return checkpoint.restore(init, step=step)
+        return checkpoint.restore(init, step=step, ema=ema)
+    if ema:
+        raise ValueError("--use-ema applies to a cnnjax run trained with --ema-decay, not to torchvision weights")
     if num_classes != 1000:
         raise ValueError(f"--init {init} has torchvision's 1000 ImageNet classes but the dataset has {num_classes}; "
                          "evaluate on ImageNet (tfds:imagenet2012 or folder:) or fine-tune with train.main")
@@ -116,9 +118,10 @@ def run(args: argparse.Namespace) -> dict:
                          "std": list(info.std)}
     model = build_model(cfg, source.info)
     models.check_input_size(model, source.info.image_size)
-    variables = load_variables(args.init, args.arch, source.info.num_classes, args.step)
+    variables = load_variables(args.init, args.arch, source.info.num_classes, args.step, ema=args.use_ema)
     result = evaluate_variables(model, variables, source, args.batch_size, progress=args.progress)
-    result = {"arch": args.arch, "dataset": args.dataset, "init": args.init, "preprocessing": preprocessing,
+    result = {"arch": args.arch, "dataset": args.dataset, "init": args.init, "ema": args.use_ema,
+              "preprocessing": preprocessing,
               **result}
     print(json.dumps(result))
     return result
@@ -128,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
     C.add_arguments(p, ["arch", "init"], required=["arch", "init"])
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest readable)")
+    p.add_argument("--use-ema", action="store_true",
+                   help="evaluate the run's moving average of the weights (a run trained with --ema-decay)")
     C.add_arguments(p, ["dataset", "data_dir"])
     p.add_argument("--image-size", type=int, default=None,
                    help="input side in pixels (default: the crop size of the val transform, else the dataset's)")

@@ -31,7 +31,7 @@ from cnnjax.training import hooks as H
 from cnnjax.training import optim, parallel
 from cnnjax.training.loop import Hook, Loop, NonFiniteLossError, evaluate, source_batches
 from cnnjax.training.state import TrainState, init_state
-from cnnjax.training.step import jit_steps
+from cnnjax.training.step import EMA, adjusted_decay, jit_steps
 from train import config as C
 from train import report
 from train.config import PRECISIONS, TrainConfig
@@ -64,15 +64,49 @@ def apply_init(spec: str, arch: str, fresh: dict) -> tuple[dict, list[str]]:
     return transfer.load_pretrained(fresh, checkpoint.restore(spec), tuple("/".join(h) for h in head_modules(arch)))
 
 
-def build_optimizer(cfg: TrainConfig, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
-    """The run's optimizer; with ``--backbone-lr-mult`` the non-head parameters get ``lr * mult``."""
-    make = lambda lr: optim.make_optimizer(cfg.optimizer, lr, cfg.weight_decay, total_steps,  # noqa: E731
-                                           warmup_steps, cfg.momentum)
+def lr_schedule(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, lr: float | None = None
+                ) -> optax.Schedule:
+    """The run's learning rate per step (``--schedule`` after ``--warmup-epochs``), peaking at ``lr`` (default
+    ``--lr``)."""
+    return optim.learning_rate_schedule(cfg.lr if lr is None else lr, total_steps,
+                                        round(cfg.warmup_epochs * steps_per_epoch), schedule_of(cfg),
+                                        steps_per_epoch)
+
+
+def schedule_of(cfg: TrainConfig) -> optim.Schedule:
+    return optim.Schedule(kind=cfg.schedule, step_size=cfg.lr_step_size, gamma=cfg.lr_gamma,
+                          milestones=optim.parse_milestones(cfg.lr_milestones), lr_min=cfg.lr_min,
+                          warmup_start=cfg.warmup_start_factor)
+
+
+def ema_of(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> EMA | None:
+    """The run's weight EMA (``--ema-decay``; None without): updated every ``--ema-every`` steps, reset to the
+    weights during the warmup epochs, with torchvision's decay adjustment unless ``--no-ema-adjust``
+    (:func:`cnnjax.training.step.adjusted_decay`, over the run's epochs ``total_steps / steps_per_epoch``)."""
+    if cfg.ema_decay is None:
+        return None
+    decay = cfg.ema_decay
+    if cfg.ema_adjust:
+        decay = adjusted_decay(decay, cfg.batch_size, cfg.ema_every, total_steps / steps_per_epoch)
+    return EMA(decay=decay, every=cfg.ema_every, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
+
+
+def build_optimizer(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The run's optimizer (:func:`cnnjax.training.optim.make_optimizer` with the run's schedule, momentum,
+    clipping); with ``--backbone-lr-mult`` the non-head parameters get ``lr * mult`` (clipping stays global)."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+
+    def make(lr: float, clip: float | None) -> optax.GradientTransformation:
+        return optim.make_optimizer(cfg.optimizer, lr, cfg.weight_decay, total_steps, warmup, cfg.momentum,
+                                    nesterov=cfg.nesterov, schedule=schedule_of(cfg),
+                                    steps_per_epoch=steps_per_epoch, clip_grad_norm=clip)
+
     if cfg.backbone_lr_mult == 1.0:
-        return make(cfg.lr)
+        return make(cfg.lr, cfg.clip_grad_norm)
     labels = lambda params: transfer.labels(params, r"^head/")  # noqa: E731
-    return optax.multi_transform({"trainable": make(cfg.lr), "frozen": make(cfg.lr * cfg.backbone_lr_mult)},
-                                 labels)
+    return optim.clipped(optax.multi_transform({"trainable": make(cfg.lr, None),
+                                                "frozen": make(cfg.lr * cfg.backbone_lr_mult, None)}, labels),
+                         cfg.clip_grad_norm)
 
 
 def build_model(cfg: TrainConfig, info: cdata.DatasetInfo):
@@ -260,11 +294,14 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
         C.check_resume_data(workdir / "config.json", info.image_size, info.num_classes, steps_per_epoch,
                             info.channels)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    tx = build_optimizer(cfg, total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+    tx = build_optimizer(cfg, total_steps, steps_per_epoch)
 
     mesh = parallel.data_mesh()
     replicated, batch_sharding = parallel.shardings(mesh)
     state = initial_state(model, tx, cfg, info, replicated, None if resuming else cfg.init, log)
+    ema = ema_of(cfg, steps_per_epoch, total_steps)
+    if ema is not None:
+        state = jax.jit(TrainState.with_ema, out_shardings=replicated)(state)
     check_free_space(workdir, state, cfg.keep)
     trainable = trainable_of(cfg)
     frozen_modules = None if trainable is None else transfer.frozen_module_predicate(state.params, trainable)
@@ -291,7 +328,9 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
         source, model = cache_features(model, state, source, cfg.batch_size, cfg.seed, replicated, batch_sharding,
                                        progress=cfg.progress and is_main, log=log)
     train_step, eval_step = jit_steps(model, tx, replicated, batch_sharding, label_smoothing=cfg.label_smoothing,
-                                      trainable=trainable, frozen_modules=frozen_modules)
+                                      trainable=trainable, frozen_modules=frozen_modules,
+                                      accum_steps=cfg.grad_accum_steps,
+                                      lr_schedule=lr_schedule(cfg, total_steps, steps_per_epoch), ema=ema)
     if is_main:
         C.write_config(workdir / "config.json", cfg, history=history, workdir=str(workdir),
                        num_classes=info.num_classes, image_size=info.image_size, channels=info.channels,
@@ -308,7 +347,19 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
     def on_record(record: dict) -> None:
         log(report.epoch_line(record))
 
-    evaluation = H.Evaluate(cfg.eval_every, lambda s: evaluate(s, eval_step, source, cfg.batch_size, batch_sharding),
+    if ema is not None:
+        log(f"EMA of the weights and BN statistics: decay {ema.decay:.6g} every {ema.every} step(s)"
+            + (f" (torchvision's adjustment of --ema-decay {cfg.ema_decay:g})" if cfg.ema_adjust else "")
+            + "; evaluated as val_*_ema")
+
+    def evaluate_all(s: TrainState) -> dict:
+        record = evaluate(s, eval_step, source, cfg.batch_size, batch_sharding)
+        if s.ema is not None:
+            ema_record = evaluate(s.ema_state(), eval_step, source, cfg.batch_size, batch_sharding)
+            record.update({f"{k}_ema": v for k, v in ema_record.items() if k != "val_count"})
+        return record
+
+    evaluation = H.Evaluate(cfg.eval_every, evaluate_all,
                             on_record=([report.MetricsFile(workdir)] if is_main else []) + [on_record])
     with StopFlag() as stop:
         loop = Loop(state, train_step, source_batches(source, cfg.batch_size, data_state), total_steps=total_steps,

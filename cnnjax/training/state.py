@@ -32,15 +32,30 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array  # raw uint32 key data, so checkpoints hold plain arrays
+    #: ``{'params', 'batch_stats'}``: the exponential moving average of the weights (``--ema-decay``), or None
+    ema: Any = None
 
     def as_dict(self) -> dict:
-        return {"step": self.step, "params": self.params, "batch_stats": self.batch_stats,
-                "opt_state": self.opt_state, "rng": self.rng}
+        d = {"step": self.step, "params": self.params, "batch_stats": self.batch_stats,
+             "opt_state": self.opt_state, "rng": self.rng}
+        if self.ema is not None:
+            d["ema"] = self.ema
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
         return cls(step=d["step"], params=d["params"], batch_stats=d["batch_stats"], opt_state=d["opt_state"],
-                   rng=d["rng"])
+                   rng=d["rng"], ema=d.get("ema"))
+
+    def with_ema(self) -> TrainState:
+        """This state with its EMA started as a copy of the current weights and BN statistics."""
+        import jax.numpy as jnp
+
+        return self.replace(ema=jax.tree.map(jnp.copy, self.variables))
+
+    def ema_state(self) -> TrainState:
+        """The state whose weights and BN statistics are the EMA's (for evaluation)."""
+        return self.replace(params=self.ema["params"], batch_stats=self.ema["batch_stats"])
 
     @property
     def variables(self) -> dict:

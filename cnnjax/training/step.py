@@ -8,6 +8,7 @@ masked sums (``loss``, ``top1``, ``top5``, ``count``) over the batch.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -46,16 +47,82 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class EMA:
+    """An exponential moving average of the weights and BatchNorm statistics (torchvision's
+    ``ExponentialMovingAverage`` with ``use_buffers=True``), updated after every ``every``-th step:
+    ``ema <- decay * ema + (1 - decay) * current``. As torchvision's references reset the average after every
+    update made during the warmup epochs (``n_averaged.fill_(0)``), the first update, and every update whose
+    previous update came at one of the first ``warmup_steps`` steps, copies the current weights instead.
+    :func:`adjusted_decay` gives torchvision's decay."""
+
+    decay: float
+    every: int = 1
+    warmup_steps: int = 0
+
+    def update(self, ema: dict, current: dict, step: jax.Array) -> dict:
+        """The EMA after completed step ``step`` (1-based count of optimizer steps)."""
+        due = step % self.every == 0
+        copy = step - self.every <= self.warmup_steps  # the previous update was the start or within the warmup
+        d = jnp.where(copy, 0.0, self.decay)
+
+        def one(e, c):
+            if not jnp.issubdtype(e.dtype, jnp.floating):
+                return jnp.where(due, c, e)
+            return jnp.where(due, (d * e.astype(jnp.float32) + (1 - d) * c.astype(jnp.float32)).astype(e.dtype), e)
+
+        return jax.tree.map(one, ema, current)
+
+
+def adjusted_decay(decay: float, global_batch: int, every: int, epochs: float) -> float:
+    """torchvision's references' EMA decay: ``alpha = min(1, (1 - decay) * global_batch * every / epochs)``,
+    decay ``1 - alpha`` — so that the average spans about the same share of training whatever the batch size,
+    update interval and run length."""
+    return 1.0 - min(1.0, (1.0 - decay) * global_batch * every / max(epochs, 1e-9))
+
+
+def micro_batches(x: jax.Array, k: int, shards: int = 1) -> jax.Array:
+    """(B, ...) -> (k, B / k, ...): ``k`` micro-batches, each taking B / (k * shards) consecutive rows of every
+    one of the ``shards`` equal blocks of the batch (one block per device), so each micro-batch stays spread over
+    all devices and no data moves between them."""
+    b = x.shape[0]
+    m = b // (k * shards)
+    return jnp.swapaxes(x.reshape(shards, k, m, *x.shape[1:]), 0, 1).reshape(k, shards * m, *x.shape[1:])
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_smoothing: float = 0.0,
-                    trainable: transfer.Trainable = None, frozen_modules: Callable[[str], bool] | None = None
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    trainable: transfer.Trainable = None, frozen_modules: Callable[[str], bool] | None = None,
+                    *, accum_steps: int = 1, shards: int = 1, lr_schedule: optax.Schedule | None = None,
+                    ema: EMA | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The training step: forward in training mode (BN batch statistics, dropout from ``fold_in(rng, step)``),
-    loss in float32 (+ auxiliary losses), gradients, one optimizer update. Metrics are batch means.
+    loss in float32 (+ auxiliary losses), gradients, one optimizer update. Metrics are batch means, plus
+    ``grad_norm`` (global L2 norm of the gradient, before any clipping) and ``lr`` (``lr_schedule(step)``, when
+    given).
 
     With ``trainable`` (transfer learning) only the trainable part of the parameters is differentiated and
     updated (``tx`` and its state cover that part alone); the frozen part passes through untouched, and the
     BatchNorm layers for which ``frozen_modules(path)`` holds run on their running statistics.
+
+    ``accum_steps = K > 1``: the batch is split into K micro-batches (:func:`micro_batches`, ``shards`` = the
+    devices the batch is split over), run one after the other in a ``lax.scan`` (activation memory of one
+    micro-batch); their gradients are averaged and applied in one update, so the optimizer batch is still the
+    whole batch. BatchNorm normalises each micro-batch with its own statistics and updates the running averages
+    K times (as PyTorch's accumulation loops do); dropout uses ``fold_in(step key, i)`` for micro-batch i.
+    ``ema``: also update the state's moving average (:class:`EMA`).
     """
+
+    def loss_fn(train_part, frozen_part, batch_stats, image, label, rng):
+        params = train_part if trainable is None else transfer.merge(train_part, frozen_part)
+        variables = {"params": params, "batch_stats": batch_stats}
+        with frozen_batchnorm(frozen_modules or (lambda path: False)):
+            out, updates = model.apply(variables, image, True, rngs={"dropout": rng}, mutable=["batch_stats"])
+        logits, aux = split_outputs(out)
+        loss = cross_entropy(logits, label, label_smoothing).mean()
+        for a in aux:
+            loss = loss + AUX_WEIGHT * cross_entropy(a, label, label_smoothing).mean()
+        return loss, (logits, updates.get("batch_stats", batch_stats))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -63,20 +130,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_sm
             train_part, frozen_part = state.params, {}
         else:
             train_part, frozen_part = transfer.split(state.params, trainable)
+        if accum_steps == 1:
+            (loss, (logits, batch_stats)), grads = grad_fn(train_part, frozen_part, state.batch_stats,
+                                                           batch["image"], batch["label"], rng)
+            top1 = topk_correct(logits, batch["label"], 1).mean()
+            top5 = topk_correct(logits, batch["label"], 5).mean()
+        else:
+            images = micro_batches(batch["image"], accum_steps, shards)
+            labels = micro_batches(batch["label"], accum_steps, shards)
 
-        def loss_fn(train_part):
-            params = train_part if trainable is None else transfer.merge(train_part, frozen_part)
-            variables = {"params": params, "batch_stats": state.batch_stats}
-            with frozen_batchnorm(frozen_modules or (lambda path: False)):
-                out, updates = model.apply(variables, batch["image"], True, rngs={"dropout": rng},
-                                           mutable=["batch_stats"])
-            logits, aux = split_outputs(out)
-            loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-            for a in aux:
-                loss = loss + AUX_WEIGHT * cross_entropy(a, batch["label"], label_smoothing).mean()
-            return loss, (logits, updates.get("batch_stats", state.batch_stats))
+            def body(carry, xs):
+                gsum, stats = carry
+                i, image, label = xs
+                (loss, (logits, stats)), g = grad_fn(train_part, frozen_part, stats, image, label,
+                                                     jax.random.fold_in(rng, i))
+                return (jax.tree.map(jnp.add, gsum, g), stats), (loss, topk_correct(logits, label, 1).mean(),
+                                                                 topk_correct(logits, label, 5).mean())
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_part)
+            zeros = jax.tree.map(jnp.zeros_like, train_part)
+            (gsum, batch_stats), (losses, top1s, top5s) = jax.lax.scan(
+                body, (zeros, state.batch_stats), (jnp.arange(accum_steps), images, labels))
+            grads = jax.tree.map(lambda g: g / accum_steps, gsum)
+            loss, top1, top5 = losses.mean(), top1s.mean(), top5s.mean()
         updates, opt_state = tx.update(grads, state.opt_state, train_part)
         params = optax.apply_updates(train_part, updates)
         if trainable is not None:
@@ -84,10 +159,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_sm
         finite = jnp.isfinite(loss)
         for leaf in jax.tree.leaves(params):  # the new parameters too: a NaN state must never be checkpointed
             finite = finite & jnp.all(jnp.isfinite(leaf))
-        metrics = {"loss": loss, "top1": topk_correct(logits, batch["label"], 1).mean(),
-                   "top5": topk_correct(logits, batch["label"], 5).mean(), "finite": finite}
-        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), \
-            metrics
+        metrics = {"loss": loss, "top1": top1, "top5": top5, "finite": finite, "grad_norm": optax.tree.norm(grads)}
+        if lr_schedule is not None:
+            metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
+        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        if ema is not None and state.ema is not None:
+            new = new.replace(ema=ema.update(state.ema, new.variables, new.step))
+        return new, metrics
 
     return train_step
 
@@ -108,10 +186,15 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict], dict]:
 
 def jit_steps(model: nn.Module, tx: optax.GradientTransformation, replicated: NamedSharding,
               batch_sharding: NamedSharding, *, label_smoothing: float = 0.0, trainable: transfer.Trainable = None,
-              frozen_modules: Callable[[str], bool] | None = None) -> tuple[Callable, Callable]:
+              frozen_modules: Callable[[str], bool] | None = None, accum_steps: int = 1,
+              lr_schedule: optax.Schedule | None = None, ema: EMA | None = None) -> tuple[Callable, Callable]:
     """``(train_step, eval_step)``, each one ``jax.jit`` with explicit shardings: the state replicated, batches
-    split over the mesh's ``data`` axis; the train step donates the old state."""
-    train_step = jax.jit(make_train_step(model, tx, label_smoothing, trainable, frozen_modules),
+    split over the mesh's ``data`` axis; the train step donates the old state. The other options are
+    :func:`make_train_step`'s."""
+    shards = int(batch_sharding.mesh.size)
+    step = make_train_step(model, tx, label_smoothing, trainable, frozen_modules, accum_steps=accum_steps,
+                           shards=shards, lr_schedule=lr_schedule, ema=ema)
+    train_step = jax.jit(step,
                          in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                          donate_argnums=0)
     return train_step, jit_eval_step(model, replicated, batch_sharding)
