@@ -254,3 +254,23 @@ def test_evaluate_with_torchvision_weights_from_the_cache(tmp_path, monkeypatch,
     assert evaluate.main(["--arch", "resnet18", "--init", "torchvision:resnet18", "--dataset", "digits:channels=3",
                           "--no-progress"]) == 2
     assert "1000 ImageNet classes" in capsys.readouterr().err
+
+
+def test_resume_with_ema_accumulation_and_clipping_is_exact(tmp_path):
+    recipe = [*TINY, "--epochs", "2", "--checkpoint-every", "5", "--ema-decay", "0.9", "--ema-every", "2", "--no-ema-adjust",
+              "--grad-accum-steps", "4", "--clip-grad-norm", "1.0", "--schedule", "step", "--lr-step-size", "1"]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    run_cli([*recipe, "--workdir", str(ref)])
+    code, _ = _run_until_checkpoint_then_signal([*recipe, "--workdir", str(killed)], killed, signal.SIGKILL,
+                                                min_steps=10)
+    assert code == -signal.SIGKILL
+    run_cli([*recipe, "--workdir", str(killed), "--resume"])
+    assert_trees_equal(final_params(ref), final_params(killed))
+    ema = lambda w: jax.tree.leaves(checkpoint.restore(w, ema=True))  # noqa: E731
+    assert_trees_equal(ema(ref), ema(killed))
+    rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_top1_ema"] > 0.3 and "val_loss_ema" in rows[-1]
+    with pytest.raises(AssertionError):  # the EMA is not the raw weights
+        assert_trees_equal(ema(ref), final_params(ref))
+    proc = run_cli(["--arch", "lenet5", "--init", str(ref), "--use-ema", "--no-progress"], module="train.evaluate")
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["val_top1"] == pytest.approx(rows[-1]["val_top1_ema"])
