@@ -171,3 +171,27 @@ def test_adjusted_decay_is_torchvisions():
 def test_bad_recipe_options_fail_early(kw, match):
     with pytest.raises(ValueError, match=match):
         C.validate(C.TrainConfig(arch="lenet5", **kw))
+
+
+def test_decay_selection_follows_torchvision_parameter_groups():
+    """``no-norms`` as torchvision's ``set_weight_decay(norm_weight_decay=0)``: the norm layers' weight and bias
+    get no decay, every other parameter (conv/linear weights and biases) does; checked on torchvision's own
+    grouping of a ResNet-18 mapped onto our parameter tree by shape and count."""
+    import torchvision
+
+    from cnnjax import models
+
+    tv = torchvision.models.resnet18(num_classes=10)
+    tv_all = list(tv.parameters())
+    tv_norm = [p for m in tv.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    tv_kernels = [p for p in tv_all if p.ndim >= 2]
+    model = models.create("resnet18", num_classes=10)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]
+    tv_no_norms = [p for p in tv_all if not any(p is q for q in tv_norm)]
+    for which, expected in (("kernels", tv_kernels), ("all", tv_all), ("no-norms", tv_no_norms)):
+        mask = optim.decay_mask(params, which)
+        pairs = zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+        decayed = sorted(int(np.prod(leaf.shape)) for leaf, m in pairs if m)
+        assert decayed == sorted(p.numel() for p in expected), which
+    with pytest.raises(ValueError, match="valid choices"):
+        optim.decay_mask(params, "none")

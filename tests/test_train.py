@@ -257,8 +257,9 @@ def test_evaluate_with_torchvision_weights_from_the_cache(tmp_path, monkeypatch,
 
 
 def test_resume_with_ema_accumulation_and_clipping_is_exact(tmp_path):
-    recipe = [*TINY, "--epochs", "2", "--checkpoint-every", "5", "--ema-decay", "0.9", "--ema-every", "2", "--no-ema-adjust",
-              "--grad-accum-steps", "4", "--clip-grad-norm", "1.0", "--schedule", "step", "--lr-step-size", "1"]
+    recipe = [*TINY, "--epochs", "2", "--checkpoint-every", "5", "--ema-decay", "0.9", "--ema-every", "2",
+              "--no-ema-adjust", "--grad-accum-steps", "4", "--clip-grad-norm", "1.0", "--schedule", "step",
+              "--lr-step-size", "1"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run_cli([*recipe, "--workdir", str(ref)])
     code, _ = _run_until_checkpoint_then_signal([*recipe, "--workdir", str(killed)], killed, signal.SIGKILL,

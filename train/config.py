@@ -100,8 +100,11 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum", **_check(unit_interval))
     nesterov: bool = option(True, "classic momentum instead of Nesterov's (torchvision's references)",
                             negate="--no-nesterov")
-    weight_decay: float | None = option(None, "sgd: 5e-5; adamw: 0.05 (never on biases/norms)", type=float,
-                                        **_check(non_negative))
+    weight_decay: float | None = option(None, "sgd: 5e-5; adamw: 0.05 (on the parameters --decay-params names)",
+                                        type=float, **_check(non_negative))
+    decay_params: str = option("kernels", "parameters that get weight decay: kernels (never biases or norms), all "
+                                          "(PyTorch's default), no-norms (torchvision's --norm-weight-decay 0)",
+                               choices=optim.DECAY_PARAMS)
     warmup_epochs: float = option(1.0, "linear warmup to --lr over this many epochs", **_check(non_negative))
     warmup_start_factor: float = option(0.0, "the warmup starts at this fraction of --lr (torchvision's "
                                              "--lr-warmup-decay)", **_check(unit_interval))

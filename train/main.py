@@ -99,7 +99,8 @@ def build_optimizer(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) ->
     def make(lr: float, clip: float | None) -> optax.GradientTransformation:
         return optim.make_optimizer(cfg.optimizer, lr, cfg.weight_decay, total_steps, warmup, cfg.momentum,
                                     nesterov=cfg.nesterov, schedule=schedule_of(cfg),
-                                    steps_per_epoch=steps_per_epoch, clip_grad_norm=clip)
+                                    steps_per_epoch=steps_per_epoch, clip_grad_norm=clip,
+                                    decay_params=cfg.decay_params)
 
     if cfg.backbone_lr_mult == 1.0:
         return make(cfg.lr, cfg.clip_grad_norm)

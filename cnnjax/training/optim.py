@@ -24,9 +24,32 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "multistep", "linear", "constant")
 
 
-def decay_mask(params: Any) -> Any:
-    """True for weights that get weight decay: kernels (ndim >= 2); False for biases, BN/LN scales and shifts."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+#: Which parameters get weight decay: ``kernels`` (cnnjax's default: every parameter with >= 2 dimensions, never
+#: a bias or a normalisation scale/shift), ``all`` (PyTorch's and torchvision's references' default),
+#: ``no-norms`` (all but normalisation layers: torchvision's ``--norm-weight-decay 0.0``; biases of convolutions
+#: and dense layers do get it).
+DECAY_PARAMS = ("kernels", "all", "no-norms")
+
+
+def decay_mask(params: Any, which: str = "kernels") -> Any:
+    """A tree like ``params``: True where the weight gets weight decay (see :data:`DECAY_PARAMS`). A
+    normalisation layer is a module with a ``scale`` parameter (flax's BatchNorm, LayerNorm, GroupNorm); all of
+    its parameters count as normalisation parameters."""
+    if which not in DECAY_PARAMS:
+        raise ValueError(f"unknown weight-decay selection {which!r}; valid choices: {', '.join(DECAY_PARAMS)}")
+    if which == "kernels":
+        return jax.tree.map(lambda p: p.ndim >= 2, params)
+    if which == "all":
+        return jax.tree.map(lambda p: True, params)
+
+    def walk(tree: Any) -> Any:
+        if not isinstance(tree, dict):
+            return True
+        if "scale" in tree and not isinstance(tree["scale"], dict):  # a normalisation layer's own parameters
+            return {k: jax.tree.map(lambda p: False, v) for k, v in tree.items()}
+        return {k: walk(v) for k, v in tree.items()}
+
+    return walk(dict(params))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,20 +102,22 @@ def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int, sched
 
 def make_optimizer(name: str, lr: float, weight_decay: float, total_steps: int, warmup_steps: int = 0,
                    momentum: float = 0.9, nesterov: bool = True, schedule: Schedule | None = None,
-                   steps_per_epoch: int = 1, clip_grad_norm: float | None = None,
+                   steps_per_epoch: int = 1, clip_grad_norm: float | None = None, decay_params: str = "kernels",
                    ) -> optax.GradientTransformation:
     """``sgd``: L2 weight decay added to the gradient (PyTorch's SGD ``weight_decay``) then momentum SGD
-    (Nesterov unless ``nesterov=False``); ``adamw``: decoupled weight decay. Both with the masked decay and
+    (Nesterov unless ``nesterov=False``); ``adamw``: decoupled weight decay. Both with the decay on
+    ``decay_params`` (:data:`DECAY_PARAMS`) and
     :func:`learning_rate_schedule`; ``clip_grad_norm`` first scales the raw gradient to at most that global L2
     norm."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
     lr_fn = learning_rate_schedule(lr, total_steps, warmup_steps, schedule, steps_per_epoch)
+    mask = lambda params: decay_mask(params, decay_params)  # noqa: E731
     if name == "sgd":
-        tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=mask),
                          optax.sgd(lr_fn, momentum=momentum or None, nesterov=nesterov and bool(momentum)))
     else:
-        tx = optax.adamw(lr_fn, weight_decay=weight_decay, mask=decay_mask)
+        tx = optax.adamw(lr_fn, weight_decay=weight_decay, mask=mask)
     return clipped(tx, clip_grad_norm)
 
 
