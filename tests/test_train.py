@@ -275,3 +275,11 @@ def test_resume_with_ema_accumulation_and_clipping_is_exact(tmp_path):
         assert_trees_equal(ema(ref), final_params(ref))
     proc = run_cli(["--arch", "lenet5", "--init", str(ref), "--use-ema", "--no-progress"], module="train.evaluate")
     assert json.loads(proc.stdout.strip().splitlines()[-1])["val_top1"] == pytest.approx(rows[-1]["val_top1_ema"])
+
+
+def test_config_file_repeats_a_run_exactly(reference_run, tmp_path):
+    run_cli(["--config", str(reference_run / "config.json"), "--workdir", str(tmp_path / "again")])
+    strip = lambda path: [{k: v for k, v in json.loads(x).items() if k != "images_per_sec"}  # noqa: E731
+                          for x in (path / "metrics.jsonl").read_text().splitlines()]
+    assert strip(tmp_path / "again") == strip(reference_run)
+    assert_trees_equal(final_params(reference_run), final_params(tmp_path / "again"))

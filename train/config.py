@@ -83,6 +83,11 @@ class TrainConfig:
     """Every setting of a run (``config.json`` in the run directory)."""
 
     arch: str = option("resnet50", "architecture", choices=models.names, metavar="NAME")
+    config: str | None = option(None, "start from the settings in this file: a run's config.json, a JSON object "
+                                      "or a Python file with get_config(); flags given override it",
+                                metavar="FILE", saved=False)
+    recipe: str | None = option(None, "a published training recipe: torchvision-v1, torchvision-v2 (flag by flag: "
+                                      "python -m train.recipes); --config and flags override it", metavar="NAME")
     dataset: str = option(cdata.DEFAULT, "one of: " + ", ".join(cdata.DATASETS))
     data_dir: str | None = option(None, "TFDS data dir (else $TFDS_DATA_DIR); base of folder: paths", resumable=True)
     image_size: int | None = option(None, "input side in pixels (default: the dataset's; folder: the images' "
@@ -368,6 +373,10 @@ def validate(cfg: TrainConfig) -> None:
     for name in FIELDS:
         check_value(name, getattr(cfg, name))
     check_zero_init(cfg.arch, cfg.zero_init_residual)
+    if cfg.recipe is not None:
+        from train.recipes import recipe
+
+        recipe(cfg.recipe)  # raises on an unknown name
     model_options(cfg.arch, cfg.model_opt)
     parallel.check_batch_size(cfg.batch_size)
     if cfg.transfer is not None:

@@ -385,7 +385,10 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from train import recipes
+
     parser = C.build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.arch not in models.names():
         parser.error(models.registry.unknown_name_message(args.arch))
@@ -393,7 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--resume needs --workdir (the run directory to continue)")
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed,
                                     heartbeat_timeout=args.heartbeat_timeout)
-    cfg = C.from_args(args)
+    try:
+        cfg = recipes.compose(args, recipes.given_flags(parser, argv))
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
     if cfg.benchmark:
         from train.benchmark import benchmark
 
