@@ -201,7 +201,7 @@ def _check_outputs(out, name, png):
     return res, table
 
 
-@pytest.mark.slow  # ~45 s for the three: the full suite runs them
+@pytest.mark.slow  # ~45 s for the three (plus landscape's ~10 s): the full suite runs them
 def test_degradation_smoke(smoke_out):
     out = smoke_out / "degradation"
     res, table = _check_outputs(out, "degradation", "degradation.png")
@@ -216,7 +216,7 @@ def test_degradation_smoke(smoke_out):
     assert (out / "runs" / res["runs"][0]["run_id"] / "result.json").stat().st_mtime == mtime
 
 
-@pytest.mark.slow  # ~45 s for the three: the full suite runs them
+@pytest.mark.slow  # ~45 s for the three (plus landscape's ~10 s): the full suite runs them
 def test_gradients_smoke(smoke_out):
     from train.experiments import gradients
 
@@ -229,7 +229,7 @@ def test_gradients_smoke(smoke_out):
             assert len(s[when]["act_rms"]) == 9
 
 
-@pytest.mark.slow  # ~45 s for the three: the full suite runs them
+@pytest.mark.slow  # ~45 s for the three (plus landscape's ~10 s): the full suite runs them
 def test_lesion_smoke(smoke_out):
     from train.experiments import lesion
 
@@ -238,6 +238,29 @@ def test_lesion_smoke(smoke_out):
     assert res["downsampling_blocks"] == {"20": [3, 6]}
     for r in res["lesions"].values():
         assert len(r["single"]) == 9 and set(r["random"]) == {"1", "2"} and 0 <= r["baseline"] <= 1
+
+
+@pytest.mark.slow  # ~10 s on top of the degradation smoke runs
+def test_landscape_smoke(smoke_out):
+    from train.experiments import landscape
+
+    out = smoke_out / "landscape"
+    landscape.run(out, "smoke", log=lambda s: None)
+    res, table = _check_outputs(out, "landscape", "landscape.png")
+    assert (out / "landscape_roughness.png").stat().st_size > 1000
+    assert not (out / "runs").exists()  # reused degradation's runs
+    assert {r["arch"] for r in res["landscapes"].values()} == {"resnet20", "resnet20_plain"}
+    for r in res["landscapes"].values():
+        surface = np.asarray(r["surface"])
+        assert surface.shape == (3, 3) and np.all(np.isfinite(surface)) and np.all(surface > 0)
+        assert 0 <= r["nonconvex_share"] <= 1 and r["lam_min"] <= r["lam_max"] and r["lam_max"] > 0
+        assert r["images"] == 32 and len(r["ritz"]) <= 4
+    assert "non-convex share" in table and "|λ_min / λ_max|" in table
+    cached = sorted((out / "grids").iterdir())
+    assert len(cached) == 2
+    mtime = cached[0].stat().st_mtime
+    landscape.run(out, "smoke", log=lambda s: None)  # the grids are cached: nothing is recomputed
+    assert cached[0].stat().st_mtime == mtime
 
 
 def test_cli_transfer_keeps_its_options(capsys):
@@ -260,9 +283,9 @@ def test_lecture_quotes_are_verbatim():
     if not path.exists():
         pytest.skip("the lecture text is not beside this checkout")
     lecture = path.read_text().replace("**", "").replace("(#)", "")
-    from train.experiments import degradation, gradients, lesion
+    from train.experiments import degradation, gradients, landscape, lesion
 
-    for module in (degradation, gradients, lesion):
+    for module in (degradation, gradients, lesion, landscape):
         claim = next(v for v in vars(module).values() if hasattr(v, "lecture_ru"))
         for part in claim.lecture_ru.split(" […] "):
             assert part in lecture, (module.__name__, part)

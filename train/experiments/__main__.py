@@ -1,9 +1,10 @@
 """``python -m train.experiments NAME [--budget smoke|default|full] [--seeds ...] [--out DIR]``.
 
-``degradation``, ``gradients`` and ``lesion`` run on :mod:`train.experiments.runner` (cached runs under
-``OUT/runs/``; the last two train nothing of their own: they use the ``degradation`` runs cached in the sibling
-folder ``OUT/../degradation/runs``, training them there first if needed). ``transfer`` keeps its own options
-(``python -m train.experiments transfer --help``; it takes ``--out`` and ``--seeds`` too, but no ``--budget``).
+``degradation``, ``gradients``, ``lesion`` and ``landscape`` run on :mod:`train.experiments.runner` (cached
+runs under ``OUT/runs/``; the last three train nothing of their own: they use the ``degradation`` runs cached in
+the sibling folder ``OUT/../degradation/runs``, training them there first if needed). ``transfer`` keeps its
+own options (``python -m train.experiments transfer --help``; it takes ``--out`` and ``--seeds`` too, but no
+``--budget``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import argparse
 import pathlib
 import sys
 
-from train.experiments import degradation, gradients, lesion, transfer
+from train.experiments import degradation, gradients, landscape, lesion, transfer
 from train.experiments import runner as R
 
-EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion}
+EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion,
+               "landscape": landscape}
 
 
 def main(argv: list[str] | None = None) -> int:
