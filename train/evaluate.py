@@ -1,7 +1,11 @@
 """``python -m train.evaluate --arch ARCH --init RUN_DIR --dataset D``: top-1/top-5 of saved weights, no training.
 
-Prints a JSON line with ``val_top1``, ``val_top5``, ``val_loss``, the example count and ``preprocessing``, the
-val transform used.
+Prints a JSON line with ``val_top1``, ``val_top5``, ``val_loss``, the example count, ``val_per_class_top1``
+(the top-1 of each true class, index = label; null for a class without val examples; weighted by the class
+counts they average to ``val_top1``) and ``preprocessing``, the val transform used. ``--out DIR`` also writes
+``DIR/per_class.json`` (the summary, each class's label, name, count and top-1, and the confusion matrix: row =
+true label, column = top-1 prediction) and ``DIR/confusion.png`` (see :func:`train.report.plot_confusion`), the
+files a training run leaves in its workdir.
 
 Preprocessing of the ``folder:`` and ``tfds:`` datasets (decoded image files): with ``--init torchvision:ARCH``
 the val images get ARCH's torchvision eval transform (PIL ``Resize(resize, interpolation, antialias=True)``,
@@ -26,6 +30,7 @@ from cnnjax import data as cdata
 from cnnjax.data.preprocess import Preprocess
 from cnnjax.training.loop import evaluate_variables
 from train import config as C
+from train import report
 from train.config import TrainConfig
 from train.main import build_model, torchvision_arch
 
@@ -103,7 +108,24 @@ def saved_model_opt(init: str) -> tuple[str, ...]:
     return ()
 
 
+def check_out(out: str | None) -> pathlib.Path | None:
+    """``--out DIR`` created and proved writable before any data is read (a clear ``ValueError`` otherwise)."""
+    if out is None:
+        return None
+    folder = pathlib.Path(out)
+    probe = folder / ".write-test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--out {out} is not a writable directory ({err.strerror or err}); choose another --out"
+                         ) from None
+    return folder
+
+
 def run(args: argparse.Namespace) -> dict:
+    out = check_out(args.out)
     model_opt = tuple(args.model_opt) if args.model_opt else saved_model_opt(args.init)
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, batch_size=args.batch_size, precision=args.precision,
                       conv_impl=args.conv_impl, zero_init_residual="off", model_opt=model_opt)
@@ -119,10 +141,15 @@ def run(args: argparse.Namespace) -> dict:
     model = build_model(cfg, source.info)
     models.check_input_size(model, source.info.image_size)
     variables = load_variables(args.init, args.arch, source.info.num_classes, args.step, ema=args.use_ema)
-    result = evaluate_variables(model, variables, source, args.batch_size, progress=args.progress)
+    result = evaluate_variables(model, variables, source, args.batch_size, progress=args.progress, confusion=True)
+    matrix = result.pop("val_confusion")
     result = {"arch": args.arch, "dataset": args.dataset, "init": args.init, "ema": args.use_ema,
-              "preprocessing": preprocessing,
-              **result}
+              "preprocessing": preprocessing, **result, "val_per_class_top1": report.per_class_top1(matrix)}
+    if out is not None:
+        summary = {k: result[k] for k in ("arch", "dataset", "init", "ema", "val_top1", "val_count")}
+        if args.step is not None:
+            summary["step"] = args.step
+        report.write_confusion(out, matrix, info.class_names, summary)
     print(json.dumps(result))
     return result
 
@@ -133,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest readable)")
     p.add_argument("--use-ema", action="store_true",
                    help="evaluate the run's moving average of the weights (a run trained with --ema-decay)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="also write DIR/per_class.json (per-class top-1, confusion matrix) and DIR/confusion.png")
     C.add_arguments(p, ["dataset", "data_dir"])
     p.add_argument("--image-size", type=int, default=None,
                    help="input side in pixels (default: the crop size of the val transform, else the dataset's)")

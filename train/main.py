@@ -3,7 +3,8 @@
 With no option beyond ``--arch`` it trains on the bundled ``digits`` dataset (no network needed). :func:`train`
 turns a :class:`~train.config.TrainConfig` into a run of the training core (:mod:`cnnjax.training`): data,
 model, optimizer, state (fresh, pretrained or resumed), the jitted steps, and the loop with its hooks
-(progress, evaluation -> ``metrics.jsonl``/``curves.png``, checkpoints).
+(progress, evaluation -> ``metrics.jsonl``/``curves.png`` and TensorBoard event files, checkpoints); at the end,
+``per_class.json`` and ``confusion.png`` of the last evaluation.
 
 Exact resume: a checkpoint holds the train state and the data position (epoch, next batch) plus the running
 sums of the epoch's training metrics; the data pipeline is a pure function of (seed, epoch, batch), so a run
@@ -35,6 +36,7 @@ from cnnjax.training.step import EMA, adjusted_decay, jit_steps
 from train import config as C
 from train import report
 from train.config import PRECISIONS, TrainConfig
+from train.tensorboard import TensorBoard
 
 
 def trainable_of(cfg: TrainConfig) -> transfer.Trainable:
@@ -354,15 +356,19 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
             + "; evaluated as val_*_ema")
 
     def evaluate_all(s: TrainState) -> dict:
-        record = evaluate(s, eval_step, source, cfg.batch_size, batch_sharding)
+        record = evaluate(s, eval_step, source, cfg.batch_size, batch_sharding, confusion=True)
         if s.ema is not None:
             ema_record = evaluate(s.ema_state(), eval_step, source, cfg.batch_size, batch_sharding)
             record.update({f"{k}_ema": v for k, v in ema_record.items() if k != "val_count"})
         return record
 
+    tensorboard = TensorBoard(workdir, start_step=step) if is_main else None
     evaluation = H.Evaluate(cfg.eval_every, evaluate_all,
-                            on_record=([report.MetricsFile(workdir)] if is_main else []) + [on_record])
-    with StopFlag() as stop:
+                            on_record=([report.MetricsFile(workdir), tensorboard] if is_main else []) + [on_record])
+    with StopFlag() as stop, contextlib.ExitStack() as closing:
+        if tensorboard is not None:
+            closing.callback(tensorboard.close)
+            hooks = [*hooks, tensorboard]
         loop = Loop(state, train_step, source_batches(source, cfg.batch_size, data_state), total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size,
                     to_global=lambda local: parallel.global_batch(local, batch_sharding), sums=sums,
@@ -376,6 +382,9 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{err}; stopping. The last good checkpoint is kept in "
                                      f"{workdir / 'checkpoints'} (steps {store.steps()}); try a lower --lr.") from None
+    if is_main and "val_confusion" in evaluation.arrays:
+        report.write_confusion(workdir, evaluation.arrays["val_confusion"], info.class_names,
+                               {k: evaluation.last[k] for k in ("epoch", "step", "val_top1", "val_count")})
     last_record = evaluation.last or (report.read_jsonl(metrics_path)[-1:] or [{}])[0]  # nothing left to run
     if loop.stopped:
         log(f"stopped by signal {stop.signum} at step {loop.step}; checkpoint saved in {workdir / 'checkpoints'}; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from cnnjax.checkpoint import CheckpointStore
@@ -60,7 +61,9 @@ class Progress(Hook):
 class Evaluate(Hook):
     """At the end of every ``every_epochs``-th epoch and of the run: a record of the epoch's training means,
     ``evaluate(state)`` (a dict, e.g. :func:`cnnjax.training.loop.evaluate`) and the epoch's images/s, passed to
-    each of ``on_record``. :attr:`last` holds the newest record."""
+    each of ``on_record``. :attr:`last` holds the newest record. Array values of the evaluation (e.g.
+    ``val_confusion`` of ``evaluate(..., confusion=True)``) stay out of the record, which is one JSON row:
+    :attr:`arrays` holds the newest of them (already while ``on_record`` runs)."""
 
     at_end = True
 
@@ -68,14 +71,19 @@ class Evaluate(Hook):
                  on_record: Sequence[Callable[[dict], None]] = ()):
         self.every_epochs, self.evaluate, self.on_record = every_epochs, evaluate, list(on_record)
         self.last: dict = {}
+        self.arrays: dict[str, np.ndarray] = {}
 
     def is_due(self, loop: Loop) -> bool:
         return loop.epoch_done and due(loop.step, self.every_epochs * loop.steps_per_epoch, loop.total_steps)
 
     def after_step(self, loop: Loop) -> None:
         rate = loop.images_per_sec
-        record = {"epoch": loop.epoch, "step": loop.step, **loop.train_means(), **self.evaluate(loop.state),
-                  "images_per_sec": rate}
+        means = loop.train_means()  # flushes first: a non-finite state raises before it is evaluated
+        result = self.evaluate(loop.state)
+        arrays = {key: value for key, value in result.items() if isinstance(value, np.ndarray) and value.ndim}
+        record = {"epoch": loop.epoch, "step": loop.step, **means,
+                  **{key: value for key, value in result.items() if key not in arrays}, "images_per_sec": rate}
+        self.arrays = arrays
         for fn in self.on_record:
             fn(record)
         self.last = record

@@ -7,7 +7,9 @@ where an earlier one stopped. After each step every :class:`Hook` whose cadence 
 
 Training metrics are kept on the device until a hook or the end of an epoch asks for them
 (:meth:`Loop.flush`): then they are fetched once, checked for non-finite values and added to the epoch's
-running sums, which a checkpoint stores so that a resumed epoch reports the same means.
+running sums, which a checkpoint stores so that a resumed epoch reports the same means, and each step's metrics
+(every key the train step returns, e.g. a learning rate or gradient norm) go to every hook's
+:meth:`Hook.on_metrics` (e.g. a TensorBoard writer).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def zero_sums() -> list:
 class Hook:
     """Host-side work at a cadence. :class:`Loop` calls :meth:`begin` once before the first step,
     :meth:`after_step` after every step for which :meth:`is_due` holds (default: ``due(step, every, total if
-    at_end)``), and :meth:`end` once when the loop finishes or is stopped (not when it raises)."""
+    at_end)``), and :meth:`end` once when the loop finishes or is stopped (not when it raises).
+    :meth:`on_metrics` gets each step's fetched metrics (:meth:`Loop.flush`), whatever the cadence."""
 
     every: int | None = None
     at_end: bool = False
@@ -64,6 +67,10 @@ class Hook:
 
     def end(self, loop: Loop) -> None:
         pass
+
+    def on_metrics(self, loop: Loop, step: int, metrics: dict) -> None:
+        """The host metrics of step ``step`` (1-based), every key of the train step's dict (NumPy scalars),
+        called in step order when :meth:`Loop.flush` fetches them (before its non-finite check)."""
 
 
 class Loop:
@@ -143,9 +150,14 @@ class Loop:
         if not self.pending:
             return
         host, self.pending = jax.device_get(self.pending), []
-        for m in host:
+        first = self.step - len(host) + 1  # the pending steps are the last len(host) ones
+        for i, m in enumerate(host):
             self.sums = [self.sums[0] + float(m["loss"]), self.sums[1] + float(m["top1"]),
                          self.sums[2] + float(m["top5"]), self.sums[3] + 1]
+            for hook in self.hooks:
+                on_metrics = getattr(hook, "on_metrics", None)  # a duck-typed hook may not have it
+                if on_metrics is not None:
+                    on_metrics(self, first + i, m)
         self.last_loss = float(host[-1]["loss"])
         if not all(bool(m["finite"]) for m in host):
             raise NonFiniteLossError(f"non-finite loss or parameters (last loss {self.last_loss}) by step "
@@ -200,27 +212,41 @@ def source_batches(source: DataSource, batch_size: int, state: dict | None = Non
 
 
 def evaluate(state: TrainState, eval_step: Callable, source: DataSource, batch_size: int, batch_sharding,
-             progress: bool = False) -> dict:
+             progress: bool = False, confusion: bool = False) -> dict:
     """Top-1/top-5 and mean loss over every validation example exactly once (padded rows masked out):
-    ``val_loss``, ``val_top1``, ``val_top5`` (fractions in [0, 1]) and ``val_count``."""
+    ``val_loss``, ``val_top1``, ``val_top5`` (fractions in [0, 1]) and ``val_count``. With ``confusion`` also
+    ``val_confusion``: the (K, K) int64 NumPy confusion matrix (row = label, column = top-1 prediction; its
+    trace / ``val_count`` is ``val_top1``), summed on the device from the eval step's ``confusion`` (an
+    ``eval_step`` without one raises ``ValueError``)."""
     sums = None
     for local in tqdm(source.batches("val", batch_size, process_index=jax.process_index(),
                                      process_count=jax.process_count()),
                       total=source.num_batches("val", batch_size), desc="eval", leave=False, disable=not progress):
         out = eval_step(state, parallel.global_batch(local, batch_sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.tree.map(lambda a: float(np.asarray(a)), sums)
+    if sums is None:
+        raise ValueError(f"the validation split of {source.info.name} is empty: nothing to evaluate")
+    sums = jax.device_get(sums)
+    matrix = sums.pop("confusion", None)
+    if confusion and matrix is None:
+        raise ValueError("evaluate(confusion=True): the eval step returns no 'confusion' matrix")
+    sums = {key: float(np.asarray(value)) for key, value in sums.items()}
     n = max(sums["count"], 1.0)
-    return {"val_loss": sums["loss"] / n, "val_top1": sums["top1"] / n, "val_top5": sums["top5"] / n,
-            "val_count": int(sums["count"])}
+    result = {"val_loss": sums["loss"] / n, "val_top1": sums["top1"] / n, "val_top5": sums["top5"] / n,
+              "val_count": int(sums["count"])}
+    if confusion:
+        result["val_confusion"] = np.asarray(matrix).astype(np.int64)
+    return result
 
 
-def evaluate_variables(model, variables: dict, source: DataSource, batch_size: int, progress: bool = False) -> dict:
+def evaluate_variables(model, variables: dict, source: DataSource, batch_size: int, progress: bool = False,
+                       confusion: bool = False) -> dict:
     """:func:`evaluate` of ``variables`` (``params``, ``batch_stats``) without a training run: the eval-mode
-    model on every validation example, replicated over the ``data`` mesh of all devices."""
+    model on every validation example, replicated over the ``data`` mesh of all devices (``confusion``: add
+    ``val_confusion``, as there)."""
     replicated, batch_sharding = parallel.shardings(parallel.data_mesh())
     state = jax.device_put(TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                                       batch_stats=variables.get("batch_stats", {}) or {}, opt_state=(),
                                       rng=jnp.zeros((2,), jnp.uint32)), replicated)
     return evaluate(state, jit_eval_step(model, replicated, batch_sharding), source, batch_size, batch_sharding,
-                    progress)
+                    progress, confusion)

@@ -3,7 +3,8 @@
 ``train_step(state, batch) -> (state, metrics)`` and ``eval_step(state, batch) -> sums``; ``batch`` is a dict
 of global arrays ``image`` (B, H, W, C) float32, ``label`` (B,) int32 and ``mask`` (B,) bool. ``metrics`` are
 batch means (``loss``, ``top1``, ``top5``) and ``finite`` (loss and new parameters all finite); ``sums`` are
-masked sums (``loss``, ``top1``, ``top5``, ``count``) over the batch.
+masked sums (``loss``, ``top1``, ``top5``, ``count``) over the batch, and ``confusion``, the (K, K) int32 counts
+of (label, top-1 prediction) pairs of the unmasked rows.
 """
 
 from __future__ import annotations
@@ -171,15 +172,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_sm
 
 
 def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict], dict]:
-    """The evaluation step: eval-mode forward, masked sums of loss, top-1 and top-5 hits, and the count."""
+    """The evaluation step: eval-mode forward, masked sums of loss, top-1 and top-5 hits, and the count, and
+    ``confusion``: (K, K) int32 counts of the unmasked rows, row = label, column = top-1 prediction (the class
+    :func:`topk_correct` takes, lowest index on ties), so its trace is the ``top1`` sum. Summed on the device
+    (one scatter-add per batch; K = 1000 is 4 MB)."""
 
     def eval_step(state: TrainState, batch: dict) -> dict:
         logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], False)
         mask = batch["mask"].astype(jnp.float32)
+        k = logits.shape[-1]
+        pred = jax.lax.top_k(logits.astype(jnp.float32), 1)[1][:, 0]
+        confusion = jnp.zeros((k, k), jnp.int32).at[batch["label"], pred].add(batch["mask"].astype(jnp.int32))
         return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
                 "top1": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
                 "top5": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
-                "count": jnp.sum(mask)}
+                "count": jnp.sum(mask), "confusion": confusion}
 
     return eval_step
 
