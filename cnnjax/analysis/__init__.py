@@ -14,6 +14,9 @@ Every tool is a library function (NHWC arrays, pure and jit-able where that make
 * :mod:`~cnnjax.analysis.occlusion`: occlusion sensitivity (Zeiler & Fergus);
 * :mod:`~cnnjax.analysis.visualize`: filter grids, feature maps of named layers, PNG writers (matplotlib Agg);
 * :mod:`~cnnjax.analysis.training`: a tiny in-process trainer for trained-vs-untrained comparisons.
+* :mod:`~cnnjax.analysis.landscape`: loss surfaces along filter-normalised directions (Li et al. 2018), their
+  grid non-convexity, Hessian eigenvalues by Lanczos on Hessian-vector products (``from cnnjax.analysis import
+  landscape``).
 """
 
 from cnnjax.analysis.equivariance import (
