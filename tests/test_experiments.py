@@ -283,10 +283,76 @@ def test_lecture_quotes_are_verbatim():
     if not path.exists():
         pytest.skip("the lecture text is not beside this checkout")
     lecture = path.read_text().replace("**", "").replace("(#)", "")
-    from train.experiments import degradation, gradients, landscape, lesion
+    from train.experiments import degradation, gradients, landscape, lesion, shift
 
-    for module in (degradation, gradients, lesion, landscape):
+    for module in (degradation, gradients, lesion, landscape, shift):
         claim = next(v for v in vars(module).values() if hasattr(v, "lecture_ru"))
         for part in claim.lecture_ru.split(" […] "):
             assert part in lecture, (module.__name__, part)
     assert "Residual-связи решают эту проблему" not in lecture  # the check can fail: a paraphrase is not found
+
+
+# ---------------------------------------------------------------------------------------------- shift
+
+
+def test_cifar_resnet_pool_option():
+    x = jax.ShapeDtypeStruct((2, 24, 24, 3), jnp.float32)
+    heads = {}
+    for pool in ("avg", "flatten"):
+        m = models.create("resnet20", num_classes=6, in_channels=3, depth=8, pool=pool)
+        v = jax.eval_shape(lambda x, m=m: m.init(jax.random.key(0), x), x)
+        assert jax.eval_shape(lambda v, x, m=m: m.apply(v, x), v, x).shape == (2, 6)
+        assert jax.eval_shape(lambda v, x, m=m: m.apply(v, x, method="features"), v, x).shape == (2, 6, 6, 64)
+        heads[pool] = v["params"]["head"]["kernel"].shape
+    assert heads == {"avg": (64, 6), "flatten": (6 * 6 * 64, 6)}
+    with pytest.raises(ValueError, match="pool"):
+        models.create("resnet20", pool="max")
+    from train.config import model_options
+
+    assert model_options("resnet20", ["pool=flatten", "depth=8"]) == {"pool": "flatten", "depth": 8}
+
+
+def test_shift_probe_images_and_normalisation():
+    from cnnjax import data as cdata
+    from cnnjax.data.shapes import render_shapes
+    from train.experiments import shift
+
+    p = shift.probe_images(20, 24)
+    assert p["image"].shape == (20, 24, 24, 3) and p["label"].shape == (20,)
+    touched = p["alpha"].max(axis=1) > 0  # (N, W): columns the shape covers
+    assert touched.any(1).all() and not touched[:, 12:].any()  # wholly in the left half: a 12 px roll keeps it whole
+    src = cdata.load("shapes:train_region=left,val_region=left,num_train=40,num_val=10,image_size=24")
+    val = next(iter(src.plain_batches("val", 10)))
+    raw = render_shapes(10, 24, region="left", seed=0, stream=1)["image"]
+    np.testing.assert_allclose(shift.normalise(raw, src.info.mean, src.info.std), val["image"], atol=1e-5)
+
+
+def test_shift_feature_equivariance_and_accuracy():
+    from train.experiments import shift
+
+    x = jax.random.normal(jax.random.key(0), (3, 16, 16, 2))
+    sub = lambda a: a[:, ::4, ::4, :]  # noqa: E731  stride-4 subsampling: equivariant only for multiples of 4
+    err = shift.feature_equivariance(sub, x, [2, 4, 8])
+    assert err[1] < 1e-6 and err[2] < 1e-6 and err[0] > 0.5
+    pooled = lambda a: a.mean((1, 2))  # noqa: E731  global average pooling: invariant to circular shifts
+    labels = jnp.argmax(pooled(x), -1)
+    assert shift.shifted_accuracy(pooled, x, labels, [0, 3, 7]) == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_shift_smoke(tmp_path):
+    from train.experiments.__main__ import main
+
+    out = tmp_path / "shift"
+    assert main(["shift", "--budget", "smoke", "--out", str(out)]) == 0
+    res, table = _check_outputs(out, "shift", "shift_accuracy.png")
+    assert (out / "shift_equivariance.png").stat().st_size > 1000
+    assert set(res["evaluations"]) == {"mlp", "resnet8_flatten", "resnet8", "resnet8_blurpool"}
+    assert res["shifts"][0] == 0 and res["shifts"][-1] == 12 and len(res["verdicts"]) == 7
+    for model, evs in res["evaluations"].items():
+        for e in evs:
+            assert len(e["shift_accuracy"]) == len(res["shifts"]) and 0 <= e["consistency"] <= 1
+            assert (e["feature_equivariance"] is None) == (model == "mlp")
+    opts = {r["run_id"]: r["config"]["model_opt"] for r in res["runs"]}
+    assert any("antialias=True" in o for o in opts.values()) and any("pool='flatten'" in o for o in opts.values())
+    assert "`resnet8_blurpool`" in table

@@ -11,6 +11,10 @@ Parameter tree: ``stem/{conv,bn}``, ``stage{s}_block{b}/{conv1,bn1,conv2,bn2[,do
 the strided conv1 becomes conv1 (stride 1) -> BN -> ReLU -> BlurPool, and the shortcut blurs before its
 stride-2 subsampling (option A) or 1x1 conv (option B); same shapes and parameters.
 NHWC (N, 32, 32, C) -> logits; ``features`` -> (N, 8, 8, 64).
+``pool="flatten"`` replaces the global average pool by flattening the (N, H/4, W/4, 64) map (channel-major, as
+:func:`~cnnjax.models.layers.flatten_nchw`) into the ``head``, a LeNet-style dense classifier that sees where
+each feature is (the ``shift`` experiment compares the two); its ``head`` has (H/4)(W/4) times the inputs, so
+it depends on the input size.
 
 Zero-initialised last BN (``zero_init_last_bn``) is allowed with shortcuts (off by default and in the record:
 ``ArchRecord.zero_init_residual`` is False) and refused without (``_plain``: every block would output exactly 0).
@@ -42,7 +46,7 @@ import jax.numpy as jnp
 
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier
-from cnnjax.models.layers import ConvNormAct, ModuleDef
+from cnnjax.models.layers import ConvNormAct, ModuleDef, flatten_nchw
 from cnnjax.models.registry import register
 from cnnjax.models.resnet import BlurPool, Downsample, check_zero_init
 
@@ -102,6 +106,9 @@ class CifarBasicBlock(nn.Module):
         return jnp.pad(sc, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
+POOLS = ("avg", "flatten")  # CifarResNet.pool: what feeds the head
+
+
 class CifarResNet(ImageClassifier):
     """ResNet-(6n+2) for CIFAR-sized inputs; ``depth`` in {20, 32, 44, 56, 110, ...}.
 
@@ -123,9 +130,12 @@ class CifarResNet(ImageClassifier):
     antialias: bool = False
     act: Callable[[jax.Array], jax.Array] = nn.relu
     drop_blocks: tuple[int, ...] = ()
+    pool: str = "avg"
 
     def __post_init__(self):
         check_zero_init(self)
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         super().__post_init__()
 
     @nn.compact
@@ -149,7 +159,7 @@ class CifarResNet(ImageClassifier):
                                     name=f"stage{s + 1}_block{b}")(x)
         if features_only:
             return x
-        x = cnn.global_avg_pool(x)
+        x = cnn.global_avg_pool(x) if self.pool == "avg" else flatten_nchw(x)
         return cnn.Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
 
 

@@ -13,11 +13,11 @@ import argparse
 import pathlib
 import sys
 
-from train.experiments import degradation, gradients, landscape, lesion, transfer
+from train.experiments import degradation, gradients, landscape, lesion, shift, transfer
 from train.experiments import runner as R
 
 EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion,
-               "landscape": landscape}
+               "landscape": landscape, "shift": shift}
 
 
 def main(argv: list[str] | None = None) -> int:
