@@ -12,10 +12,11 @@ import argparse
 import pathlib
 import sys
 
-from train.experiments import degradation, gradients, lesion, transfer
+from train.experiments import degradation, gradients, inductive_bias, lesion, transfer
 from train.experiments import runner as R
 
-EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion}
+EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion,
+               "inductive-bias": inductive_bias}
 
 
 def main(argv: list[str] | None = None) -> int:
