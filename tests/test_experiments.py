@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -261,6 +262,61 @@ def test_landscape_smoke(smoke_out):
     mtime = cached[0].stat().st_mtime
     landscape.run(out, "smoke", log=lambda s: None)  # the grids are cached: nothing is recomputed
     assert cached[0].stat().st_mtime == mtime
+@pytest.mark.slow  # ~20 s: 3 runs of 4 steps
+def test_inductive_bias_smoke(tmp_path):
+    from train.experiments.__main__ import main
+
+    out = tmp_path / "inductive-bias"
+    assert main(["inductive-bias", "--budget", "smoke", "--out", str(out)]) == 0
+    res, table = _check_outputs(out, "inductive-bias", "inductive_bias.png")
+    assert {(r["config"]["arch"], tuple(r["config"]["model_opt"])) for r in res["runs"]} == {
+        ("mlp", ("hidden=(768, 256)",)), ("lenet5_modern", ()), ("resnet20", ("depth=8",))}
+    for r in res["runs"]:  # equal budget: same data, steps and batch for every model, one evaluation at the end
+        assert r["config"]["dataset"] == "digits:pad=0,per_class=10" and r["config"]["max_steps"] == 4
+        assert r["config"]["batch_size"] == 20 and len(r["metrics"]) == 1
+        assert r["final"]["step"] == 4 and 0 <= r["final"]["val_top1"] <= 1
+    assert res["params"]["digits"] == {"mlp_1m": 986_634, "lenet5_modern": 61_706, "resnet8": 75_002}
+    assert "`resnet8`" in table and "train − val" in table
+
+
+def test_inductive_bias_params_and_verdicts():
+    from train.experiments import inductive_bias as ib
+
+    shapes, digits = ib.Data("shapes", (10, ib.ALL), 1, (1e-3,)), ib.Data("digits", (10, ib.ALL), 1, (1e-3,))
+    assert ib.count_params(ib.MLP_10M, shapes) == 9_969_158 and ib.count_params(ib.LENET, shapes) == 61_666
+    assert ib.count_params(ib.MLP_10M, digits) == 5_776_906 and ib.count_params(ib.MLP_1M, shapes) == 952_606
+    assert ib.data_info(shapes.spec(10))[:2] == (60, 6)  # balanced: 10 of each of the 6 shapes
+    budget = dataclasses.replace(ib.BUDGETS["default"], data=(digits,))
+    val = {"mlp_10m": 0.80, "mlp_1m": 0.70, "lenet5_modern": 0.79, "resnet8": 0.90}
+    gap = {"mlp_10m": 0.20, "mlp_1m": 0.30, "lenet5_modern": 0.10, "resnet8": 0.05}
+
+    def values(d, m, size, key):
+        return [(gap if key == "gap" else val)[m] + 0.001 * i for i in range(3)]
+
+    params = {"digits": {"mlp_10m": 5_000_000, "mlp_1m": 1_000_000, "lenet5_modern": 50_000, "resnet8": 75_000}}
+    vs = ib.make_verdicts(budget, {}, values, params)
+    assert len(vs) == 2 * 4 + 1  # 4 per size, the gap at the smallest size
+    got = {v.claim.split(": ", 1)[1][:40]: v.verdict for v in vs if v.claim.startswith("digits, 10/")}
+    assert list(got.values()) == ["supported", "supported", "not supported", "supported", "supported"]
+    assert "100x its parameters" in vs[1].claim and "20x" in vs[0].claim
+
+
+def test_inductive_bias_configs_are_an_equal_budget():
+    from train.experiments import inductive_bias as ib
+
+    budget = ib.BUDGETS["default"]
+    digits = budget.data[0]
+    for size in digits.sizes:
+        cfgs = [ib.config(budget, digits, size, m, 1e-3, 0) for m in budget.models]
+        assert {(c.dataset, c.max_steps, c.batch_size, c.optimizer) for c in cfgs} == {
+            (digits.spec(size), digits.steps, budget.batch_size, "adamw")}
+        spe = {10: 3, 50: 16, ib.ALL: 47}[size]  # 100 / 500 / 1438 images in batches of 30
+        for c in cfgs:  # the same warmup in steps; one evaluation and one checkpoint, at the end
+            assert round(c.warmup_epochs * spe) == budget.warmup_steps and c.eval_every * spe >= c.max_steps
+            assert c.checkpoint_every == c.max_steps
+    assert ib.Data("shapes", (10,), 1, (1e-3,)).spec(10) == "shapes:num_train=60"
+    assert ib.MLP_1M.model_opt("shapes") == ("hidden=(300, 100)",) and ib.RESNET8.model_opt("digits") == ("depth=8",)
+    assert ib.run_id(digits, ib.ALL, ib.LENET, 1e-3, budget, 2) == "digits-all-lenet5_modern-lr0.001-t150-b30-s2"
 
 
 def test_cli_transfer_keeps_its_options(capsys):
@@ -283,9 +339,9 @@ def test_lecture_quotes_are_verbatim():
     if not path.exists():
         pytest.skip("the lecture text is not beside this checkout")
     lecture = path.read_text().replace("**", "").replace("(#)", "")
-    from train.experiments import degradation, gradients, landscape, lesion, shift
+    from train.experiments import degradation, gradients, inductive_bias, landscape, lesion, shift
 
-    for module in (degradation, gradients, lesion, landscape, shift):
+    for module in (degradation, gradients, lesion, landscape, shift, inductive_bias):
         claim = next(v for v in vars(module).values() if hasattr(v, "lecture_ru"))
         for part in claim.lecture_ru.split(" […] "):
             assert part in lecture, (module.__name__, part)

@@ -119,6 +119,15 @@ def test_loop_cadences_records_and_checkpoints():
     assert dict((s, m) for s, _, m in store.saved)[10]["sums"] == [0.0, 0.0, 0.0, 0]
 
 
+def test_checkpoint_cadence_longer_than_an_epoch_is_kept():
+    """Tiny epochs (2 steps) and --checkpoint-every 5: every 5 steps and at the end, not at every epoch end."""
+    store = FakeStore()
+    make_loop(12, 2, [H.Checkpoint(store, every=5)])[0].run()
+    assert [s for s, _, _ in store.saved] == [5, 10, 12]
+    for step, _, meta in store.saved:
+        assert (meta["epoch"], meta["batch"]) == divmod(step, 2)  # mid-epoch positions: a resume continues there
+
+
 def test_loop_resumed_mid_epoch_continues_the_data_and_the_sums():
     spe, total = 5, 10
     full = H.Evaluate(1, lambda s: {})

@@ -138,7 +138,8 @@ class TrainConfig:
     seed: int = option(0, "seed of initialisation, data order, augmentation and dropout")
     workdir: str | None = option(None, "run directory (default checkpoints/<arch>-<dataset>-<time>)", resumable=True)
     resume: bool = option(False, "continue the run in --workdir from its last checkpoint", resumable=True)
-    checkpoint_every: int | None = option(None, "steps between checkpoints (default: 1 epoch)", type=int,
+    checkpoint_every: int | None = option(None, "steps between checkpoints (default: 1 epoch); at most an epoch: "
+                                                "also at every epoch end", type=int,
                                           **_check(at_least_1), resumable=True)
     keep: int = option(3, "checkpoints kept", **_check(at_least_1), resumable=True)
     eval_every: int = option(1, "epochs between evaluations", **_check(at_least_1), resumable=True)

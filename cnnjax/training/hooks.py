@@ -90,14 +90,17 @@ class Evaluate(Hook):
 
 
 class Checkpoint(Hook):
-    """Save the state and data position every ``every`` steps, at every epoch end and at the end of the run,
-    and when the loop is stopped (a signal). ``saved`` are steps already on disk (a resumed run's start)."""
+    """Save the state and data position every ``every`` steps, at the end of the run, when the loop is stopped
+    (a signal), and at every epoch end unless ``every`` is longer than an epoch (then ``every`` is kept: a run
+    of many tiny epochs, e.g. 100 training images, does not write a checkpoint every few steps; a resume
+    continues mid-epoch from the data position). ``saved`` are steps already on disk (a resumed run's start)."""
 
     def __init__(self, store: CheckpointStore, every: int, saved: Sequence[int] = ()):
         self.store, self.every, self.saved = store, every, set(saved)
 
     def is_due(self, loop: Loop) -> bool:
-        return due(loop.step, self.every) or loop.epoch_done
+        return (due(loop.step, self.every, loop.total_steps)
+                or (loop.epoch_done and self.every <= loop.steps_per_epoch))
 
     def after_step(self, loop: Loop) -> None:
         self.save(loop)
