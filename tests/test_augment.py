@@ -219,8 +219,8 @@ def test_apply_op_switch_equals_each_op():
     for k, name in enumerate(ops.OPS):
         m0 = FAST_MAGNITUDES[name][0]
         for m in (m0, -0.83 * m0) if policies.SIGNED_MASK[k] else (m0,):  # no .5 ties (jit and eager may differ)
-            np.testing.assert_array_equal(np.asarray(_apply_op_jit()(x, k, m)),
-                                          np.asarray(ops.FUNCTIONS[name](x, m)), err_msg=f"{name} {m}")
+            np.testing.assert_allclose(np.asarray(_apply_op_jit()(x, k, m)), np.asarray(ops.FUNCTIONS[name](x, m)),
+                                       atol=1e-6, rtol=0, err_msg=f"{name} {m}")  # (float32 rounding order)
 
 
 @pytest.mark.parity
@@ -254,7 +254,7 @@ def test_policy_draws_are_uniform_over_ops_and_signs():
 
 def test_randaugment_and_autoaugment_run_jitted_and_vmapped():
     x = jnp.asarray(to_float(test_image(16, 16, 3)))[None].repeat(8, axis=0)  # 8 copies of one image
-    for spec in ("randaugment", "randaugment:3,15", "trivialaugment", "autoaugment", "flip"):
+    for spec in ("randaugment:3,15", "autoaugment", "flip"):  # (trivialaugment: test_augment_train_batch)
         f = jax.jit(functools.partial(augment.augment_batch, policy=augment.parse_policy(spec)))
         out = np.asarray(f(jax.random.key(0), x))
         assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1, spec
@@ -294,19 +294,19 @@ def test_identity_at_magnitude_zero(seed, k):
 _mix = jax.jit(mix.mixup_or_cutmix, static_argnums=(3, 4, 5))
 
 
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 5), alphas=st.sampled_from(
-    [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0), (1.0, 0.1), (0.0, 0.0)]))
-def test_mixed_targets_are_distributions(seed, n, alphas):
+@pytest.mark.parametrize("alphas", [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
+@given(seed=st.integers(0, 2**31 - 1))
+def test_mixed_targets_are_distributions(alphas, seed):
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    images = jax.random.uniform(k1, (n, 6, 5, 2))
-    targets = jax.nn.one_hot(jax.random.randint(k2, (n,), 0, 4), 4)
+    images = jax.random.uniform(k1, (4, 6, 5, 2))
+    targets = jax.nn.one_hot(jax.random.randint(k2, (4,), 0, 4), 4)
     out, mixed = _mix(k3, images, targets, *alphas, 0.5)
     mixed = np.asarray(mixed)
     np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-6)
     assert mixed.min() >= 0.0 and np.asarray(out).min() >= 0 and np.asarray(out).max() <= 1
 
 
-_cutmix = jax.jit(mix.cutmix, static_argnums=3)
+_cutmix = jax.jit(mix.cutmix)  # alpha traced: one compile
 
 
 @given(seed=st.integers(0, 2**31 - 1), alpha=st.sampled_from([0.1, 1.0, 3.0]))
@@ -314,7 +314,7 @@ def test_cutmix_pasted_share_is_one_minus_corrected_lambda(seed, alpha):
     n, h, w = 3, 11, 8
     images = jnp.broadcast_to(jnp.arange(n, dtype=jnp.float32)[:, None, None, None], (n, h, w, 1))
     targets = jax.nn.one_hot(jnp.arange(n), n)
-    out, mixed = _cutmix(jax.random.key(seed), images, targets, alpha)
+    out, mixed = _cutmix(jax.random.key(seed), images, targets, jnp.float32(alpha))
     out, mixed = np.asarray(out), np.asarray(mixed)
     for i in range(n):
         pasted = np.mean(out[i] == (i - 1) % n)
@@ -326,7 +326,7 @@ def test_cutmix_pasted_share_is_one_minus_corrected_lambda(seed, alpha):
 # The Beta law of lambda (Kolmogorov-Smirnov) and torchvision's cut areas.
 # --------------------------------------------------------------------------------------------------------------------
 
-DRAWS = 3000
+DRAWS = 2000
 
 
 def _mixup_lambdas(alpha: float) -> np.ndarray:
@@ -375,7 +375,7 @@ def test_random_erasing_follows_torchvision(tv):
     torch, _, v2 = tv
     h, w, p = 20, 16, 0.7
     keys = jax.random.split(jax.random.key(2), DRAWS)
-    out = jax.vmap(lambda k: mix.random_erasing(k, jnp.ones((h, w, 1)), p, value=0.0))(keys)
+    out = jax.jit(jax.vmap(lambda k: mix.random_erasing(k, jnp.ones((h, w, 1)), p, value=0.0)))(keys)
     ours = np.asarray(jnp.mean(out == 0, axis=(1, 2, 3)), np.float64)
     torch.manual_seed(0)
     erase = v2.RandomErasing(p=p, value=0.0)
@@ -388,11 +388,13 @@ def test_random_erasing_follows_torchvision(tv):
 def test_random_erasing_random_value_and_box_bounds():
     h, w = 24, 30
     keys = jax.random.split(jax.random.key(4), 400)
-    top, left, bh, bw, found = (np.asarray(a) for a in jax.vmap(lambda k: mix.erasing_box(k, h, w))(keys))
+    boxes = jax.jit(jax.vmap(lambda k: mix.erasing_box(k, h, w)))(keys)
+    top, left, bh, bw, found = (np.asarray(a) for a in boxes)
     assert found.all() and np.all(bh < h) and np.all(bw < w) and np.all(top + bh <= h) and np.all(left + bw <= w)
     area = bh * bw / (h * w)
     assert area.min() > 0.005 and area.max() < 0.45  # scale (0.02, 0.33), sides rounded
-    out = np.asarray(mix.random_erasing(jax.random.key(1), jnp.full((h, w, 3), 7.0), 1.0, value="random"))
+    erase = jax.jit(lambda k, x: mix.random_erasing(k, x, 1.0, value="random"))
+    out = np.asarray(erase(jax.random.key(1), jnp.full((h, w, 3), 7.0)))
     assert np.any(out != 7.0) and np.all((out == 7.0) | (np.abs(out) < 6))
     with pytest.raises(ValueError, match="random"):
         mix.random_erasing(jax.random.key(1), jnp.zeros((h, w, 3)), 1.0, value="noise")
