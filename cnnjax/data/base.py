@@ -50,6 +50,8 @@ class DatasetInfo:
         class_names: ``num_classes`` human-readable names, index = label.
         mean: per-channel mean of the raw ``[0, 1]`` pixels, subtracted before division by ``std``.
         std: per-channel standard deviation of the raw ``[0, 1]`` pixels.
+        orientation_sensitive: a horizontal mirror changes what an example means (a digit's or a letter's glyph;
+            a shape's region in ``shapes``' shift experiments): augmentation policy ``default`` never flips it.
     """
 
     name: str
@@ -61,6 +63,7 @@ class DatasetInfo:
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    orientation_sensitive: bool = False
 
 
 def _u64(x: int) -> int:

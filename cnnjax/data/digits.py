@@ -90,7 +90,7 @@ def load_digits(options: str = "", *, image_size: int | None = None, seed: int =
         raise ValueError(f"digits: pad must be >= 0, got {pad}")
     info = DatasetInfo(name="digits", num_classes=len(classes), image_size=size, channels=channels,
                        num_train=len(train_idx), num_val=len(val_idx), class_names=[str(d) for d in classes],
-                       mean=mean, std=std)
+                       mean=mean, std=std, orientation_sensitive=True)
     return ArraySource(info, stored[train_idx], labels[train_idx], stored[val_idx], labels[val_idx],
                        pad=pad, flip=False, seed=seed, scale=1 / 16)
 

@@ -190,6 +190,6 @@ def load_shapes(options: str = "", *, image_size: int | None = None, seed: int =
     mean, std = channel_stats(train["image"] / np.float32(255.0))
     info = DatasetInfo(name="shapes", num_classes=len(classes), image_size=size, channels=3,
                        num_train=len(train["label"]), num_val=len(val["label"]), class_names=list(classes),
-                       mean=mean, std=std)
+                       mean=mean, std=std, orientation_sensitive=True)
     return ArraySource(info, train["image"], train["label"], val["image"], val["label"], pad=0, flip=False,
                        seed=seed, scale=1 / 255)

@@ -57,6 +57,8 @@ from cnnjax.data.preprocess import Preprocess, resolve_preprocess
 SHUFFLE_BUFFER = 10_000
 DEFAULT_SIZE = 224
 ARRAY_RECORD = "array_record"
+#: TFDS datasets of digits and letters (a mirrored glyph is another glyph): ``DatasetInfo.orientation_sensitive``.
+ORIENTATION_SENSITIVE = frozenset({"mnist", "emnist", "kmnist", "svhn_cropped", "cmaterdb"})
 
 
 def import_tfds() -> Any:
@@ -164,7 +166,14 @@ def _open(name: str, *, data_dir: str | None, image_size: int | None,
                      info=DatasetInfo(name=f"tfds:{name}", num_classes=label_f.num_classes, image_size=size,
                                       channels=channels, num_train=splits["train"].num_examples,
                                       num_val=splits[val_split].num_examples, class_names=list(label_f.names),
-                                      mean=mean, std=std))
+                                      mean=mean, std=std,
+                                      orientation_sensitive=orientation_sensitive(name)))
+
+
+def orientation_sensitive(name: str) -> bool:
+    """Whether tfds dataset ``name`` (``NAME[/CONFIG][:VERSION]``) holds glyphs that a mirror turns into another
+    class: :data:`ORIENTATION_SENSITIVE` (digits and letters; not fashion_mnist, whose classes survive a mirror)."""
+    return name.split("/")[0].split(":")[0].strip().lower() in ORIENTATION_SENSITIVE
 
 
 def open_array_record(version_dir: str, split: str, image_key: str, builder: Any = None) -> Any:
