@@ -177,16 +177,21 @@ def test_cli_event_file_holds_metrics_jsonl_and_every_step_loss(tmp_path):
     from tests.test_train import TINY, run_cli
 
     workdir = tmp_path / "run"
-    run_cli([*TINY, "--max-steps", "30", "--workdir", str(workdir)])
+    run_cli([*TINY, "--max-steps", "30", "--ema-decay", "0.9", "--ema-every", "2", "--workdir", str(workdir)])
     (path,) = workdir.glob("events.out.tfevents.*")
     got = scalars(read_events(path))
     rows = report.read_jsonl(workdir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [22, 30]
     for row in rows:
-        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_sec", "epoch"):
-            assert got[tb.record_tag(key)][row["step"]] == np.float32(row[key])
-    assert sorted(got["batch/loss"]) == list(range(1, 31))
-    assert all(np.isfinite(v) for v in got["batch/loss"].values())
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_sec", "epoch",
+                    "val_top1_ema", "val_loss_ema"):
+            assert got[tb.record_tag(key)][row["step"]] == np.float32(row[key]), key
+        assert {tb.record_tag(k) for k, v in row.items() if k != "step"} <= set(got)
+    for key in ("loss", "top1", "top5", "lr", "grad_norm"):  # every step's train-step metrics
+        assert sorted(got[f"batch/{key}"]) == list(range(1, 31)), key
+        assert all(np.isfinite(v) for v in got[f"batch/{key}"].values())
+    assert min(got["batch/lr"].values()) >= 0 < max(got["batch/lr"].values())  # warmup may start at 0
+    assert all(v > 0 for v in got["batch/grad_norm"].values())
     try:  # TensorFlow's own reader, where the `data` extra is installed
         from tensorflow.compat.v1.train import summary_iterator
     except ImportError:
