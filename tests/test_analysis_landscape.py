@@ -115,6 +115,7 @@ def _mlp():
     return loss, params
 
 
+@pytest.mark.slow  # ~4 s: jax.hessian compile
 def test_hvp_and_lanczos_match_the_full_hessian():
     loss, params = _mlp()
     flat, unravel = ravel_pytree(params)

@@ -53,6 +53,8 @@ from cnnjax import augment
 from cnnjax.augment import mix, ops, policies
 from cnnjax.data import base
 
+pytestmark = pytest.mark.slow  # ~45 s of compiles: the full suite runs them, the edit loop does not
+
 P_MIN = 1e-3  # KS tests: a correct law passes at p > 0.001, a wrong one must fail at the same level
 TIE = 1e-3  # a source coordinate this close to k + 0.5 is a rounding tie (float32 errors are < 1e-4 here)
 BLEND = ("Brightness", "Color", "Contrast", "Sharpness")

@@ -331,6 +331,7 @@ def _run_blocked(blocked: list[str], argv: list[str], tmp_path) -> subprocess.Co
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # ~11 s: a subprocess training run
 def test_folder_trains_with_tensorflow_blocked(gray28, tmp_path):
     out = _run_blocked(["tensorflow", "tensorflow_datasets"],
                        ["--arch", "lenet5", "--dataset", f"folder:{gray28}", "--max-steps", "1", "--batch-size", "4",

@@ -285,6 +285,7 @@ def _every_window_reads_input(size, k, s, p, d, ceil_mode) -> bool:
 
 
 @pytest.mark.parity
+@pytest.mark.slow  # ~10 s of hypothesis examples against torch
 @given(pool_params, st.booleans())
 def test_pools_equal_torch(params, count_include_pad):
     torch = pytest.importorskip("torch")
