@@ -32,7 +32,7 @@ from cnnjax.training.loop import evaluate_variables
 from train import config as C
 from train import report
 from train.config import TrainConfig
-from train.main import build_model, torchvision_arch
+from train.main import build_model, torchvision_arch, unwritable
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 _FLAGS = (("resize", "resize_size", "--resize-size"), ("crop", "crop_size", "--crop-size"),
@@ -113,14 +113,9 @@ def check_out(out: str | None) -> pathlib.Path | None:
     if out is None:
         return None
     folder = pathlib.Path(out)
-    probe = folder / ".write-test"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"--out {out} is not a writable directory ({err.strerror or err}); choose another --out"
-                         ) from None
+    err = unwritable(folder)
+    if err is not None:
+        raise ValueError(f"--out {out} is not a writable directory ({err.strerror or err}); choose another --out")
     return folder
 
 

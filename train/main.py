@@ -219,17 +219,25 @@ class StopFlag:
             signal.signal(s, h)
 
 
-def check_workdir(workdir: pathlib.Path) -> None:
-    """Create ``workdir`` and prove it writable, before any data is read or anything compiled; an unwritable
-    or missing location is a clear ``OSError``-free :class:`~cnnjax.checkpoint.StorageError`."""
-    probe = workdir / f".write-test-{jax.process_index()}"
+def unwritable(folder: pathlib.Path) -> OSError | None:
+    """Create ``folder`` and write and delete a probe file in it; the ``OSError`` if that fails, else None."""
+    probe = folder / f".write-test-{jax.process_index()}"
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
+        return err
+    return None
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+    """Create ``workdir`` and prove it writable, before any data is read or anything compiled; an unwritable
+    or missing location is a clear ``OSError``-free :class:`~cnnjax.checkpoint.StorageError`."""
+    err = unwritable(workdir)
+    if err is not None:
         raise StorageError(f"--workdir {workdir} is not writable ({err.strerror or err}); choose another "
-                           "--workdir") from None
+                           "--workdir")
 
 
 def check_free_space(workdir: pathlib.Path, state: TrainState, keep: int) -> None:
