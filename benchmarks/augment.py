@@ -13,6 +13,10 @@ output is what the step would read; on one device nothing overlaps). ``cost`` is
 ``trivialaugment``, ``autoaugment`` (ImageNet), ``mixup 0.2 / cutmix 1.0`` (one per batch), ``random erasing
 0.25``, and ``reference`` = TrivialAugment + MixUp 0.2 / CutMix 1.0 + random erasing 0.1 (torchvision's recipe
 for its v2 ImageNet weights).
+
+``--fused`` also times the train step that ``train.main`` really runs with the reference augmentation inside it
+(``--augment trivialaugment --mixup 0.2 --cutmix 1.0 --random-erasing 0.1``: one jitted step, augmentation
+fused in), alternating with the plain step, so the two are measured side by side.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -49,13 +54,15 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--rows", nargs="*", default=list(ROWS), help=f"subset of: {', '.join(ROWS)}")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--fused", action="store_true", help="also time the real train step with the reference "
+                   "augmentation inside it, alternating with the plain step")
     args = p.parse_args()
 
     from train.benchmark import BenchmarkStep
     from train.config import TrainConfig
 
-    step = BenchmarkStep(TrainConfig(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size,
-                                     conv_impl=args.conv_impl))
+    base = dict(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, conv_impl=args.conv_impl)
+    step = BenchmarkStep(TrainConfig(**base, augment="none"))
     t_step = median_ms(step, runs=args.runs, warmup=1)
     b, s = args.batch_size, args.image_size
     raw = jax.random.uniform(jax.random.key(0), (b, s, s, 3))
@@ -76,6 +83,19 @@ def main() -> None:
                         "step_ms": t_step, "augment_ms": t_aug, "images_per_sec": b / (t_step + t_aug) * 1e3,
                         "images_per_sec_no_aug": b / t_step * 1e3, "cost": t_aug / t_step})
         print(json.dumps(results[-1]), flush=True)
+    fused = None
+    if args.fused:
+        with_aug = BenchmarkStep(TrainConfig(**base, augment="trivialaugment", mixup=0.2, cutmix=1.0,
+                                             random_erasing=0.1))
+        with_aug(), step()
+        plain_ms, aug_ms = [], []
+        for _ in range(args.runs):  # alternating: the shared machine's drift hits both alike
+            plain_ms.append(step() * 1e3)
+            aug_ms.append(with_aug() * 1e3)
+        fused = {"policy": "reference, fused in the train step", "step_ms": statistics.median(plain_ms),
+                 "fused_step_ms": statistics.median(aug_ms)}
+        fused["cost"] = fused["fused_step_ms"] / fused["step_ms"] - 1
+        print(json.dumps(fused), flush=True)
     if args.markdown:
         print(f"\n{args.arch}, {s}x{s}, batch {b}, --conv-impl {args.conv_impl}; {platform.processor() or 'cpu'}, "
               f"jax {jax.__version__}, {jax.default_backend()}; train step alone: {t_step:.0f} ms = "
@@ -85,6 +105,9 @@ def main() -> None:
         for r in results:
             print(f"| {r['policy']} | {r['augment_ms']:.1f} | {r['images_per_sec']:.1f} | "
                   f"{100 * r['cost']:.1f} % |")
+        if fused is not None:
+            print(f"\nFused, alternating ({args.runs} pairs): plain step {fused['step_ms']:.0f} ms, step with the "
+                  f"reference augmentation inside {fused['fused_step_ms']:.0f} ms: {100 * fused['cost']:+.1f} %")
 
 
 if __name__ == "__main__":

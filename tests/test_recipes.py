@@ -45,7 +45,8 @@ def test_torchvision_v2_says_what_it_does_not_reproduce_yet():
     assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.decay_params) == (0.5, 1024, 2e-5, "no-norms")
     assert (cfg.ema_decay, cfg.ema_every, cfg.warmup_epochs, cfg.warmup_start_factor) == (0.99998, 32, 5, 0.01)
     assert (cfg.schedule, cfg.epochs, cfg.label_smoothing, cfg.nesterov) == ("cosine", 600, 0.1, False)
-    assert len(lines) == 1 and "ta_wide" in lines[0] and "--ra-reps 4" in lines[0]
+    assert (cfg.augment, cfg.mixup, cfg.cutmix, cfg.random_erasing) == ("trivialaugment", 0.2, 1.0, 0.1)
+    assert len(lines) == 1 and "ta_wide" not in lines[0] and "--ra-reps 4" in lines[0]
     table = R.RECIPES["torchvision-v2"].markdown()
     for published in ("--auto-augment", "--mixup-alpha", "--norm-weight-decay", "--model-ema"):
         assert published in table

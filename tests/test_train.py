@@ -157,7 +157,9 @@ def test_bad_input_fails_early_with_the_valid_choices(args, expected, tmp_path):
 
 
 def test_eight_devices_give_the_same_losses_as_one(tmp_path):
-    common = [*TINY, "--max-steps", "6", "--checkpoint-every", "100"]
+    """... with every on-device augmentation stage on: its keys are per row of the GLOBAL batch."""
+    common = [*TINY, "--max-steps", "6", "--checkpoint-every", "100", "--augment", "flip", "--mixup", "0.2",
+              "--cutmix", "1.0", "--random-erasing", "0.5"]
     run_cli([*common, "--workdir", str(tmp_path / "one")],
             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
     run_cli([*common, "--workdir", str(tmp_path / "eight")],
@@ -257,9 +259,13 @@ def test_evaluate_with_torchvision_weights_from_the_cache(tmp_path, monkeypatch,
 
 
 def test_resume_with_ema_accumulation_and_clipping_is_exact(tmp_path):
+    """A SIGKILLed run resumed equals the uninterrupted one bit for bit, with EMA, accumulation (soft targets
+    split into micro-batches), clipping, a step schedule and on-device augmentation (RandAugment, MixUp/CutMix,
+    erasing: keyed by (seed, step))."""
     recipe = [*TINY, "--epochs", "2", "--checkpoint-every", "5", "--ema-decay", "0.9", "--ema-every", "2",
               "--no-ema-adjust", "--grad-accum-steps", "4", "--clip-grad-norm", "1.0", "--schedule", "step",
-              "--lr-step-size", "1"]
+              "--lr-step-size", "1", "--augment", "randaugment:1,5", "--mixup", "0.2", "--cutmix", "1.0",
+              "--random-erasing", "0.1"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run_cli([*recipe, "--workdir", str(ref)])
     code, _ = _run_until_checkpoint_then_signal([*recipe, "--workdir", str(killed)], killed, signal.SIGKILL,

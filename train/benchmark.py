@@ -1,7 +1,8 @@
 """``python -m train.main --benchmark``: steady-state images/s of the full train step on synthetic data.
 
 :class:`BenchmarkStep` is the step ``train.main`` would run for a config (same model, optimizer, shardings and
-jitted step), on one synthetic batch; ``benchmarks/compare_torchvision.py`` and ``benchmarks/profile_step.py``
+jitted step, with the config's on-device augmentation: ``--augment default`` is the flip of a natural-image
+dataset), on one synthetic batch; ``benchmarks/compare_torchvision.py`` and ``benchmarks/profile_step.py``
 time it too.
 """
 
@@ -20,7 +21,7 @@ from cnnjax.training import optim, parallel
 from cnnjax.training.step import jit_steps
 from train import config as C
 from train.config import TrainConfig
-from train.main import build_model, initial_state
+from train.main import batch_augment, build_model, initial_state
 
 
 class BenchmarkStep:
@@ -36,7 +37,8 @@ class BenchmarkStep:
         models.check_input_size(model, self.size)
         tx = optim.make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, 1000, 0, cfg.momentum)
         replicated, batch_sharding = parallel.shardings(parallel.data_mesh())
-        self.step_fn, _ = jit_steps(model, tx, replicated, batch_sharding, label_smoothing=cfg.label_smoothing)
+        self.step_fn, _ = jit_steps(model, tx, replicated, batch_sharding, label_smoothing=cfg.label_smoothing,
+                                    augment=batch_augment(cfg, source.info))
         self.state = initial_state(model, tx, cfg, source.info, replicated)
         local = next(iter(source.batches("train", cfg.batch_size, process_index=jax.process_index(),
                                          process_count=jax.process_count())))
@@ -63,6 +65,7 @@ def benchmark(cfg: TrainConfig, warmup: int = 3, steps: int = 10, log: Callable[
     result = {"images_per_sec": cfg.batch_size / med, "step_time_s": med, "arch": cfg.arch,
               "batch_size": cfg.batch_size, "image_size": bench.size, "precision": cfg.precision,
               "conv_impl": cfg.conv_impl, "devices": jax.device_count(), "backend": jax.default_backend(),
-              "first_step_s": bench.first_step_s, "steps_timed": steps}
+              "first_step_s": bench.first_step_s, "steps_timed": steps,
+              "augment": C.augmentation_of(cfg, False).describe()}
     log(json.dumps(result))
     return result

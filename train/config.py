@@ -133,6 +133,24 @@ class TrainConfig:
     ema_adjust: bool = option(True, "use --ema-decay as given instead of torchvision's adjustment to batch size, "
                                     "--ema-every and epochs", negate="--no-ema-adjust")
     label_smoothing: float = option(0.0, "label smoothing of the cross entropy", **_check(unit_interval))
+    augment: str = option("default", "per-image augmentation: none (no random crop either), default (the dataset's "
+                                     "own: shifts for digits/MNIST-like sets and shapes, never a flip there; crop + "
+                                     "flip for natural images), flip, randaugment[:N,M], trivialaugment, "
+                                     "autoaugment[:imagenet] (each after the dataset's crop and flip); on the "
+                                     "device, keyed by (seed, step)", group="augmentation", metavar="POLICY")
+    mixup: float = option(0.0, "MixUp with lambda ~ Beta(ALPHA, ALPHA) per batch (torchvision v2: 0.2; 0 = off)",
+                          group="augmentation", metavar="ALPHA", **_check(non_negative))
+    cutmix: float = option(0.0, "CutMix with lambda ~ Beta(ALPHA, ALPHA) per batch (torchvision v2: 1.0; 0 = off); "
+                                "with --mixup too, one of the two per batch", group="augmentation",
+                           metavar="ALPHA", **_check(non_negative))
+    mix_switch_prob: float = option(0.5, "with both --mixup and --cutmix: probability that a batch gets CutMix",
+                                    group="augmentation", check=lambda v: 0 <= v <= 1, must="in [0, 1]")
+    random_erasing: float = option(0.0, "RandomErasing probability per image (torchvision v2: 0.1), after "
+                                        "normalisation, filled with 0 (the mean colour)", group="augmentation",
+                                   metavar="P", check=lambda v: 0 <= v <= 1, must="in [0, 1]")
+    rrc_scale: str | None = option(None, "random-resized-crop area range LO,HI of the train images (torchvision's "
+                                         "scale; default 0.08,1 above 64 px, pad-and-crop at and below); folder: "
+                                         "and tfds: only", group="augmentation", metavar="LO,HI")
     precision: str = option("fp32", "bf16: bfloat16 compute, float32 parameters and loss",
                             choices=tuple(PRECISIONS))
     seed: int = option(0, "seed of initialisation, data order, augmentation and dropout")
@@ -398,6 +416,48 @@ def validate(cfg: TrainConfig) -> None:
                              f"{cfg.grad_accum_steps} x {jax.device_count()} device(s) = {parts}")
     if cfg.feature_cache and cfg.transfer != "linear-probe":
         raise ValueError("--feature-cache applies to --transfer linear-probe only")
+    augmentation_of(cfg, orientation_sensitive=False)  # raises on a bad --augment, --mixup, ...
+    rrc_scale(cfg.rrc_scale)
+    if cfg.feature_cache:
+        from cnnjax import augment
+
+        if augment.parse_policy(cfg.augment).name not in ("default", "none") or cfg.mixup or cfg.cutmix \
+                or cfg.random_erasing or cfg.rrc_scale:
+            raise ValueError("--feature-cache trains the head on features cached once, without augmentation: drop "
+                             "--augment/--mixup/--cutmix/--random-erasing/--rrc-scale, or drop --feature-cache")
+
+
+def rrc_scale(text: str | None) -> tuple[float, float] | None:
+    """``--rrc-scale LO,HI`` as a pair; ``ValueError`` unless 0 < LO <= HI <= 1."""
+    if text is None:
+        return None
+    parts = str(text).split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--rrc-scale must be LO,HI (two numbers, e.g. 0.08,1), got {text!r}") from None
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"--rrc-scale {text}: need 0 < LO <= HI <= 1 (fractions of the image's area)")
+    return lo, hi
+
+
+def augmentation_of(cfg: TrainConfig, orientation_sensitive: bool):
+    """The run's on-device augmentation (:class:`cnnjax.augment.Augmentation`) for a dataset with this
+    orientation flag; ``--feature-cache`` runs have none (the cached features are not images)."""
+    from cnnjax import augment
+
+    if cfg.feature_cache:
+        return augment.Augmentation()
+    return augment.train_augmentation(cfg.augment, orientation_sensitive, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                                      random_erasing=cfg.random_erasing, switch_prob=cfg.mix_switch_prob)
+
+
+def train_view(cfg: TrainConfig) -> cdata.TrainView:
+    """How the host makes the run's train images: the dataset's random crop unless ``--augment none``, with
+    ``--rrc-scale``."""
+    from cnnjax import augment
+
+    return cdata.TrainView(crop=augment.host_crop(cfg.augment), rrc_scale=rrc_scale(cfg.rrc_scale))
 
 
 def to_json(cfg: TrainConfig, **derived: Any) -> dict:

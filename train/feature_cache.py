@@ -67,7 +67,7 @@ def cache_features(model, state, source: DataSource, batch_size: int, seed: int,
                                num_val=len(arrays["val"][1]), class_names=info.class_names,
                                mean=(0.0,) * dim, std=(1.0,) * dim)
     log(f"feature cache: {feature_info.num_train} train / {feature_info.num_val} val features of size {dim}")
-    cached = ArraySource(feature_info, *arrays["train"], *arrays["val"], pad=0, flip=False, seed=seed)
+    cached = ArraySource(feature_info, *arrays["train"], *arrays["val"], pad=0, seed=seed)
     head = transfer.head_module(model, jax.ShapeDtypeStruct((1, info.image_size, info.image_size, info.channels),
                                                             jnp.float32))
     return cached, transfer.HeadOnFeatures(head)

@@ -112,6 +112,27 @@ def build_optimizer(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) ->
                          cfg.clip_grad_norm)
 
 
+def batch_augment(cfg: TrainConfig, info: cdata.DatasetInfo, log: Callable[[str], None] | None = None):
+    """The train step's on-device augmentation (:func:`cnnjax.augment.batch_augmenter`) for ``--augment``,
+    ``--mixup``, ``--cutmix``, ``--random-erasing`` on this dataset, or None when there is none; ``log`` gets one
+    line saying what runs where when anything but the default was asked for."""
+    from cnnjax import augment
+
+    aug = C.augmentation_of(cfg, info.orientation_sensitive)
+    chosen = (cfg.augment != "default" or cfg.mixup or cfg.cutmix or cfg.random_erasing or cfg.rrc_scale
+              or (aug.flip and info.orientation_sensitive))
+    if log is not None and not cfg.feature_cache and chosen:  # the default says nothing
+        host = "none" if not augment.host_crop(cfg.augment) else (
+            f"random-resized crop {cfg.rrc_scale}" if cfg.rrc_scale else "the dataset's own crop/shift, if any")
+        note = ""
+        if info.orientation_sensitive and aug.flip:
+            note = f" (note: {info.name} is orientation-sensitive: a mirrored example may be another class)"
+        elif info.orientation_sensitive and augment.parse_policy(cfg.augment).name == "default":
+            note = f" (no flip: {info.name} is orientation-sensitive)"
+        log(f"augmentation: host {host}; device {aug.describe() if aug.active else 'none'}{note}")
+    return augment.batch_augmenter(aug, info.num_classes, info.mean, info.std) if aug.active else None
+
+
 def build_model(cfg: TrainConfig, info: cdata.DatasetInfo):
     """The architecture for this dataset's classes and channels, at the chosen precision and conv algorithm.
 
@@ -161,10 +182,11 @@ def load_source(cfg: TrainConfig, log: Callable[[str], None] = print) -> cdata.D
     weights need). One line says what was chosen."""
     if not is_folder(cfg.dataset):
         workers = {"workers": cfg.data_workers} if cfg.dataset.strip().startswith("tfds:") else {}
-        return cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed, **workers)
+        return cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
+                          train_view=C.train_view(cfg), **workers)
     rgb = bool(cfg.init and cfg.init.startswith("torchvision:"))
     source = cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
-                        channels=3 if rgb else None, workers=cfg.data_workers)
+                        channels=3 if rgb else None, workers=cfg.data_workers, train_view=C.train_view(cfg))
     typical, info = source.typical, source.info
     if cfg.image_size is not None:
         return source
@@ -341,7 +363,8 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
     train_step, eval_step = jit_steps(model, tx, replicated, batch_sharding, label_smoothing=cfg.label_smoothing,
                                       trainable=trainable, frozen_modules=frozen_modules,
                                       accum_steps=cfg.grad_accum_steps,
-                                      lr_schedule=lr_schedule(cfg, total_steps, steps_per_epoch), ema=ema)
+                                      lr_schedule=lr_schedule(cfg, total_steps, steps_per_epoch), ema=ema,
+                                      augment=batch_augment(cfg, info, log if is_main else None))
     if is_main:
         C.write_config(workdir / "config.json", cfg, history=history, workdir=str(workdir),
                        num_classes=info.num_classes, image_size=info.image_size, channels=info.channels,

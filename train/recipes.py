@@ -80,8 +80,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                ("--epochs", "90", "`--epochs 90`"),
                ("--label-smoothing", "0.0", "`--label-smoothing 0`"),
                ("zero_init_residual", "False (torchvision's default)", "`--zero-init-residual off`"),
-               ("train transform", "RandomResizedCrop(224) + horizontal flip", "the dataset's own train "
-                "transform (crop + flip for natural images)"),
+               ("train transform", "RandomResizedCrop(224) + horizontal flip", "`--augment default`: the "
+                "dataset's own (host random-resized crop + device flip for natural images)"),
                ("val transform", "resize 256, centre crop 224, bilinear", "the dataset's eval transform")),
     ),
     Recipe(
@@ -95,7 +95,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         settings={"optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 2e-5,
                   "decay_params": "no-norms", "schedule": "cosine", "lr_min": 0.0, "warmup_epochs": 5.0,
                   "warmup_start_factor": 0.01, "epochs": 600, "batch_size": 1024, "label_smoothing": 0.1,
-                  "ema_decay": 0.99998, "ema_every": 32, "ema_adjust": True, "zero_init_residual": "off"},
+                  "ema_decay": 0.99998, "ema_every": 32, "ema_adjust": True, "zero_init_residual": "off",
+                  "augment": "trivialaugment", "random_erasing": 0.1, "mixup": 0.2, "cutmix": 1.0,
+                  "mix_switch_prob": 0.5},
         lr_per_256=0.125,
         table=(("--batch-size", "128 per GPU x 8 = 1024", "`--batch-size 1024`"),
                ("--lr", "0.5", "`--lr 0.5 x batch / 1024` (0.125 per 256)"),
@@ -109,14 +111,15 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                ("--label-smoothing", "0.1", "`--label-smoothing 0.1`"),
                ("--model-ema (steps 32, decay 0.99998)", "on", "`--ema-decay 0.99998 --ema-every 32` with "
                 "torchvision's adjustment"),
-               ("--auto-augment", "ta_wide", "**not yet** (on-device TrivialAugmentWide: issue #14)"),
-               ("--random-erase", "0.1", "**not yet** (issue #14)"),
-               ("--mixup-alpha / --cutmix-alpha", "0.2 / 1.0", "**not yet** (issue #14)"),
+               ("--auto-augment", "ta_wide (after RandomResizedCrop + flip)", "`--augment trivialaugment` "
+                "(TrivialAugmentWide on the device, after the host's crop and the device's flip)"),
+               ("--random-erase", "0.1 (value 0 after normalisation)", "`--random-erasing 0.1`"),
+               ("--mixup-alpha / --cutmix-alpha", "0.2 / 1.0, one of the two per batch (RandomChoice)",
+                "`--mixup 0.2 --cutmix 1.0 --mix-switch-prob 0.5` (per global batch, not per GPU)"),
                ("--train-crop-size / --val-resize-size", "176 / 232 (val crop 224)",
                 "**not yet**: `--image-size` sets one size for both"),
                ("--ra-sampler --ra-reps", "4", "**not yet** (repeated augmentation)")),
-        missing=("--auto-augment ta_wide", "--random-erase 0.1", "--mixup-alpha 0.2", "--cutmix-alpha 1.0",
-                 "--train-crop-size 176 / --val-resize-size 232", "--ra-sampler --ra-reps 4"),
+        missing=("--train-crop-size 176 / --val-resize-size 232", "--ra-sampler --ra-reps 4"),
     ),
 )}
 

@@ -32,9 +32,12 @@ from cnnjax.augment.batch import (
     Policy,
     augment_batch,
     augment_train_batch,
+    batch_augmenter,
+    host_crop,
     parse_policy,
     resolve_policy,
+    train_augmentation,
 )
 
-__all__ = ["POLICIES", "Augmentation", "Policy", "augment_batch", "augment_train_batch", "parse_policy",
-           "resolve_policy"]
+__all__ = ["POLICIES", "Augmentation", "Policy", "augment_batch", "augment_train_batch", "batch_augmenter",
+           "host_crop", "parse_policy", "resolve_policy", "train_augmentation"]

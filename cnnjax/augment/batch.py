@@ -6,9 +6,11 @@
   their shifts are made on the host; a mirror would change the class), ``flip`` otherwise (natural images; the
   random-resized crop is made on the host).
 * :func:`augment_batch` applies a policy to raw images ``(N, H, W, C)`` in ``[0, 1]``.
+* :func:`train_augmentation` turns the CLI options into an :class:`Augmentation`; :func:`host_crop` says whether
+  the host makes its random crop.
 * :func:`augment_train_batch` is the whole on-device part of a train batch in torchvision's reference order:
-  policy on raw pixels, normalisation, random erasing, MixUp/CutMix; it returns normalised images and soft
-  targets ``(N, K)``.
+  flip and policy on raw pixels, normalisation, random erasing, MixUp/CutMix; it returns normalised images and
+  soft targets ``(N, K)``; :func:`batch_augmenter` wraps it for the train step (normalised batches in).
 
 Keying for exact resume: ``key = jax.random.fold_in(jax.random.key(seed), step)`` with the global step, made
 inside the jitted step (or a jitted pre-step); image ``n`` of the GLOBAL batch is keyed by ``fold_in`` of
@@ -30,7 +32,7 @@ POLICIES = ("none", "default", "flip", "randaugment[:N,M]", "trivialaugment", "a
 _NAMES = ("none", "default", "flip", "randaugment", "trivialaugment", "autoaugment")
 
 # fold_in tags that keep the streams of the stages apart
-TAG_POLICY, TAG_ERASING, TAG_MIX = 0x504F, 0x4552, 0x4D58
+TAG_POLICY, TAG_ERASING, TAG_MIX, TAG_FLIP = 0x504F, 0x4552, 0x4D58, 0x464C
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +133,11 @@ def augment_batch(key: jax.Array, images_raw01: jax.Array, policy: str | Policy,
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """The on-device augmentation of a run (hashable; the CLI options ``--augment``, ``--mixup``, ``--cutmix``,
-    ``--random-erasing``).
+    ``--random-erasing``; :func:`train_augmentation` builds it from them).
 
     Attributes:
+        flip: a random horizontal flip (p = 1/2) of each image before ``policy`` (torchvision's reference order:
+            crop, ``RandomHorizontalFlip``, then AutoAugment/RandAugment/TrivialAugmentWide).
         policy: the per-image policy, resolved (:func:`resolve_policy`): ``default`` raises ``ValueError``.
         mixup_alpha / cutmix_alpha: Beta parameters; 0 switches that one off.
         switch_prob: probability of CutMix for a batch when both are on.
@@ -143,6 +147,7 @@ class Augmentation:
     """
 
     policy: Policy = Policy("none")
+    flip: bool = False
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     switch_prob: float = 0.5
@@ -152,7 +157,47 @@ class Augmentation:
 
     @property
     def active(self) -> bool:
-        return self.policy.name != "none" or self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.erasing_p > 0
+        return self.flip or self.policy.name != "none" or self.mixup_alpha > 0 or self.cutmix_alpha > 0 \
+            or self.erasing_p > 0
+
+    def describe(self) -> str:
+        """One line for the run's log, e.g. ``flip + trivialaugment, mixup 0.2, cutmix 1, random erasing 0.1``."""
+        parts = [" + ".join(p for p in ("flip" if self.flip else "", "" if self.policy.name == "none"
+                                        else str(self.policy)) if p) or "no per-image policy"]
+        parts += [f"{name} {v:g}" for name, v in (("mixup", self.mixup_alpha), ("cutmix", self.cutmix_alpha),
+                                                    ("random erasing", self.erasing_p)) if v > 0]
+        return ", ".join(parts)
+
+
+def train_augmentation(augment: str | Policy = "default", orientation_sensitive: bool = False, *,
+                       mixup: float = 0.0, cutmix: float = 0.0, random_erasing: float = 0.0,
+                       switch_prob: float = 0.5, fill: float | tuple[float, ...] = 0.0) -> Augmentation:
+    """The on-device part of ``--augment POLICY`` (with ``--mixup``, ``--cutmix``, ``--random-erasing``).
+
+    ``none``: nothing (the host makes no random crop either). ``default``: the dataset's own: a flip unless the
+    dataset is ``orientation_sensitive`` (digits, shapes, MNIST-like sets: their augmentation is the host's
+    shift). ``flip``: a flip, whatever the dataset says. ``randaugment[:N,M]``, ``trivialaugment``,
+    ``autoaugment[:imagenet]``: the dataset's default flip, then the policy, as torchvision's reference adds
+    ``--auto-augment`` after its crop and flip. The host's random crop (random-resized or pad-and-crop) is on
+    for every policy but ``none``: :func:`host_crop`."""
+    policy = parse_policy(augment)
+    for name, v in (("--mixup", mixup), ("--cutmix", cutmix)):
+        if not v >= 0:
+            raise ValueError(f"{name} must be >= 0 (a Beta alpha; 0 switches it off), got {v}")
+    if not 0 <= random_erasing <= 1:
+        raise ValueError(f"--random-erasing must be a probability in [0, 1], got {random_erasing}")
+    if not 0 <= switch_prob <= 1:
+        raise ValueError(f"--mix-switch-prob must be a probability in [0, 1], got {switch_prob}")
+    flip = policy.name == "flip" or (policy.name != "none" and not orientation_sensitive)
+    op = policy if policy.name in ("randaugment", "trivialaugment", "autoaugment") else Policy("none")
+    return Augmentation(policy=op, flip=flip, mixup_alpha=float(mixup), cutmix_alpha=float(cutmix),
+                        erasing_p=float(random_erasing), switch_prob=float(switch_prob),
+                        fill=fill)
+
+
+def host_crop(augment: str | Policy) -> bool:
+    """Whether the host pipeline makes its random crop under ``--augment`` (all policies but ``none``)."""
+    return parse_policy(augment).name != "none"
 
 
 def augment_train_batch(key: jax.Array, images_raw01: jax.Array, labels: jax.Array, num_classes: int,
@@ -174,8 +219,23 @@ def augment_train_batch(key: jax.Array, images_raw01: jax.Array, labels: jax.Arr
         distributions (one-hot rows without MixUp/CutMix), each row summing to 1. Label smoothing, if any, is
         applied to these targets by the loss (``optax.smooth_labels``), as torchvision's reference does.
     """
-    x = augment_batch(jax.random.fold_in(key, TAG_POLICY), images_raw01, aug.policy, fill=aug.fill)
-    x = (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+    return _pipeline(key, images_raw01, labels, num_classes, mean, std, aug, normalised=False)
+
+
+def _pipeline(key: jax.Array, x: jax.Array, labels: jax.Array, num_classes: int, mean: Sequence[float],
+              std: Sequence[float], aug: Augmentation, *, normalised: bool) -> tuple[jax.Array, jax.Array]:
+    """Flip, policy (on raw pixels), normalisation, erasing, MixUp/CutMix. ``x`` raw or ``normalised``: a flip
+    commutes with the per-channel normalisation, so only a policy needs the raw pixels (no round trip
+    otherwise)."""
+    m, s = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    x = x.astype(jnp.float32)
+    if aug.flip:
+        x = augment_batch(jax.random.fold_in(key, TAG_FLIP), x, "flip")
+    if aug.policy.name != "none":
+        raw = x * s + m if normalised else x
+        x = (augment_batch(jax.random.fold_in(key, TAG_POLICY), raw, aug.policy, fill=aug.fill) - m) / s
+    elif not normalised:
+        x = (x - m) / s
     if aug.erasing_p > 0:
         value = aug.erasing_value
         erase = policies.batched(lambda k, im: mix.random_erasing(k, im, aug.erasing_p, value=value))
@@ -183,3 +243,14 @@ def augment_train_batch(key: jax.Array, images_raw01: jax.Array, labels: jax.Arr
     targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     return mix.mixup_or_cutmix(jax.random.fold_in(key, TAG_MIX), x, targets, aug.mixup_alpha, aug.cutmix_alpha,
                                aug.switch_prob)
+
+
+def batch_augmenter(aug: Augmentation, num_classes: int, mean: Sequence[float], std: Sequence[float]):
+    """``fn(key, images, labels) -> (images, targets)`` for the train step: ``images`` NHWC float32 as the data
+    sources deliver them, NORMALISED (``(raw - mean) / std``); the same pipeline as :func:`augment_train_batch`
+    (the policy sees ``images * std + mean``). Returns normalised images and ``(N, K)`` float32 targets."""
+
+    def fn(key: jax.Array, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return _pipeline(key, images, labels, num_classes, mean, std, aug, normalised=True)
+
+    return fn

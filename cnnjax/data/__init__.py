@@ -29,14 +29,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cnnjax.data.base import DatasetInfo, DataSource
+from cnnjax.data.base import DatasetInfo, DataSource, TrainView
 from cnnjax.data.preprocess import Preprocess
 
 DATASETS = ("digits", "shapes", "synthetic", "tfds:NAME[/CONFIG]", "folder:PATH")
 DEFAULT = "digits"
 PREPROCESS_KINDS = ("tfds", "folder")  # the datasets that take eval_preprocess
 
-__all__ = ["DATASETS", "DEFAULT", "PREPROCESS_KINDS", "DataSource", "DatasetInfo", "Preprocess", "load",
+__all__ = ["DATASETS", "DEFAULT", "PREPROCESS_KINDS", "DataSource", "DatasetInfo", "Preprocess", "TrainView", "load",
            "takes_eval_preprocess"]
 
 
@@ -47,7 +47,7 @@ def takes_eval_preprocess(spec: str) -> bool:
 
 def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | None = None,
          seed: int = 0, eval_preprocess: Preprocess | Mapping[str, Any] | None = None, channels: int | None = None,
-         workers: int | None = None) -> DataSource:
+         workers: int | None = None, train_view: TrainView | None = None) -> DataSource:
     """Build the dataset named by ``spec``.
 
     Args:
@@ -61,6 +61,9 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
         channels: ``folder:`` only: 1 or 3 (default: 1 when every image is grayscale, else 3).
         workers: ``folder:`` and ArrayRecord ``tfds:``: Grain decoding processes (default ``$CNNJAX_DATA_WORKERS``
             or 0: threads); ignored by TFRecord ``tfds:`` (tf.data).
+        train_view: how the host makes train images (:class:`TrainView`: the dataset's random crop on or off,
+            ``rrc_scale`` for decoded files); default: the dataset's own crop. The host never flips: flips and
+            the other per-image policies run on the device (:mod:`cnnjax.augment`).
 
     Raises:
         ValueError: unknown spec or option, or a dataset that cannot be loaded (with the reason).
@@ -75,26 +78,27 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
     if eval_preprocess is not None and kind not in PREPROCESS_KINDS:
         raise ValueError(f"dataset {spec!r}: eval_preprocess applies only to the tfds: and folder: datasets "
                          "(decoded image files)")
+    view = {} if train_view is None else {"train_view": train_view}
     if kind == "digits":
         from cnnjax.data.digits import load_digits
 
-        return load_digits(rest, image_size=image_size, seed=seed)
+        return load_digits(rest, image_size=image_size, seed=seed, **view)
     if kind == "shapes":
         from cnnjax.data.shapes import load_shapes
 
-        return load_shapes(rest, image_size=image_size, seed=seed)
+        return load_shapes(rest, image_size=image_size, seed=seed, **view)
     if kind == "synthetic":
         from cnnjax.data.synthetic import load_synthetic
 
-        return load_synthetic(rest, image_size=image_size, seed=seed)
+        return load_synthetic(rest, image_size=image_size, seed=seed, **view)
     if kind == "tfds":
         from cnnjax.data.tfds import load_tfds
 
         return load_tfds(rest.strip(), data_dir=data_dir, image_size=image_size, seed=seed,
-                         eval_preprocess=eval_preprocess, workers=workers)
+                         eval_preprocess=eval_preprocess, workers=workers, **view)
     if kind == "folder":
         from cnnjax.data.folder import load_folder
 
         return load_folder(rest, data_dir=data_dir, image_size=image_size, seed=seed,
-                           eval_preprocess=eval_preprocess, channels=channels, workers=workers)
+                           eval_preprocess=eval_preprocess, channels=channels, workers=workers, **view)
     raise ValueError(f"unknown dataset {spec!r}: valid choices are {', '.join(DATASETS)}")

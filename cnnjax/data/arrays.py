@@ -17,6 +17,7 @@ from cnnjax.data.base import (
     Batch,
     DatasetInfo,
     DataSource,
+    TrainView,
     batch_indices,
     epoch_permutation,
     make_rng,
@@ -37,14 +38,16 @@ class ArraySource(DataSource):
             ``raw = stored * scale`` must lie in ``[0, 1]``. Converted, resized and normalised per batch.
         train_labels / val_labels: int ``(N,)``.
         pad: train-time translation in output pixels (pad-and-crop with zeros); 0 switches it off.
-        flip: random horizontal flips at train time.
         seed: the run seed (shuffling and augmentation).
         scale: factor from stored values to raw ``[0, 1]`` pixels (1/255 for uint8 images).
+        train_view: ``crop=False`` switches the translation off (``--augment none``); no ``rrc_scale`` here.
+
+    Flips are not made here: they run on the device (:mod:`cnnjax.augment`).
     """
 
     def __init__(self, info: DatasetInfo, train_images: np.ndarray, train_labels: np.ndarray,
-                 val_images: np.ndarray, val_labels: np.ndarray, *, pad: int = 0, flip: bool = False, seed: int = 0,
-                 scale: float = 1.0):
+                 val_images: np.ndarray, val_labels: np.ndarray, *, pad: int = 0, seed: int = 0,
+                 scale: float = 1.0, train_view: TrainView = TrainView()):
         self.info = info
         self._data = {"train": (np.asarray(train_images), np.asarray(train_labels, np.int32)),
                       "val": (np.asarray(val_images), np.asarray(val_labels, np.int32))}
@@ -52,7 +55,11 @@ class ArraySource(DataSource):
             if x.ndim != 4 or x.shape[-1] != info.channels or len(x) != len(y):
                 raise ValueError(f"{info.name} {split}: images {x.shape} / labels {y.shape} do not match "
                                  f"(N, H, W, {info.channels}) / (N,)")
-        self.pad, self.flip, self.seed, self.scale = int(pad), bool(flip), int(seed), float(scale)
+        if train_view.rrc_scale is not None:
+            raise ValueError(f"dataset {info.name!r}: rrc_scale (--rrc-scale) applies to decoded image files "
+                             "(folder:, tfds:) only; this dataset's train augmentation is a pad-and-crop shift")
+        self.pad = int(pad) if train_view.crop else 0
+        self.seed, self.scale, self.train_view = int(seed), float(scale), train_view
 
     def _batches(self, split, global_batch_size, local, *, epoch, start_batch, process_index, process_count,
                  state=None):
@@ -101,16 +108,12 @@ class ArraySource(DataSource):
             # Drawn for the whole global batch, then sliced: sharding does not change the result.
             rng = make_rng(self.seed, epoch, b, TAG_AUGMENT)
             offsets = rng.integers(0, 2 * self.pad + 1, size=(global_batch_size, 2))
-            flips = rng.random(global_batch_size) < 0.5
         idx = idx[rows]
         mask = idx >= 0
         safe = np.where(mask, idx, 0)
         x = resize_images(images[safe].astype(np.float32) * np.float32(self.scale), size)
         if split == "train":
             x = pad_and_crop(x, self.pad, offsets[rows])
-            if self.flip:
-                f = flips[rows]
-                x[f] = x[f, :, ::-1]
         x = normalize(x, self.info.mean, self.info.std)
         x[~mask] = 0.0
         y = np.where(mask, labels[safe], 0).astype(np.int32)

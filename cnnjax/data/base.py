@@ -66,6 +66,29 @@ class DatasetInfo:
     orientation_sensitive: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainView:
+    """How the host makes a training image, before the on-device augmentation (:mod:`cnnjax.augment`: flips and
+    the other per-image policies, MixUp/CutMix, erasing).
+
+    Attributes:
+        crop: the dataset's own random crop: random-resized crop (decoded files above 64 px), pad-and-crop shifts
+            (small images, ``digits``); False (``--augment none``): train images are made as val images are.
+        rrc_scale: the random-resized crop's area range ``(lo, hi)`` (``--rrc-scale``; torchvision's ``scale``),
+            used at every image size; None: the default ``(0.08, 1)`` above 64 px, pad-and-crop at and below.
+            Decoded-file datasets only (``folder:``, ``tfds:``).
+    """
+
+    crop: bool = True
+    rrc_scale: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.rrc_scale is not None:
+            lo, hi = self.rrc_scale
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"rrc_scale must satisfy 0 < lo <= hi <= 1, got {self.rrc_scale}")
+
+
 def _u64(x: int) -> int:
     """Map any Python int to a non-negative SeedSequence entropy word."""
     return int(x) % (1 << 64)

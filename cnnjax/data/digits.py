@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from cnnjax.data.arrays import ArraySource
-from cnnjax.data.base import DatasetInfo, channel_stats, parse_options, resize_images, resolve_image_size
+from cnnjax.data.base import (
+    DatasetInfo,
+    TrainView,
+    channel_stats,
+    parse_options,
+    resize_images,
+    resolve_image_size,
+)
 
 ASSET = Path(__file__).parent / "assets" / "digits.npz"
 NUM_EXAMPLES = 1797
@@ -60,7 +67,8 @@ def split_indices() -> tuple[np.ndarray, np.ndarray]:
     return train_idx, val_idx
 
 
-def load_digits(options: str = "", *, image_size: int | None = None, seed: int = 0) -> ArraySource:
+def load_digits(options: str = "", *, image_size: int | None = None, seed: int = 0,
+                train_view: TrainView = TrainView()) -> ArraySource:
     """Build the ``digits`` source; ``options`` is the text after ``digits:`` (see the module docstring)."""
     opts = parse_options("digits", options, {"channels": int, "image_size": int, "classes": _class_list,
                                              "per_class": int, "pad": int})
@@ -92,7 +100,7 @@ def load_digits(options: str = "", *, image_size: int | None = None, seed: int =
                        num_train=len(train_idx), num_val=len(val_idx), class_names=[str(d) for d in classes],
                        mean=mean, std=std, orientation_sensitive=True)
     return ArraySource(info, stored[train_idx], labels[train_idx], stored[val_idx], labels[val_idx],
-                       pad=pad, flip=False, seed=seed, scale=1 / 16)
+                       pad=pad, seed=seed, scale=1 / 16, train_view=train_view)
 
 
 def _class_list(text: str) -> list[int]:

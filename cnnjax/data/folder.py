@@ -38,7 +38,7 @@ import numpy as np
 
 from cnnjax.data import grainpipe
 from cnnjax.data import pil_transforms as T
-from cnnjax.data.base import DatasetInfo
+from cnnjax.data.base import DatasetInfo, TrainView
 from cnnjax.data.imagerecords import ImageRecordSource, default_workers
 from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resolve_preprocess
 
@@ -168,13 +168,14 @@ class FolderSource(ImageRecordSource):
         workers: Grain decoding processes (0: threads of this process only; default :func:`default_workers`).
         exact: decode JPEGs at full scale even when random-resized-crop shrinks them (see
             :mod:`cnnjax.data.pil_transforms`).
+        train_view: the train images' random crop (:class:`~cnnjax.data.base.TrainView`).
     """
 
     what = "folder dataset"
 
     def __init__(self, root: str | os.PathLike, *, image_size: int | None = None, channels: int | None = None,
                  seed: int = 0, eval_preprocess: Preprocess | Mapping[str, Any] | None = None,
-                 workers: int | None = None, exact: bool = False, _scan=None):
+                 workers: int | None = None, exact: bool = False, train_view: TrainView = TrainView(), _scan=None):
         grainpipe.import_grain()  # fail now, in one line, not at the first batch
         if eval_preprocess is not None:
             eval_preprocess = Preprocess.from_value(eval_preprocess)
@@ -186,7 +187,7 @@ class FolderSource(ImageRecordSource):
             image_size, channels = eval_preprocess.crop, 3
         if channels not in (None, 1, 3):
             raise ValueError(f"folder dataset: channels must be 1 or 3, got {channels!r}")
-        self.root, self.seed, self.exact = Path(root), int(seed), bool(exact)
+        self.root, self.seed, self.exact, self.train_view = Path(root), int(seed), bool(exact), train_view
         self.eval_preprocess = eval_preprocess
         self.workers = default_workers() if workers is None else int(workers)
         self._scan = _scan or scan_folder(self.root)
@@ -212,7 +213,7 @@ class FolderSource(ImageRecordSource):
         return FolderSource(self.root, image_size=image_size or self.info.image_size,
                             channels=channels or self.info.channels, seed=self.seed,
                             eval_preprocess=self.eval_preprocess, workers=self.workers, exact=self.exact,
-                            _scan=self._scan)
+                            train_view=self.train_view, _scan=self._scan)
 
     def _check_split(self, split: str) -> None:
         if split == "train" and "train" not in self._splits:
@@ -238,7 +239,7 @@ class FolderSource(ImageRecordSource):
 
 def load_folder(path: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0,
                 eval_preprocess: Preprocess | Mapping[str, Any] | None = None, channels: int | None = None,
-                workers: int | None = None) -> FolderSource:
+                workers: int | None = None, train_view: TrainView = TrainView()) -> FolderSource:
     """Build the ``folder:PATH`` source (``PATH`` relative to ``data_dir`` if relative and ``data_dir`` given)."""
     if not path:
         raise ValueError("folder dataset: the spec needs a path, as in folder:/data/my_images")
@@ -247,4 +248,5 @@ def load_folder(path: str, *, data_dir: str | None = None, image_size: int | Non
         root = Path(data_dir) / root
     spec, size = resolve_preprocess("folder", eval_preprocess, image_size, 0) if eval_preprocess is not None \
         else (None, image_size)
-    return FolderSource(root, image_size=size, seed=seed, eval_preprocess=spec, channels=channels, workers=workers)
+    return FolderSource(root, image_size=size, seed=seed, eval_preprocess=spec, channels=channels, workers=workers,
+                        train_view=train_view)

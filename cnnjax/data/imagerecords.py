@@ -32,7 +32,7 @@ import numpy as np
 
 from cnnjax.data import grainpipe
 from cnnjax.data import pil_transforms as T
-from cnnjax.data.base import TAG_AUGMENT, DataSource, epoch_permutation, make_rng, num_batches_for
+from cnnjax.data.base import TAG_AUGMENT, DataSource, TrainView, epoch_permutation, make_rng, num_batches_for
 from cnnjax.data.preprocess import Preprocess
 
 _log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class ImageElements:
     eval_spec: Preprocess | None
     exact: bool = False
     what: str = "dataset"  # the source in log lines
+    view: TrainView = TrainView()  # the train transform's crop (train elements only)
 
     def __call__(self, j: int) -> dict:
         b_abs, r = divmod(int(j), self.local)
@@ -111,7 +112,8 @@ class ImageElements:
             source, label = self.records[index]
             if self.train:
                 image = T.train_image(source, self.size, self.channels, make_rng(self.seed, epoch, pos, TAG_AUGMENT),
-                                      exact=self.exact)
+                                      exact=self.exact, scale=self.view.rrc_scale, crop=self.view.crop,
+                                      eval_spec=self.eval_spec)
             else:
                 image = T.eval_image(source, self.size, self.channels, self.eval_spec)
             ok = np.True_
@@ -148,6 +150,7 @@ class ImageRecordSource(DataSource):
             (:func:`cnnjax.data.pil_transforms.default_eval`).
         exact: decode JPEGs at full scale even when random-resized-crop shrinks them.
         what: the source in log lines (e.g. ``"folder dataset"``).
+        train_view: the train images' random crop (:class:`~cnnjax.data.base.TrainView`).
     """
 
     seed: int
@@ -155,6 +158,7 @@ class ImageRecordSource(DataSource):
     eval_preprocess: Preprocess | None = None
     exact: bool = False
     what: str = "dataset"
+    train_view: TrainView = TrainView()
 
     def _start_streams(self) -> None:
         self._streams = grainpipe.Streams()
@@ -183,7 +187,8 @@ class ImageRecordSource(DataSource):
         elements = ImageElements(
             records=records, train=train, global_batch_size=global_batch_size, local=local,
             row0=process_index * local, batches_per_epoch=nb, seed=self.seed, size=size, channels=channels,
-            eval_spec=self.eval_preprocess or T.default_eval(size), exact=self.exact, what=self.what)
+            eval_spec=self.eval_preprocess or T.default_eval(size), exact=self.exact, what=self.what,
+            view=self.train_view)
         finish = Finish(self.info.mean, self.info.std)
 
         def make(start: int) -> grainpipe.Stream:

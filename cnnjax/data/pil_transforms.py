@@ -1,18 +1,22 @@
-"""Per-image transforms on the host with PIL: decode, convert, random-resized-crop / resize / centre crop, flip.
+"""Per-image transforms on the host with PIL: decode, convert, random-resized-crop / resize / centre crop.
 
 Each function maps one image file (a path, or a binary file object such as ``io.BytesIO`` of the encoded bytes
 a TFDS dataset stores) to uint8 ``(S, S, C)``; normalisation happens once per batch (:func:`normalize_batch`).
 Randomness comes from a ``numpy.random.Generator`` the caller derives from (seed, epoch, example position), so an
 example's augmentation does not depend on workers, threads or sharding.
 
-* train, ``S > SMALL``: torchvision's ``RandomResizedCrop(S, scale=(0.08, 1), ratio=(3/4, 4/3))`` (the same
-  parameter draw: 10 tries, log-uniform ratio, then a centre crop clamped to the ratio range) resized with PIL
-  bilinear (antialiased), then ``RandomHorizontalFlip()``. JPEGs are decoded at a reduced scale
+* train, ``S > SMALL`` or an explicit ``scale`` (``--rrc-scale``): torchvision's ``RandomResizedCrop(S,
+  scale=(0.08, 1), ratio=(3/4, 4/3))`` (the same parameter draw: 10 tries, log-uniform ratio, then a centre crop
+  clamped to the ratio range) resized with PIL bilinear (antialiased). JPEGs are decoded at a reduced scale
   (``Image.draft``, a DCT-domain downscale by 2, 4 or 8) when the crop still covers at least ``S x S`` pixels
   there: the result differs from a full decode by interpolation noise only, and decoding is up to several times
   faster (``exact=True`` turns it off);
-* train, ``S <= SMALL``: resize to ``S x S``, pad ``S // 8`` zero pixels per side, random ``S x S`` crop, flip (the
-  CIFAR recipe);
+* train, ``S <= SMALL``: resize to ``S x S``, pad ``S // 8`` zero pixels per side, random ``S x S`` crop (the CIFAR
+  recipe);
+* train with ``crop=False`` (``--augment none``): the eval view.
+
+No flip here: the horizontal flip (``RandomHorizontalFlip``) runs on the device with the other per-image policies
+(:mod:`cnnjax.augment`), and only for datasets that are not orientation-sensitive.
 * eval, ``S > SMALL``: torchvision's ``Resize(round(S / 0.875))`` + ``CenterCrop(S)`` (bilinear), or a given
   :class:`~cnnjax.data.preprocess.Preprocess`; eval, ``S <= SMALL``: resize to ``S x S``.
 
@@ -70,18 +74,19 @@ def rrc_params(rng: np.random.Generator, width: int, height: int, scale: tuple[f
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _flip(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else image
-
-
 def train_image(path: str | BinaryIO, size: int, channels: int, rng: np.random.Generator,
-                exact: bool = False) -> np.ndarray:
+                exact: bool = False, *, scale: tuple[float, float] | None = None, crop: bool = True,
+                eval_spec: Preprocess | None = None) -> np.ndarray:
     """The training view of one image file (path or binary file object): uint8 ``(size, size, channels)`` (see
-    the module docstring)."""
+    the module docstring). ``scale``: the random-resized crop's area range (default :data:`RRC_SCALE` above
+    :data:`SMALL` pixels; given, the crop is used at every size); ``crop=False``: no random crop, the eval view
+    ``eval_spec`` (:func:`eval_image`)."""
+    if not crop:
+        return eval_image(path, size, channels, eval_spec)
     with Image.open(path) as im:
-        if size > SMALL:
+        if size > SMALL or scale is not None:
             width, height = im.size
-            top, left, h, w = rrc_params(rng, width, height)
+            top, left, h, w = rrc_params(rng, width, height, RRC_SCALE if scale is None else scale)
             if not exact and im.format == "JPEG":
                 reduce = min(w, h) / size  # how much the crop is shrunk; draft shrinks by at most this
                 if reduce >= 2:
@@ -90,11 +95,11 @@ def train_image(path: str | BinaryIO, size: int, channels: int, rng: np.random.G
             img = to_mode(im, channels)
             img = img.resize((size, size), Image.BILINEAR,
                              box=(left * fx, top * fy, (left + w) * fx, (top + h) * fy))
-            return np.asarray(_flip(img, rng), dtype=np.uint8).reshape(size, size, channels)
+            return np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
         img = to_mode(im, channels)
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
-    x = np.asarray(_flip(img, rng), dtype=np.uint8).reshape(size, size, channels)
+    x = np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
     pad = size // 8
     if pad:
         top, left = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))

@@ -29,6 +29,7 @@ import numpy as np
 from cnnjax.data.arrays import ArraySource
 from cnnjax.data.base import (
     DatasetInfo,
+    TrainView,
     channel_stats,
     make_rng,
     parse_options,
@@ -175,7 +176,8 @@ def _region(text: str) -> str:
     return text
 
 
-def load_shapes(options: str = "", *, image_size: int | None = None, seed: int = 0) -> ArraySource:
+def load_shapes(options: str = "", *, image_size: int | None = None, seed: int = 0,
+                train_view: TrainView = TrainView()) -> ArraySource:
     """Build the ``shapes`` source; ``options`` is the text after ``shapes:`` (see the module docstring)."""
     opts = parse_options("shapes", options, {
         "num_train": positive_int, "num_val": positive_int, "image_size": positive_int, "classes": _classes,
@@ -191,5 +193,5 @@ def load_shapes(options: str = "", *, image_size: int | None = None, seed: int =
     info = DatasetInfo(name="shapes", num_classes=len(classes), image_size=size, channels=3,
                        num_train=len(train["label"]), num_val=len(val["label"]), class_names=list(classes),
                        mean=mean, std=std, orientation_sensitive=True)
-    return ArraySource(info, train["image"], train["label"], val["image"], val["label"], pad=0, flip=False,
-                       seed=seed, scale=1 / 255)
+    return ArraySource(info, train["image"], train["label"], val["image"], val["label"], pad=0,
+                       seed=seed, scale=1 / 255, train_view=train_view)

@@ -18,6 +18,7 @@ from cnnjax.data.base import (
     TAG_SYNTH,
     DatasetInfo,
     DataSource,
+    TrainView,
     make_rng,
     num_batches_for,
     parse_options,
@@ -59,8 +60,13 @@ class SyntheticSource(DataSource):
             yield {"image": image, "label": label, "mask": mask}
 
 
-def load_synthetic(options: str = "", *, image_size: int | None = None, seed: int = 0) -> SyntheticSource:
-    """Build the ``synthetic`` source; ``options`` is the text after ``synthetic:`` (see the module docstring)."""
+def load_synthetic(options: str = "", *, image_size: int | None = None, seed: int = 0,
+                   train_view: TrainView = TrainView()) -> SyntheticSource:
+    """Build the ``synthetic`` source; ``options`` is the text after ``synthetic:`` (see the module docstring).
+    Its images are noise: no host augmentation (``train_view.crop`` changes nothing; ``rrc_scale`` is refused)."""
+    if train_view.rrc_scale is not None:
+        raise ValueError("dataset 'synthetic': rrc_scale (--rrc-scale) applies to decoded image files (folder:, "
+                         "tfds:) only")
     opts = parse_options("synthetic", options, {"image_size": positive_int, "num_classes": positive_int,
                                                 "channels": positive_int, "num_train": positive_int,
                                                 "num_val": positive_int})

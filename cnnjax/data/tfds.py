@@ -50,7 +50,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnnjax.data import grainpipe, pilpipe, tfpipe
-from cnnjax.data.base import DatasetInfo, DataSource, MissingDependencyError, make_rng, num_batches_for
+from cnnjax.data.base import DatasetInfo, DataSource, MissingDependencyError, TrainView, make_rng, num_batches_for
 from cnnjax.data.imagerecords import ImageRecordSource, default_workers
 from cnnjax.data.preprocess import Preprocess, resolve_preprocess
 
@@ -234,12 +234,13 @@ class TFDSArrayRecordSource(ImageRecordSource):
 
     def __init__(self, name: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0,
                  eval_preprocess: Preprocess | Mapping[str, Any] | None = None, workers: int | None = None,
-                 exact: bool = False, _prepared: _Prepared | None = None):
+                 exact: bool = False, train_view: TrainView = TrainView(), _prepared: _Prepared | None = None):
         grainpipe.import_grain()  # fail now, in one line, not at the first batch
         p = _prepared or _open(name, data_dir=data_dir, image_size=image_size, eval_preprocess=eval_preprocess)
         if not p.array_record:
             raise ValueError(f"tfds dataset {name!r} is not stored as ArrayRecord (formats: {', '.join(p.formats)})")
         self.name, self.seed, self.exact, self.builder = name, int(seed), bool(exact), p.builder
+        self.train_view = train_view
         self.val_split, self.image_key, self.label_key = p.val_split, p.image_key, p.label_key
         self.eval_preprocess, self.info, self.what = p.eval_preprocess, p.info, f"tfds dataset {name!r}"
         self.workers = default_workers() if workers is None else int(workers)
@@ -264,14 +265,15 @@ class TFDSSource(DataSource):
     pipeline = "tf.data"
 
     def __init__(self, name: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0,
-                 eval_preprocess: Preprocess | Mapping[str, Any] | None = None, _prepared: _Prepared | None = None):
+                 eval_preprocess: Preprocess | Mapping[str, Any] | None = None, train_view: TrainView = TrainView(),
+                 _prepared: _Prepared | None = None):
         p = _prepared or _open(name, data_dir=data_dir, image_size=image_size, eval_preprocess=eval_preprocess)
         try:
             tfpipe.import_tf()
         except MissingDependencyError:
             raise MissingDependencyError(_tfrecord_hint(name, os.fspath(p.builder.data_dir), "/".join(p.formats))) \
                 from None
-        self.name, self.seed, self.builder = name, int(seed), p.builder
+        self.name, self.seed, self.builder, self.train_view = name, int(seed), p.builder, train_view
         self.val_split, self.image_key, self.label_key = p.val_split, p.image_key, p.label_key
         self.eval_preprocess, self.info = p.eval_preprocess, p.info
 
@@ -327,7 +329,8 @@ class TFDSSource(DataSource):
             image = tf.io.decode_image(encoded, channels=channels, expand_animations=False, dtype=tf.uint8)
             image.set_shape([None, None, channels])
             if train:
-                x = tfpipe.train_transform(tf, image, tf.stack([tf.constant(base, tf.int64), pos]), size)
+                x = tfpipe.train_transform(tf, image, tf.stack([tf.constant(base, tf.int64), pos]), size,
+                                           self.train_view)
             else:
                 x = tfpipe.eval_transform(tf, image, size)
             return {"image": tfpipe.normalize(tf, x, mean, std), "label": label, "mask": valid}
@@ -338,12 +341,13 @@ class TFDSSource(DataSource):
 
 def load_tfds(name: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0,
               eval_preprocess: Preprocess | Mapping[str, Any] | None = None,
-              workers: int | None = None) -> TFDSArrayRecordSource | TFDSSource:
+              workers: int | None = None, train_view: TrainView = TrainView()
+              ) -> TFDSArrayRecordSource | TFDSSource:
     """Build the ``tfds:NAME[/CONFIG]`` source: :class:`TFDSArrayRecordSource` (Grain, no TensorFlow) when the
     dataset is stored as ArrayRecord, else :class:`TFDSSource` (tf.data); see the module docstring. ``workers``
     (Grain decoding processes) applies to ArrayRecord datasets only (tf.data sizes its own parallelism)."""
     p = _open(name, data_dir=data_dir, image_size=image_size, eval_preprocess=eval_preprocess)
     if p.array_record:
-        return TFDSArrayRecordSource(name, seed=seed, workers=workers, _prepared=p)
-    return TFDSSource(name, seed=seed, _prepared=p)
+        return TFDSArrayRecordSource(name, seed=seed, workers=workers, train_view=train_view, _prepared=p)
+    return TFDSSource(name, seed=seed, train_view=train_view, _prepared=p)
 

@@ -6,10 +6,12 @@ augmented example does not depend on the pipeline's parallelism, on sharding or 
 
 Transforms, on uint8 ``(h, w, C)`` images, ending in float32 ``(S, S, C)`` normalised with ``(x / 255 - mean) / std``:
 
-* train, ``S > 64``: random-resized-crop (area 8-100 %, aspect ratio 3/4-4/3, up to 10 tries then the whole
-  image) resized bilinearly with antialiasing to ``S x S``, then a horizontal flip with probability 1/2;
+* train, ``S > 64`` or an explicit ``rrc_scale``: random-resized-crop (area 8-100 % or ``rrc_scale``, aspect ratio
+  3/4-4/3, up to 10 tries then the whole image) resized bilinearly with antialiasing to ``S x S``;
 * train, ``S <= 64``: resize to ``S x S`` (no-op when the image already is), pad ``S // 8`` pixels of zeros per side
-  (4 at 32x32), random crop ``S x S``, horizontal flip;
+  (4 at 32x32), random crop ``S x S``;
+* train without the crop (``--augment none``): the val transform;
+* no flip here: flips run on the device (:mod:`cnnjax.augment`), for datasets that are not orientation-sensitive;
 * val, ``S > 64`` (torchvision's eval transform): resize the shorter side to ``round(S / 0.875)`` (256 for 224)
   bilinearly with antialiasing, centre crop ``S x S``;
 * val, ``S <= 64``: resize to ``S x S``.
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.data.base import TAG_TF, MissingDependencyError, make_rng
+from cnnjax.data.base import TAG_TF, MissingDependencyError, TrainView, make_rng
 from cnnjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL = 64  # image sizes up to this use pad-and-crop instead of random-resized-crop
@@ -65,12 +67,14 @@ def _resize(tf, image, hw):
     return tf.image.resize(image, hw, method="bilinear", antialias=True)
 
 
-def train_transform(tf, image, seed, size: int):
-    """uint8 ``(h, w, C)`` + int64 seed ``(2,)`` -> float32 ``(size, size, C)`` in 0..255 (augmented)."""
+def train_transform(tf, image, seed, size: int, view: TrainView = TrainView()):
+    """uint8 ``(h, w, C)`` + int64 seed ``(2,)`` -> float32 ``(size, size, C)`` in 0..255 (augmented; ``view``: the
+    crop, :class:`~cnnjax.data.base.TrainView`)."""
+    if not view.crop:
+        return eval_transform(tf, image, size)
     channels = image.shape[-1]
     s_crop = tf.stack([seed[0], seed[1] * 4])
-    s_flip = tf.stack([seed[0], seed[1] * 4 + 1])
-    if size <= SMALL:
+    if size <= SMALL and view.rrc_scale is None:
         x = _resize(tf, image, [size, size])
         pad = size // 8
         x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]])
@@ -78,10 +82,10 @@ def train_transform(tf, image, seed, size: int):
     else:
         begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
             tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=s_crop,
-            min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+            min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=view.rrc_scale or (0.08, 1.0),
+            max_attempts=10,
             use_image_if_no_bounding_boxes=True)
         x = _resize(tf, tf.slice(image, begin, extent), [size, size])
-    x = tf.image.stateless_random_flip_left_right(x, seed=s_flip)
     return tf.ensure_shape(x, [size, size, channels])
 
 

@@ -36,9 +36,23 @@ def split_outputs(out: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Per-example cross entropy in float32 with optional label smoothing (PyTorch's definition)."""
+    return soft_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example cross entropy in float32 against target distributions ``(B, K)`` (MixUp/CutMix), smoothed
+    as PyTorch's ``CrossEntropyLoss(label_smoothing=...)`` smooths probability targets:
+    ``(1 - eps) * t + eps / K``."""
     logits = logits.astype(jnp.float32)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
+    return optax.softmax_cross_entropy(logits, optax.smooth_labels(targets.astype(jnp.float32), label_smoothing))
+
+
+#: ``fold_in`` tag of the on-device augmentation's key (beside dropout's ``fold_in(rng, step)``).
+TAG_AUGMENT = 0x4147
+
+#: ``augment(key, images, labels) -> (images, targets)``: the on-device augmentation of a train batch
+#: (:func:`cnnjax.augment.batch_augmenter`): normalised NHWC images in and out, ``(B, K)`` float32 targets.
+BatchAugment = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -94,7 +108,8 @@ def micro_batches(x: jax.Array, k: int, shards: int = 1) -> jax.Array:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_smoothing: float = 0.0,
                     trainable: transfer.Trainable = None, frozen_modules: Callable[[str], bool] | None = None,
                     *, accum_steps: int = 1, shards: int = 1, lr_schedule: optax.Schedule | None = None,
-                    ema: EMA | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    ema: EMA | None = None, augment: BatchAugment | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The training step: forward in training mode (BN batch statistics, dropout from ``fold_in(rng, step)``),
     loss in float32 (+ auxiliary losses), gradients, one optimizer update. Metrics are batch means, plus
     ``grad_norm`` (global L2 norm of the gradient, before any clipping) and ``lr`` (``lr_schedule(step)``, when
@@ -110,17 +125,25 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_sm
     whole batch. BatchNorm normalises each micro-batch with its own statistics and updates the running averages
     K times (as PyTorch's accumulation loops do); dropout uses ``fold_in(step key, i)`` for micro-batch i.
     ``ema``: also update the state's moving average (:class:`EMA`).
+
+    ``augment`` (:data:`BatchAugment`): on-device augmentation of the whole global batch before anything else,
+    keyed by ``fold_in(fold_in(key(state.rng), step), TAG_AUGMENT)`` -- a function of (seed, step) only, so a
+    resumed run sees the same augmented batches, on any number of devices. The loss is taken against its
+    targets (soft under MixUp/CutMix); ``top1``/``top5`` count the batch's original labels (under MixUp/CutMix:
+    the label of each row's own image).
     """
 
-    def loss_fn(train_part, frozen_part, batch_stats, image, label, rng):
+    def loss_fn(train_part, frozen_part, batch_stats, image, label, target, rng):
         params = train_part if trainable is None else transfer.merge(train_part, frozen_part)
         variables = {"params": params, "batch_stats": batch_stats}
         with frozen_batchnorm(frozen_modules or (lambda path: False)):
             out, updates = model.apply(variables, image, True, rngs={"dropout": rng}, mutable=["batch_stats"])
         logits, aux = split_outputs(out)
-        loss = cross_entropy(logits, label, label_smoothing).mean()
+        if target is None:  # no augmentation: one-hot labels (the same numbers as cross_entropy)
+            target = jax.nn.one_hot(label, logits.shape[-1])
+        loss = soft_cross_entropy(logits, target, label_smoothing).mean()
         for a in aux:
-            loss = loss + AUX_WEIGHT * cross_entropy(a, label, label_smoothing).mean()
+            loss = loss + AUX_WEIGHT * soft_cross_entropy(a, target, label_smoothing).mean()
         return loss, (logits, updates.get("batch_stats", batch_stats))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -131,26 +154,30 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_sm
             train_part, frozen_part = state.params, {}
         else:
             train_part, frozen_part = transfer.split(state.params, trainable)
+        image, label, target = batch["image"], batch["label"], None
+        if augment is not None:
+            image, target = augment(jax.random.fold_in(rng, TAG_AUGMENT), image, label)
         if accum_steps == 1:
-            (loss, (logits, batch_stats)), grads = grad_fn(train_part, frozen_part, state.batch_stats,
-                                                           batch["image"], batch["label"], rng)
-            top1 = topk_correct(logits, batch["label"], 1).mean()
-            top5 = topk_correct(logits, batch["label"], 5).mean()
+            (loss, (logits, batch_stats)), grads = grad_fn(train_part, frozen_part, state.batch_stats, image, label,
+                                                           target, rng)
+            top1 = topk_correct(logits, label, 1).mean()
+            top5 = topk_correct(logits, label, 5).mean()
         else:
-            images = micro_batches(batch["image"], accum_steps, shards)
-            labels = micro_batches(batch["label"], accum_steps, shards)
+            images = micro_batches(image, accum_steps, shards)
+            labels = micro_batches(label, accum_steps, shards)
+            targets = None if target is None else micro_batches(target, accum_steps, shards)
 
             def body(carry, xs):
                 gsum, stats = carry
-                i, image, label = xs
-                (loss, (logits, stats)), g = grad_fn(train_part, frozen_part, stats, image, label,
+                i, image, label, target = xs
+                (loss, (logits, stats)), g = grad_fn(train_part, frozen_part, stats, image, label, target,
                                                      jax.random.fold_in(rng, i))
                 return (jax.tree.map(jnp.add, gsum, g), stats), (loss, topk_correct(logits, label, 1).mean(),
                                                                  topk_correct(logits, label, 5).mean())
 
             zeros = jax.tree.map(jnp.zeros_like, train_part)
             (gsum, batch_stats), (losses, top1s, top5s) = jax.lax.scan(
-                body, (zeros, state.batch_stats), (jnp.arange(accum_steps), images, labels))
+                body, (zeros, state.batch_stats), (jnp.arange(accum_steps), images, labels, targets))
             grads = jax.tree.map(lambda g: g / accum_steps, gsum)
             loss, top1, top5 = losses.mean(), top1s.mean(), top5s.mean()
         updates, opt_state = tx.update(grads, state.opt_state, train_part)
@@ -194,13 +221,14 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict], dict]:
 def jit_steps(model: nn.Module, tx: optax.GradientTransformation, replicated: NamedSharding,
               batch_sharding: NamedSharding, *, label_smoothing: float = 0.0, trainable: transfer.Trainable = None,
               frozen_modules: Callable[[str], bool] | None = None, accum_steps: int = 1,
-              lr_schedule: optax.Schedule | None = None, ema: EMA | None = None) -> tuple[Callable, Callable]:
+              lr_schedule: optax.Schedule | None = None, ema: EMA | None = None,
+              augment: BatchAugment | None = None) -> tuple[Callable, Callable]:
     """``(train_step, eval_step)``, each one ``jax.jit`` with explicit shardings: the state replicated, batches
     split over the mesh's ``data`` axis; the train step donates the old state. The other options are
     :func:`make_train_step`'s."""
     shards = int(batch_sharding.mesh.size)
     step = make_train_step(model, tx, label_smoothing, trainable, frozen_modules, accum_steps=accum_steps,
-                           shards=shards, lr_schedule=lr_schedule, ema=ema)
+                           shards=shards, lr_schedule=lr_schedule, ema=ema, augment=augment)
     train_step = jax.jit(step,
                          in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                          donate_argnums=0)
