@@ -281,23 +281,8 @@ RESERVED_MODEL_OPTS = {"num_classes": "the dataset's classes", "in_channels": "t
                        "zero_init_last_bn": "--zero-init-residual"}
 
 
-def parse_model_opt(item: str) -> tuple[str, Any]:
-    """``"KEY=VALUE"`` -> ``(KEY, value)``: VALUE through :func:`ast.literal_eval` (``0.2``, ``True``,
-    ``(64, 32)``, ``'relu'``); a VALUE that is not a Python literal is the string itself (``act=gelu``)."""
-    import ast
-
-    key, sep, text = item.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not key.isidentifier():
-        raise ValueError(f"--model-opt {item!r}: expected KEY=VALUE, e.g. --model-opt dropout=0.2")
-    text = text.strip()
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    if isinstance(value, list):
-        value = tuple(value)
-    return key, value
+#: ``"KEY=VALUE"`` -> ``(KEY, value)`` (:func:`cnnjax.models.registry.parse_option`).
+parse_model_opt = models.registry.parse_option
 
 
 def model_options(arch: str, items: Iterable[str]) -> dict[str, Any]:

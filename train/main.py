@@ -368,6 +368,7 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
     if is_main:
         C.write_config(workdir / "config.json", cfg, history=history, workdir=str(workdir),
                        num_classes=info.num_classes, image_size=info.image_size, channels=info.channels,
+                       class_names=list(info.class_names), mean=list(info.mean), std=list(info.std),
                        steps_per_epoch=steps_per_epoch,
                        total_steps=total_steps, devices=jax.device_count(), processes=jax.process_count())
     n_params = sum(p.size for p in jax.tree.leaves(state.params))

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import re
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 
@@ -183,6 +184,26 @@ def unknown_name_message(name: str) -> str:
 def options(name: str) -> set[str]:
     """The fields ``create(name, ...)`` accepts as overrides."""
     return _fields(record(name).factory)
+
+
+def parse_option(item: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` (a ``--model-opt`` item) -> ``(KEY, value)``: VALUE through :func:`ast.literal_eval`
+    (``0.2``, ``True``, ``(64, 32)``, ``'relu'``); a VALUE that is not a Python literal is the string itself
+    (``act=gelu``); a list becomes a tuple. ``ValueError`` unless KEY is an identifier (``-`` reads as ``_``)."""
+    import ast
+
+    key, sep, text = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise ValueError(f"--model-opt {item!r}: expected KEY=VALUE, e.g. --model-opt dropout=0.2")
+    text = text.strip()
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(value, list):
+        value = tuple(value)
+    return key, value
 
 
 def create(name: str, num_classes: int | None = None, **overrides) -> nn.Module:
