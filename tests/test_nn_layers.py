@@ -3,7 +3,6 @@ and (marked ``parity``) torch itself."""
 
 from __future__ import annotations
 
-import functools
 import math
 
 import chex
@@ -191,24 +190,15 @@ def ref_conv(x, w, stride, pad, dil, groups):
     return y
 
 
-@functools.cache
-def _conv_variables(k, groups):
-    """The parameters of a ``Conv(6, k, groups=groups)`` on 4 input channels: they depend on neither stride,
-    padding, dilation nor the image size, so the examples below initialise once per (k, groups), not per example
-    (eager init compiles op by op)."""
-    return jax.jit(cnn.Conv(6, k, groups=groups).init)(jax.random.key(0), jnp.zeros((1, 10, 11, 4)))
-
-
+@settings(max_examples=12)  # the module's forwarding of each argument: a wrong one fails most examples
 @given(st.integers(1, 3), st.integers(1, 2), st.integers(0, 2), st.integers(1, 2), st.sampled_from([1, 2]),
        st.integers(5, 10))
 def test_conv_module_matches_direct_convolution(k, stride, pad, dil, groups, size):
     rng = np.random.default_rng(k * 100 + size)
     x = rng.normal(size=(2, size, size + 1, 4))
     conv = cnn.Conv(6, k, stride, pad, dil, groups)
-    variables = _conv_variables(k, groups)
-    assert jax.tree.map(np.shape, variables) == jax.tree.map(  # what this module's own init gives, shapes only
-        np.shape, jax.eval_shape(conv.init, jax.random.key(0), jax.ShapeDtypeStruct(x.shape, jnp.float32)))
-    y = jax.jit(conv.apply)(variables, jnp.asarray(x, jnp.float32))  # one compile, not one per op
+    variables = conv.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
+    y = conv.apply(variables, jnp.asarray(x, jnp.float32))
     w = np.asarray(variables["params"]["kernel"], np.float64)
     b = np.asarray(variables["params"]["bias"], np.float64)
     np.testing.assert_allclose(np.asarray(y), ref_conv(x, w, stride, pad, dil, groups) + b, rtol=1e-4, atol=1e-4)

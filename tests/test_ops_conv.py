@@ -85,10 +85,12 @@ def test_depthwise_shift_add_equals_lax_conv(impl):
     w = jnp.asarray(rng.normal(size=(3, 3, 1, 6)), jnp.float32)
     pad = ((1, 2), (0, 1))
 
+    @jax.jit  # one compile each (and one per dtype), not one per op
     def ref(x, w):
         return lax.conv_general_dilated(x, w, (2, 2), pad, rhs_dilation=(2, 2), feature_group_count=6,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
 
+    @jax.jit
     def ours(x, w):
         return conv2d(x, w, stride=2, padding=pad, dilation=2, groups=6, impl=impl)
 
