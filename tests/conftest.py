@@ -1,9 +1,25 @@
-"""Shared test settings: small hypothesis budgets, float32 on CPU."""
+"""Shared test settings: small hypothesis budgets, float32 on CPU, one compilation cache per session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# JAX's persistent compilation cache, in a fresh folder per test session (nothing of an earlier session or of
+# another checkout is reused), shared by this process and every subprocess the tests start (they inherit the
+# environment): the subprocess CLI runs compile the same LeNet-5 programs again and again, about 4.5 s of a 9 s
+# tiny run on the 2-core CPU, and in-process runs rebuild the same jitted steps. A cache hit skips only XLA's
+# compile: tracing, and so every monkeypatched Python function, still runs; the executable is the one compiled
+# before. Compiles under 0.5 s (the eager ops of the property tests) are not written. Tests that kill a run while
+# it compiles take the variable out of their subprocess's environment (tests/test_reliability.py::_segment).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jit_cache = tempfile.mkdtemp(prefix="cnnjax-test-jit-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jit_cache
+    atexit.register(shutil.rmtree, _jit_cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 

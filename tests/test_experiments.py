@@ -159,9 +159,14 @@ def test_lesion_drop_blocks_is_the_net_without_them(arch):
 
 
 def test_lesion_bad_index():
-    model, v = _variables("resnet20")
-    with pytest.raises(ValueError, match="drop_blocks"):
-        models.create("resnet20", num_classes=10, in_channels=1, drop_blocks=(9,)).apply(v, jnp.zeros((1, 16, 16, 1)))
+    x = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)  # shapes only: the check runs while tracing
+    v = jax.eval_shape(lambda x: models.create("resnet20", num_classes=10, in_channels=1).init(jax.random.key(0), x), x)
+    with pytest.raises(ValueError, match=r"drop_blocks: block indices must be in 0..8 for depth 20, got \[9\]"):
+        jax.eval_shape(models.create("resnet20", num_classes=10, in_channels=1, drop_blocks=(9,)).apply, v, x)
+    with pytest.raises(ValueError, match=r"got \[-1\]"):
+        jax.eval_shape(models.create("resnet20", num_classes=10, in_channels=1, drop_blocks=(-1,)).apply, v, x)
+    ok = models.create("resnet20", num_classes=10, in_channels=1, drop_blocks=(0, 8))  # the ends of the range
+    assert jax.eval_shape(ok.apply, v, x).shape == (1, 10)
     assert downsampling_blocks(56) == [9, 18] and len(block_names(56)) == 27
 
 

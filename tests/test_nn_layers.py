@@ -190,6 +190,7 @@ def ref_conv(x, w, stride, pad, dil, groups):
     return y
 
 
+@settings(max_examples=12)  # the module's forwarding of each argument: a wrong one fails most examples
 @given(st.integers(1, 3), st.integers(1, 2), st.integers(0, 2), st.integers(1, 2), st.sampled_from([1, 2]),
        st.integers(5, 10))
 def test_conv_module_matches_direct_convolution(k, stride, pad, dil, groups, size):

@@ -35,7 +35,7 @@ def _reference(x, w, s, p, d, g):
 # winograd and fft have their own, deeper property tests (tests/test_ops_algorithms.py); auto is tested in
 # tests/test_ops_autotune.py (it times candidates, too slow per hypothesis example)
 @pytest.mark.parametrize("impl", ["gemm", "fast"])
-@settings(max_examples=6, deadline=None)  # each example compiles forward and both gradients eagerly (~1-3 s)
+@settings(max_examples=6, deadline=None)  # each example compiles forward and both gradients (one jit each side)
 @given(conv_cases)
 def test_algorithm_equals_lax_conv_with_gradients(impl, case):
     n, h, w_, g, cg, og, k, s, p, d = case
@@ -44,15 +44,21 @@ def test_algorithm_equals_lax_conv_with_gradients(impl, case):
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     x = jnp.asarray(rng.normal(size=(n, h, w_, g * cg)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(k, k, cg, g * og)), jnp.float32)
-    ours = conv2d(x, w, stride=s, padding=p, dilation=d, groups=g, impl=impl)
-    ref = _reference(x, w, s, p, d, g)
-    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-4, atol=1e-4)
-    cot = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
-    g_ours = jax.grad(lambda x, w: jnp.vdot(conv2d(x, w, stride=s, padding=p, dilation=d, groups=g, impl=impl),
-                                            cot), (0, 1))(x, w)
-    g_ref = jax.grad(lambda x, w: jnp.vdot(_reference(x, w, s, p, d, g), cot), (0, 1))(x, w)
-    for a, b in zip(g_ours, g_ref):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    ref_shape = jax.eval_shape(lambda x, w: _reference(x, w, s, p, d, g), x, w).shape
+    cot = jnp.asarray(rng.normal(size=ref_shape), jnp.float32)
+
+    def value_and_grads(f):  # the output and both gradients in one compiled program (eager: one per op)
+        @jax.jit
+        def run(x, w, cot):
+            y, vjp = jax.vjp(f, x, w)
+            return (y, *vjp(cot))
+        return [np.asarray(a) for a in run(x, w, cot)]
+
+    ours = value_and_grads(lambda x, w: conv2d(x, w, stride=s, padding=p, dilation=d, groups=g, impl=impl))
+    ref = value_and_grads(lambda x, w: _reference(x, w, s, p, d, g))
+    assert ours[0].shape == ref_shape
+    for a, b in zip(ours, ref, strict=True):  # output, d/dx, d/dw
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_impl_lists_choices():
@@ -79,10 +85,12 @@ def test_depthwise_shift_add_equals_lax_conv(impl):
     w = jnp.asarray(rng.normal(size=(3, 3, 1, 6)), jnp.float32)
     pad = ((1, 2), (0, 1))
 
+    @jax.jit  # one compile each (and one per dtype), not one per op
     def ref(x, w):
         return lax.conv_general_dilated(x, w, (2, 2), pad, rhs_dilation=(2, 2), feature_group_count=6,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
 
+    @jax.jit
     def ours(x, w):
         return conv2d(x, w, stride=2, padding=pad, dilation=2, groups=6, impl=impl)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_train import ROOT, _run_until_checkpoint_then_signal, assert_trees_equal, final_params, run_cli  # noqa: F401
 
@@ -48,6 +48,7 @@ def frozen_unchanged(before, after, keep):
     return all(np.array_equal(flat_b[p], flat_a[p]) for p in flat_b if not keep(p))
 
 
+@settings(max_examples=10)  # a leaf that moves or keeps state shows in any mask; 25 examples: ~6 s
 @given(st.sets(st.sampled_from(NAMES), min_size=1, max_size=5), st.sampled_from(sorted(OPTIMIZERS)))
 def test_freeze_keeps_frozen_leaves_bit_identical_and_stateless(trainable_names, opt_name):
     keep = lambda path: path in trainable_names  # noqa: E731
@@ -85,7 +86,8 @@ def test_mode_predicates_and_errors():
 # ------------------------------------------------------------------ the real train step on a BN network
 @pytest.fixture(scope="module")
 def cifar_setup():
-    model = models.create("resnet20", num_classes=3)
+    # depth 8: one block per stage (resnet20 has three), the same block and BN code; a third of the compile
+    model = models.create("resnet20", num_classes=3, depth=8)
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
     variables = jax.jit(model.init)(jax.random.key(1), x)
     # non-trivial running statistics so that "unchanged" means something
@@ -229,11 +231,11 @@ def test_head_on_cached_features_recomposes_the_model(arch):
     variables = model.init(jax.random.key(0), x, False)
     feats = transfer.head_inputs(model, variables, x)
     probe = transfer.HeadOnFeatures(transfer.head_module(model, x))
-    np.testing.assert_allclose(np.asarray(probe.apply(variables, feats)), np.asarray(model.apply(variables, x)),
-                               rtol=1e-5, atol=1e-6)
+    logits = np.asarray(model.apply(variables, x))
+    np.testing.assert_allclose(np.asarray(probe.apply(variables, feats)), logits, rtol=1e-5, atol=1e-6)
     # negative case: features from other images do not give this batch's logits
     wrong = probe.apply(variables, feats[::-1])
-    assert not np.allclose(np.asarray(wrong), np.asarray(model.apply(variables, x)), atol=1e-4)
+    assert not np.allclose(np.asarray(wrong), logits, atol=1e-4)
 
 
 @pytest.mark.slow
