@@ -3,7 +3,9 @@
 Parameter tree (torchvision key): ``conv1``..``conv5`` (``features.0/3/6/8/10``), ``fc6`` (``classifier.1``),
 ``fc7`` (``classifier.4``), ``head`` (``classifier.6``). NHWC input (N, H, W, 3) -> logits (N, num_classes);
 ``features`` -> (N, 6, 6, 256) at 224x224 (before the adaptive pooling). The flatten is in PyTorch's
-(C, H, W) order so torchvision's ``fc6`` weights drop in.
+(C, H, W) order so torchvision's ``fc6`` weights drop in. ``feature_maps`` (timm has no AlexNet; VGG's rule):
+the ReLU before each max-pool, ``conv1`` (64 channels, reduction 4), ``conv2`` (192, 8), ``conv5`` (256, 16),
+then ``pool5`` (256, 32): torchvision's ``features.1/4/11/12``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import flax.linen as nn
 import jax
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import flatten_nchw
 from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
@@ -26,14 +28,14 @@ class AlexNet(ImageClassifier):
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
         conv = self.conv_def()
         dense = self.linear_def()
-        x = nn.relu(conv(64, 11, 4, 2, name="conv1")(x))
+        x = stage_end(nn.relu(conv(64, 11, 4, 2, name="conv1")(x)), "conv1", 4)
         x = cnn.MaxPool2d(3, 2, name="pool1")(x)
-        x = nn.relu(conv(192, 5, 1, 2, name="conv2")(x))
+        x = stage_end(nn.relu(conv(192, 5, 1, 2, name="conv2")(x)), "conv2", 8)
         x = cnn.MaxPool2d(3, 2, name="pool2")(x)
         x = nn.relu(conv(384, 3, 1, 1, name="conv3")(x))
         x = nn.relu(conv(256, 3, 1, 1, name="conv4")(x))
-        x = nn.relu(conv(256, 3, 1, 1, name="conv5")(x))
-        x = cnn.MaxPool2d(3, 2, name="pool5")(x)
+        x = stage_end(nn.relu(conv(256, 3, 1, 1, name="conv5")(x)), "conv5", 16)
+        x = stage_end(cnn.MaxPool2d(3, 2, name="pool5")(x), "pool5", 32)
         if features_only:
             return x
         x = flatten_nchw(cnn.AdaptiveAvgPool2d((6, 6), name="avgpool")(x))

@@ -10,7 +10,9 @@ Parameter tree: ``stem/{conv,bn}``, ``stage{s}_block{b}/{conv1,bn1,conv2,bn2[,do
 ``antialias=True`` (Zhang 2019) blurs before each subsampling with :class:`~cnnjax.models.resnet.BlurPool`:
 the strided conv1 becomes conv1 (stride 1) -> BN -> ReLU -> BlurPool, and the shortcut blurs before its
 stride-2 subsampling (option A) or 1x1 conv (option B); same shapes and parameters.
-NHWC (N, 32, 32, C) -> logits; ``features`` -> (N, 8, 8, 64).
+NHWC (N, 32, 32, C) -> logits; ``features`` -> (N, 8, 8, 64). ``feature_maps``: the three stage ends
+``stage1..stage3`` (16, 32, 64 channels; reductions 1, 2, 4; the stem's map has stage 1's size and is not a
+level).
 ``pool="flatten"`` replaces the global average pool by flattening the (N, H/4, W/4, 64) map (channel-major, as
 :func:`~cnnjax.models.layers.flatten_nchw`) into the ``head``, a LeNet-style dense classifier that sees where
 each feature is (the ``shift`` experiment compares the two); its ``head`` has (H/4)(W/4) times the inputs, so
@@ -45,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ConvNormAct, ModuleDef, flatten_nchw
 from cnnjax.models.registry import register
 from cnnjax.models.resnet import BlurPool, Downsample, check_zero_init
@@ -157,6 +159,7 @@ class CifarResNet(ImageClassifier):
                                     shortcut=self.shortcut, zero_init_last=self.zero_init_last_bn,
                                     antialias=self.antialias, act=self.act, drop=s * n + b in self.drop_blocks,
                                     name=f"stage{s + 1}_block{b}")(x)
+            x = stage_end(x, f"stage{s + 1}", 2**s)
         if features_only:
             return x
         x = cnn.global_avg_pool(x) if self.pool == "avg" else flatten_nchw(x)

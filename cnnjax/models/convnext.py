@@ -3,7 +3,8 @@
 NHWC throughout: input (N, H, W, 3) -> logits (N, num_classes); ``features`` gives the last stage's map
 (N, H/32, W/32, C) before pooling, C = 768 (tiny, small), 1024 (base) or 1536 (large). As in torchvision the
 final LayerNorm belongs to the classifier and is applied after global average pooling. Inputs must be at
-least 32x32.
+least 32x32. ``feature_maps``: the four stage ends ``stage1..stage4`` (reductions 4, 8, 16, 32; ``widths``
+channels), as timm's ``stages.0..3``.
 
 Parameter tree (``params``; there are no batch statistics) and the torchvision ``state_dict`` keys it
 corresponds to. Conv kernels are HWIO (torch OIHW transposed by (2, 3, 1, 0)), linear kernels (in, out)
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ModuleDef
 from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
@@ -106,6 +107,7 @@ class ConvNeXt(ImageClassifier):
                 x = CNBlock(rate, self.layer_scale, conv, linear, norm, self.param_dtype,
                             name=f"stage{s}_block{j}")(x, train)
                 block_id += 1
+            x = stage_end(x, f"stage{s}", 2 ** (s + 1))  # torchvision's features.{2s - 1}, timm's stages.{s - 1}
         if features_only:
             return x
         x = norm(name="head_norm")(cnn.global_avg_pool(x))

@@ -2,7 +2,9 @@
 
 NHWC throughout: input (N, H, W, 3); at 224x224 the feature map after ``norm5`` + ReLU is (N, 7, 7, C) with
 C = 1024 (121), 2208 (161), 1664 (169), 1920 (201). The smallest accepted input is 29x29 (torchvision's
-``min_size``).
+``min_size``). ``feature_maps``: five levels, as timm's DenseNet: ``stem`` (after its ReLU, before the max-pool;
+reduction 2), ``denseblock1..3`` (each block's concatenated output, before its transition; 4, 8, 16) and
+``norm5`` (after its ReLU; 32): torchvision's ``features.relu0``, ``features.denseblock{1,2,3}`` and ``relu``.
 
 Parameter tree (torchvision key in brackets; conv kernels are HWIO = torch (O, I, kh, kw) transposed to
 (kh, kw, I, O), the head kernel is torch's (O, I) transposed; BN ``scale``/``bias`` = ``weight``/``bias``,
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ConvNormAct, ModuleDef
 from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
@@ -91,6 +93,7 @@ class DenseNet(ImageClassifier):
         layer_cls = nn.remat(DenseLayer) if self.memory_efficient else DenseLayer
 
         x = ConvNormAct(self.num_init_features, 7, conv, norm, stride=2, padding=3, name="stem")(x)
+        x = stage_end(x, "stem", 2)
         x = cnn.MaxPool2d(3, 2, 1, name="stem_pool")(x)
         num_features = self.num_init_features
         for b, num_layers in enumerate(self.block_config):
@@ -100,9 +103,10 @@ class DenseNet(ImageClassifier):
                 x = jnp.concatenate([x, new], axis=-1)
             num_features += num_layers * self.growth_rate
             if b != len(self.block_config) - 1:
+                x = stage_end(x, f"denseblock{b + 1}", 4 * 2**b)
                 num_features //= 2
                 x = Transition(num_features, conv, norm, name=f"transition{b + 1}")(x)
-        x = nn.relu(norm(name="norm5")(x))
+        x = stage_end(nn.relu(norm(name="norm5")(x)), "norm5", 2 ** (len(self.block_config) + 1))
         if features_only:
             return x
         x = cnn.global_avg_pool(x)

@@ -1,7 +1,10 @@
 """EfficientNet B0-B7 (Tan & Le 2019) and EfficientNetV2 S/M/L (Tan & Le 2021), exactly as torchvision builds them.
 
 NHWC throughout: input (N, H, W, 3) -> logits (N, num_classes); ``features`` gives (N, H/32, W/32, C) with
-C = 4 x (last stage width) for B0-B7 (1280 for B0) and 1280 for V2.
+C = 4 x (last stage width) for B0-B7 (1280 for B0) and 1280 for V2. ``feature_maps`` (as timm's
+``features_only``): the last stage before each stride-2 stage, and the last stage, before the final 1x1
+``last_conv`` (reductions 2, 4, 8, 16, 32): ``stage1/2/3/5/7`` (torchvision's ``features.1/2/3/5/7``; B0: 16, 24,
+40, 112, 320 channels), V2-S ``stage1/2/3/5/6`` (24, 48, 64, 160, 256).
 
 torchvision's BatchNorm differs by variant and is copied here: B0-B4 use PyTorch's defaults (eps 1e-5, momentum
 0.1); B5-B7 use eps 1e-3 and torch momentum 0.01 (flax 0.99); V2 uses eps 1e-3 with the default momentum.
@@ -35,9 +38,16 @@ import flax.linen as nn
 import jax
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ConvNormAct, ModuleDef
-from cnnjax.models.mobilenet import SqueezeExcitation, conv_bn_name, last_feature, make_divisible, mb_index
+from cnnjax.models.mobilenet import (
+    SqueezeExcitation,
+    conv_bn_name,
+    is_stage_end,
+    last_feature,
+    make_divisible,
+    mb_index,
+)
 from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
 
@@ -139,6 +149,10 @@ class EfficientNet(ImageClassifier):
         norm = self.norm_def(train, epsilon=self.bn_eps, momentum=self.bn_momentum)
         stages = self._stages()
         x = ConvNormAct(stages[0][4], 3, conv, norm, stride=2, act=nn.silu, name="stem")(x)
+        strides = [st[3] for st in stages]
+        reduction = 2
+        if strides[0] > 1:
+            x = stage_end(x, "stem", reduction)
         total = sum(st[-1] for st in stages)
         block_id = 0
         for i, (kind, t, k, s, _, cout, n) in enumerate(stages, start=1):
@@ -147,6 +161,9 @@ class EfficientNet(ImageClassifier):
                 rate = self.stochastic_depth_prob * float(block_id) / total
                 x = block(t, k, s if j == 0 else 1, cout, rate, conv, norm, name=f"stage{i}_block{j}")(x, train)
                 block_id += 1
+            reduction *= s
+            if is_stage_end(strides, i - 1):
+                x = stage_end(x, f"stage{i}", reduction)
         last = self.last_channel if self.last_channel is not None else 4 * stages[-1][5]
         x = ConvNormAct(last, 1, conv, norm, act=nn.silu, name="last_conv")(x)
         if features_only:

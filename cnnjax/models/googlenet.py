@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ConvNormAct, ModuleDef, flatten_nchw
 from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
@@ -102,7 +102,9 @@ class GoogLeNet(ImageClassifier):
     ``(logits, aux_logits2, aux_logits1)``; otherwise plain logits. ``transform_input`` re-normalises an
     ImageNet-normalised input to the (x - 0.5) / 0.5 scaling the original weights expect (torchvision sets it
     for its pretrained weights). ``features`` returns (N, H/32, W/32, 1024) (ceil-mode pooling, so e.g. 7x7
-    at 224).
+    at 224). ``feature_maps`` (timm has no GoogLeNet; its Inception-v3's rule: the last map before each
+    max-pool, then the last one): ``conv1`` (64 channels, reduction 2), ``conv3`` (192, 4), ``inception3b``
+    (480, 8), ``inception4e`` (832, 16), ``inception5b`` (1024, 32), the torchvision modules of those names.
     """
 
     aux_logits: bool = True
@@ -123,13 +125,14 @@ class GoogLeNet(ImageClassifier):
         if self.transform_input:
             x = _transform_input(x)
         x = ConvNormAct(64, 7, conv, norm, stride=2, padding=3, name="conv1")(x)
-        x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool1")(x)
+        x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool1")(stage_end(x, "conv1", 2))
         x = ConvNormAct(64, 1, conv, norm, name="conv2")(x)
         x = ConvNormAct(192, 3, conv, norm, padding=1, name="conv3")(x)
-        x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool2")(x)
+        x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool2")(stage_end(x, "conv3", 4))
 
         x = inception(64, 96, 128, 16, 32, 32, name="inception3a")(x)
         x = inception(128, 128, 192, 32, 96, 64, name="inception3b")(x)
+        x = stage_end(x, "inception3b", 8)
         x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool3")(x)
         x = inception(192, 96, 208, 16, 48, 64, name="inception4a")(x)
         aux1 = aux(name="aux1")(x, train) if run_aux else None
@@ -138,9 +141,9 @@ class GoogLeNet(ImageClassifier):
         x = inception(112, 144, 288, 32, 64, 64, name="inception4d")(x)
         aux2 = aux(name="aux2")(x, train) if run_aux else None
         x = inception(256, 160, 320, 32, 128, 128, name="inception4e")(x)
-        x = cnn.MaxPool2d(2, 2, ceil_mode=True, name="maxpool4")(x)
+        x = cnn.MaxPool2d(2, 2, ceil_mode=True, name="maxpool4")(stage_end(x, "inception4e", 16))
         x = inception(256, 160, 320, 32, 128, 128, name="inception5a")(x)
-        x = inception(384, 192, 384, 48, 128, 128, name="inception5b")(x)
+        x = stage_end(inception(384, 192, 384, 48, 128, 128, name="inception5b")(x), "inception5b", 32)
         if features_only:
             return x
 

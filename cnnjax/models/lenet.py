@@ -7,6 +7,8 @@ the paper's trainable subsampling coefficients, sparse C3 connection table and R
 their usual modern equivalents (full C3, linear output). ``modern=True`` uses ReLU and max-pooling.
 Parameter tree: ``c1``, ``c3``, ``c5``, ``f6``, ``head``. NHWC (N, 32, 32, C) -> logits;
 ``features`` -> (N, 1, 1, 120) (the C5 map). 61,706 parameters for 1 input channel and 10 classes.
+``feature_maps`` (VGG's rule: the activation before each subsampling, then the last map): ``c1`` (6 channels,
+reduction 1: 28x28 at 32x32), ``c3`` (16, 2: 10x10), ``c5`` (120, 4: 1x1).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import flatten_nchw
 from cnnjax.models.registry import register
 
@@ -41,9 +43,9 @@ class LeNet5(ImageClassifier):
         pool = functools.partial(cnn.MaxPool2d if self.modern else cnn.AvgPool2d, 2, 2)
         conv = self.conv_def()
         dense = self.linear_def()
-        x = pool(name="s2")(act(conv(6, 5, name="c1")(x)))
-        x = pool(name="s4")(act(conv(16, 5, name="c3")(x)))
-        x = act(conv(120, 5, name="c5")(x))
+        x = pool(name="s2")(stage_end(act(conv(6, 5, name="c1")(x)), "c1", 1))
+        x = pool(name="s4")(stage_end(act(conv(16, 5, name="c3")(x)), "c3", 2))
+        x = stage_end(act(conv(120, 5, name="c5")(x)), "c5", 4)
         if features_only:
             return x
         x = flatten_nchw(x)

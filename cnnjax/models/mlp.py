@@ -3,7 +3,8 @@
 ``mlp`` has configurable ``hidden`` widths; ``mlp_10m`` is the lecture's ~10M-parameter MLP baseline
 (9,971,210 parameters on 32x32x3 input with 10 classes) for the LeNet / ResNet-18 / MLP comparison.
 Parameter tree: ``fc1``..``fc{k}``, ``head``. NHWC (N, H, W, C) -> logits. An MLP has no spatial map:
-``features`` returns the last hidden layer as (N, 1, 1, D), so "global pool + head" still holds.
+``features`` returns the last hidden layer as (N, 1, 1, D), so "global pool + head" still holds; there are no
+stages, so ``feature_maps`` / ``feature_info`` raise :class:`~cnnjax.models.base.NoFeatureLevelsError`.
 """
 
 from __future__ import annotations

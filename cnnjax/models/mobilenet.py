@@ -3,6 +3,14 @@
 NHWC throughout: input (N, H, W, 3) -> logits (N, num_classes); ``features`` gives (N, H/32, W/32, C) with
 C = 1280 (v2), 576 (v3 small) or 960 (v3 large) at width 1.0.
 
+``feature_maps`` (as timm's ``features_only``; :func:`is_stage_end`): the last block before each stride-2 block
+(the stem when the first block strides), then the last map: for V2 the last block (``block17``, 320 channels:
+timm's V2 keeps the final 1x1 conv out of its levels), for V3 ``last_conv`` (960 / 576 channels, which timm
+counts as its last stage). Levels, reductions 2, 4, 8, 16, 32 (torchvision ``features`` index):
+V2 ``block1/3/6/13/17`` (1, 3, 6, 13, 17), 16/24/32/96/320 channels; V3-large ``block1/3/6/12``,
+``last_conv`` (1, 3, 6, 12, 16), 16/24/40/112/960; V3-small ``stem``, ``block1/3/8``, ``last_conv``
+(0, 1, 3, 8, 12), 16/16/24/48/576.
+
 Parameter tree (``params``; BN statistics live under the same paths in ``batch_stats`` as ``mean``/``var``)
 and the torchvision ``state_dict`` keys it corresponds to. Conv kernels are HWIO (torch OIHW transposed by
 (2, 3, 1, 0)), linear kernels (in, out) (torch weight transposed); BN ``scale``/``bias``/``mean``/``var`` are
@@ -39,7 +47,7 @@ import flax.linen as nn
 import jax
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ConvNormAct, ModuleDef
 from cnnjax.models.registry import ModulePath, TorchvisionMap, imagenet1k_v1, register
 
@@ -51,6 +59,12 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
+
+
+def is_stage_end(strides: Sequence[int], i: int) -> bool:
+    """Whether block (or stage) ``i`` of blocks with these ``strides`` ends a feature level: it is the last one,
+    or the next one subsamples (timm's ``_efficientnet_builder`` rule)."""
+    return i + 1 == len(strides) or strides[i + 1] > 1
 
 
 def hardsigmoid(x: jax.Array) -> jax.Array:
@@ -123,12 +137,19 @@ class MobileNetV2(ImageClassifier):
         norm = self.norm_def(train)
         x = ConvNormAct(make_divisible(32 * self.width_mult, self.round_nearest), 3, conv, norm, stride=2,
                         act=jax.nn.relu6, name="stem")(x)
+        strides = [s for *_, s in self.setting]
+        reduction = 2
+        if strides[0] > 1:
+            x = stage_end(x, "stem", reduction)
         i = 0
-        for t, c, n, s in self.setting:
+        for g, (t, c, n, s) in enumerate(self.setting):
             out = make_divisible(c * self.width_mult, self.round_nearest)
             for j in range(n):
                 i += 1
                 x = InvertedResidualV2(out, s if j == 0 else 1, t, conv, norm, name=f"block{i}")(x)
+            reduction *= s
+            if is_stage_end(strides, g):
+                x = stage_end(x, f"block{i}", reduction)
         last = make_divisible(1280 * max(1.0, self.width_mult), self.round_nearest)
         x = ConvNormAct(last, 1, conv, norm, act=jax.nn.relu6, name="last_conv")(x)
         if features_only:
@@ -200,9 +221,17 @@ class MobileNetV3(ImageClassifier):
             return make_divisible(c * self.width_mult, 8)
 
         x = ConvNormAct(adjust(self.setting[0][0]), 3, conv, norm, stride=2, act=hardswish, name="stem")(x)
+        strides = [row[6] for row in self.setting] + [1]  # last_conv (1x1) ends the last level
+        reduction = 2
+        if strides[0] > 1:
+            x = stage_end(x, "stem", reduction)
         for i, (_, k, exp, out, se, act, s) in enumerate(self.setting, start=1):
             x = InvertedResidualV3(adjust(exp), adjust(out), k, s, se, act == "HS", conv, norm, name=f"block{i}")(x)
+            reduction *= s
+            if is_stage_end(strides, i - 1):
+                x = stage_end(x, f"block{i}", reduction)
         x = ConvNormAct(6 * x.shape[-1], 1, conv, norm, act=hardswish, name="last_conv")(x)
+        x = stage_end(x, "last_conv", reduction)
         if features_only:
             return x
         x = cnn.global_avg_pool(x)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ConvNormAct, ModuleDef
 from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
 
@@ -149,6 +149,10 @@ def _shortcut(block: nn.Module, x: jax.Array, out_features: int) -> jax.Array | 
 class ResNet(ImageClassifier):
     """torchvision's ResNet on NHWC input (N, H, W, 3) -> logits (N, num_classes); features (N, H/32, W/32, C).
 
+    ``feature_maps``: five levels as timm's ``features_only``: ``stem`` (the activation before the max-pool,
+    64 channels, reduction 2), then ``stage1..stage4`` (torchvision's ``layer1..layer4``, reductions 4, 8, 16,
+    32; 64..512 channels for the basic block, 256..2048 with the bottleneck).
+
     ``skip=False`` removes every shortcut (the "plain" network); ``zero_init_last_bn`` zero-initialises the
     last BN scale of each block (torchvision's ``zero_init_residual``; refused with ``skip=False``);
     ``antialias`` blurs before every subsampling (see the module docstring); ``act`` (default ReLU) is every
@@ -174,6 +178,7 @@ class ResNet(ImageClassifier):
         conv = self.conv_def(kernel_init=cnn.init.kaiming_normal_fan_out)
         norm = self.norm_def(train)
         x = ConvNormAct(64, 7, conv, norm, stride=2, padding=3, act=self.act, name="stem")(x)
+        x = stage_end(x, "stem", 2)  # timm's act1 / torchvision's relu: before the max-pool
         if self.antialias:
             x = BlurPool(2, name="stem_blur")(cnn.MaxPool2d(3, 1, 1, name="stem_pool")(x))
         else:
@@ -184,6 +189,7 @@ class ResNet(ImageClassifier):
                                    skip=self.skip, groups=self.groups, base_width=self.width_per_group,
                                    zero_init_last=self.zero_init_last_bn, antialias=self.antialias,
                                    act=self.act, name=f"stage{s + 1}_block{b}")(x)
+            x = stage_end(x, f"stage{s + 1}", 4 * 2**s)  # torchvision's / timm's layer{s + 1}
         if features_only:
             return x
         x = cnn.global_avg_pool(x)

@@ -4,6 +4,9 @@ Parameter tree: ``stage{s}/conv{j}`` (+ ``stage{s}/bn{j}`` for ``_bn``), ``fc6``
 torchvision key of ``stage{s}/conv{j}`` is ``features.{i}`` where ``i`` counts modules in its ``features``
 Sequential (see :func:`torchvision_feature_indices`), and ``fc6``/``fc7``/``head`` are ``classifier.0/3/6``.
 NHWC input (N, H, W, 3) -> logits; ``features`` -> (N, 7, 7, 512) at 224x224. Flatten in (C, H, W) order.
+``feature_maps``: six levels, as timm's VGG: each stage's last conv (+ BN) + ReLU before its max-pool
+(``stage{s}/conv{j}`` or ``stage{s}/bn{j}``; reductions 1, 2, 4, 8, 16), then the last max-pool (``stage5``,
+reduction 32).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import flax.linen as nn
 import jax
 
 from cnnjax import nn as cnn
-from cnnjax.models.base import ImageClassifier
+from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ModuleDef, flatten_nchw
 from cnnjax.models.registry import ModulePath, TorchvisionMap, imagenet1k_v1, register
 
@@ -42,11 +45,13 @@ def torchvision_feature_indices(stages: Sequence[Sequence[int]], batch_norm: boo
 
 
 class VGGStage(nn.Module):
-    """3x3 convs (padding 1) [+ BN] + ReLU, then a 2x2 max-pool."""
+    """3x3 convs (padding 1) [+ BN] + ReLU, then a 2x2 max-pool; ``reduction``: the stride before it (the
+    pre-pool map is a feature level)."""
 
     widths: Sequence[int]
     conv: ModuleDef
     norm: ModuleDef | None
+    reduction: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -55,6 +60,8 @@ class VGGStage(nn.Module):
             if self.norm is not None:
                 x = self.norm(name=f"bn{j}")(x)
             x = nn.relu(x)
+        last = f"{'conv' if self.norm is None else 'bn'}{len(self.widths) - 1}"
+        x = stage_end(x, f"{self.name}/{last}", self.reduction)
         return cnn.MaxPool2d(2, 2, name="pool")(x)
 
 
@@ -71,7 +78,8 @@ class VGG(ImageClassifier):
         norm = self.norm_def(train) if self.batch_norm else None
         dense = self.linear_def(kernel_init=cnn.init.normal(0.01), bias_init=cnn.init.zeros)
         for s, widths in enumerate(self.stages):
-            x = VGGStage(tuple(widths), conv, norm, name=f"stage{s + 1}")(x)
+            x = VGGStage(tuple(widths), conv, norm, 2**s, name=f"stage{s + 1}")(x)
+        x = stage_end(x, f"stage{len(self.stages)}", 2 ** len(self.stages))
         if features_only:
             return x
         x = flatten_nchw(cnn.AdaptiveAvgPool2d((7, 7), name="avgpool")(x))
