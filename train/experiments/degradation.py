@@ -83,19 +83,8 @@ def reuse_trained(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | 
 def train_all(runner: R.Runner, budget: Budget, seeds: tuple[int, ...]) -> dict:
     """Sweep, then train every (arch, seed); returns ``{arch: {"lr", "sweep", "runs": [run ids]}}``. The
     ``gradients`` and ``lesion`` experiments call this too: everything comes from the cache once trained."""
-    out = {}
-    for arch in arches(budget):
-        base = base_config(budget, arch)
-        # the sweep's runs are named like the main runs: the best one is seeds[0]'s run
-        lr, sweep = R.sweep_lr(runner, base, budget.lrs, seed=seeds[0],
-                               run_id=lambda lr, a=arch: run_id(a, lr, budget, seeds[0]))
-        ids = []
-        for seed in seeds:
-            rid = run_id(arch, lr, budget, seed)
-            runner.run(rid, dataclasses.replace(base, lr=lr, seed=seed))
-            ids.append(rid)
-        out[arch] = {"lr": lr, "sweep": sweep, "runs": ids}
-    return out
+    return R.sweep_and_train(runner, arches(budget), lambda a: base_config(budget, a), lambda a: budget.lrs,
+                             lambda a, lr, seed: run_id(a, lr, budget, seed), seeds)
 
 
 def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = None, log=print) -> dict:

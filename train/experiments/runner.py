@@ -152,6 +152,25 @@ def sweep_lr(runner: Runner, base: TrainConfig, lrs: Sequence[float], seed: int 
     return best["lr"], rows
 
 
+def sweep_and_train(runner: Runner, names: Sequence[str], base: Callable[[str], TrainConfig],
+                    lrs: Callable[[str], Sequence[float]], run_id: Callable[[str, float, int], str],
+                    seeds: Sequence[int]) -> dict:
+    """For each model ``name``: :func:`sweep_lr` of ``base(name)`` over ``lrs(name)`` on ``seeds[0]``, then every
+    seed at the best rate; the sweep's runs are named ``run_id(name, lr, seeds[0])`` like the main runs, so the
+    best one is ``seeds[0]``'s run. Returns ``{name: {"lr", "sweep", "runs": [run ids in seed order]}}``."""
+    out = {}
+    for name in names:
+        cfg = base(name)
+        lr, sweep = sweep_lr(runner, cfg, lrs(name), seed=seeds[0], run_id=lambda lr, n=name: run_id(n, lr, seeds[0]))
+        ids = []
+        for seed in seeds:
+            rid = run_id(name, lr, seed)
+            runner.run(rid, dataclasses.replace(cfg, lr=lr, seed=seed))
+            ids.append(rid)
+        out[name] = {"lr": lr, "sweep": sweep, "runs": ids}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 
 

@@ -125,19 +125,9 @@ def run_id(model: str, lr: float, budget: Budget, seed: int) -> str:
 def train_all(runner: R.Runner, budget: Budget, seeds: tuple[int, ...]) -> dict:
     """Sweep on ``seeds[0]`` (the best run is that seed's run), then the other seeds at the best rate:
     ``{model: {"lr", "sweep", "runs": [run ids]}}``."""
-    out = {}
-    for model in MODELS:
-        base = base_config(budget, model)
-        lrs = budget.lrs_mlp if model == "mlp" else budget.lrs_cnn
-        lr, sweep = R.sweep_lr(runner, base, lrs, seed=seeds[0],
-                               run_id=lambda lr, m=model: run_id(m, lr, budget, seeds[0]))
-        ids = []
-        for seed in seeds:
-            rid = run_id(model, lr, budget, seed)
-            runner.run(rid, dataclasses.replace(base, lr=lr, seed=seed))
-            ids.append(rid)
-        out[model] = {"lr": lr, "sweep": sweep, "runs": ids}
-    return out
+    return R.sweep_and_train(runner, MODELS, lambda m: base_config(budget, m),
+                             lambda m: budget.lrs_mlp if m == "mlp" else budget.lrs_cnn,
+                             lambda m, lr, seed: run_id(m, lr, budget, seed), seeds)
 
 
 # ------------------------------------------------------------------------------------------ test-time probes
