@@ -32,6 +32,21 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
+def run_config(path: str | os.PathLike) -> tuple[pathlib.Path, dict] | None:
+    """``(run directory, its config.json)`` for a ``train.main`` run directory or a checkpoint folder up to three
+    levels below it; None when there is none or it is not JSON."""
+    import json
+
+    path = pathlib.Path(path).resolve()
+    for folder in (path, *path.parents[:3]):
+        if (folder / "config.json").is_file():
+            try:
+                return folder, json.loads((folder / "config.json").read_text())
+            except ValueError:
+                return None
+    return None
+
+
 def checkpoint_dir(path: str | os.PathLike) -> pathlib.Path:
     """The orbax directory of a run: ``path/checkpoints`` if it exists (a run directory), else ``path``."""
     path = pathlib.Path(path).absolute()

@@ -81,13 +81,14 @@ class Predictor:
 
 
 def _run_config(init: str) -> tuple[pathlib.Path, dict]:
-    """The ``config.json`` of the run that ``init`` names (the run directory, or a checkpoint folder below it)."""
-    path = pathlib.Path(init).resolve()
-    for folder in (path, *path.parents[:3]):
-        if (folder / "config.json").is_file():
-            return folder, json.loads((folder / "config.json").read_text())
-    raise ValueError(f"--init {init}: no config.json in it or above it; pass a train.main run directory or "
-                     "torchvision:ARCH")
+    """The ``config.json`` of the run that ``init`` names (:func:`cnnjax.checkpoint.run_config`)."""
+    from cnnjax import checkpoint
+
+    found = checkpoint.run_config(init)
+    if found is None:
+        raise ValueError(f"--init {init}: no config.json in it or above it; pass a train.main run directory or "
+                         "torchvision:ARCH")
+    return found
 
 
 def _run_class_names(folder: pathlib.Path, config: dict, k: int) -> list[str]:
@@ -107,10 +108,9 @@ def build(arch: str, init: str, *, use_ema: bool = False, step: int | None = Non
 
     if arch not in models.names():
         raise ValueError(models.registry.unknown_name_message(arch))
-    if init.startswith("torchvision:"):
-        source = init.split(":", 1)[1]
-        if source != arch:
-            raise ValueError(f"--init {init}: the weights are for {source} but --arch is {arch}")
+    from cnnjax.weights.torchvision import torchvision_arch
+
+    if torchvision_arch(init, arch) is not None:
         if use_ema:
             raise ValueError("--use-ema applies to a cnnjax run trained with --ema-decay, not to torchvision weights")
         from cnnjax import weights

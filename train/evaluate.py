@@ -98,14 +98,8 @@ def saved_model_opt(init: str) -> tuple[str, ...]:
     or above a checkpoint directory); () for torchvision weights or a run without them."""
     if init.startswith("torchvision:"):
         return ()
-    path = pathlib.Path(init).resolve()
-    for folder in (path, *path.parents[:3]):
-        if (folder / "config.json").is_file():
-            try:
-                return tuple(json.loads((folder / "config.json").read_text()).get("model_opt", ()))
-            except ValueError:
-                return ()
-    return ()
+    found = checkpoint.run_config(init)
+    return tuple(found[1].get("model_opt", ())) if found is not None else ()
 
 
 def check_out(out: str | None) -> pathlib.Path | None:

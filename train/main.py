@@ -33,6 +33,7 @@ from cnnjax.training import optim, parallel
 from cnnjax.training.loop import Hook, Loop, NonFiniteLossError, evaluate, source_batches
 from cnnjax.training.state import TrainState, init_state
 from cnnjax.training.step import EMA, adjusted_decay, jit_steps
+from cnnjax.weights.torchvision import torchvision_arch
 from train import config as C
 from train import report
 from train.config import PRECISIONS, TrainConfig
@@ -42,16 +43,6 @@ from train.tensorboard import TensorBoard
 def trainable_of(cfg: TrainConfig) -> transfer.Trainable:
     """The trainable predicate of the run (``None``: every parameter trains)."""
     return None if cfg.transfer in (None, "finetune") else transfer.mode_predicate(cfg.transfer)
-
-
-def torchvision_arch(init: str, arch: str) -> str | None:
-    """ARCH of ``--init torchvision:ARCH`` (which must be ``--arch``), or None for a cnnjax run directory."""
-    if not init.startswith("torchvision:"):
-        return None
-    source = init.split(":", 1)[1]
-    if source != arch:
-        raise ValueError(f"--init {init}: the weights are for {source} but --arch is {arch}")
-    return source
 
 
 def apply_init(spec: str, arch: str, fresh: dict) -> tuple[dict, list[str]]:

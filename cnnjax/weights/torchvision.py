@@ -59,6 +59,17 @@ def _torchvision_archs() -> tuple[str, ...]:
 TORCHVISION_ARCHS: tuple[str, ...] = _torchvision_archs()
 
 
+def torchvision_arch(init: str, arch: str) -> str | None:
+    """ARCH of ``--init torchvision:ARCH`` (which must be ``--arch``: ``ValueError`` otherwise), or None for any
+    other ``--init`` (a cnnjax run directory or checkpoint)."""
+    if not init.startswith("torchvision:"):
+        return None
+    source = init.split(":", 1)[1]
+    if source != arch:
+        raise ValueError(f"--init {init}: the weights are for {source} but --arch is {arch}")
+    return source
+
+
 def check_arch(arch: str) -> None:
     """Raise ``ValueError`` unless ``arch`` has a torchvision counterpart (:data:`TORCHVISION_ARCHS`, or an
     architecture registered later with a ``torchvision_map``)."""
