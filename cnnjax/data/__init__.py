@@ -47,7 +47,8 @@ def takes_eval_preprocess(spec: str) -> bool:
 
 def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | None = None,
          seed: int = 0, eval_preprocess: Preprocess | Mapping[str, Any] | None = None, channels: int | None = None,
-         workers: int | None = None) -> DataSource:
+         workers: int | None = None, ra_reps: int = 1, train_size: int | None = None,
+         val_resize: int | None = None) -> DataSource:
     """Build the dataset named by ``spec``.
 
     Args:
@@ -61,10 +62,28 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
         channels: ``folder:`` only: 1 or 3 (default: 1 when every image is grayscale, else 3).
         workers: ``folder:`` and ArrayRecord ``tfds:``: Grain decoding processes (default ``$CNNJAX_DATA_WORKERS``
             or 0: threads); ignored by TFRecord ``tfds:`` (tf.data).
+        ra_reps, train_size, val_resize: repeated augmentation (every dataset with a fixed training set), the
+            train crop side and the val resize before the centre crop (``tfds:`` and ``folder:``); see
+            :meth:`DataSource.set_train_options`.
 
     Raises:
         ValueError: unknown spec or option, or a dataset that cannot be loaded (with the reason).
     """
+    if (train_size is not None or val_resize is not None) and not takes_eval_preprocess(spec):
+        raise ValueError(f"dataset {spec!r}: train_size / val_resize (--train-crop-size, --val-resize-size) apply "
+                         "only to the tfds: and folder: datasets (decoded image files)")
+    source = _load(spec, data_dir=data_dir, image_size=image_size, seed=seed, eval_preprocess=eval_preprocess,
+                   channels=channels, workers=workers)
+    if (ra_reps, train_size, val_resize) == (1, None, None):
+        return source
+    try:
+        return source.set_train_options(ra_reps=ra_reps, train_size=train_size, val_resize=val_resize)
+    except ValueError:
+        source.close()
+        raise
+
+
+def _load(spec: str, *, data_dir, image_size, seed, eval_preprocess, channels, workers) -> DataSource:
     if not isinstance(spec, str):
         raise ValueError(f"dataset spec must be a string, got {spec!r}")
     kind, _, rest = spec.strip().partition(":")
