@@ -40,13 +40,17 @@ def test_torchvision_v1_is_the_classic_recipe():
     assert given.lr == 0.3 and given.schedule == "step"
 
 
-def test_torchvision_v2_says_what_it_does_not_reproduce_yet():
+def test_torchvision_v2_sets_the_whole_published_command():
     cfg, lines = compose(["--arch", "resnet50", "--recipe", "torchvision-v2"])
     assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.decay_params) == (0.5, 1024, 2e-5, "no-norms")
     assert (cfg.ema_decay, cfg.ema_every, cfg.warmup_epochs, cfg.warmup_start_factor) == (0.99998, 32, 5, 0.01)
     assert (cfg.schedule, cfg.epochs, cfg.label_smoothing, cfg.nesterov) == ("cosine", 600, 0.1, False)
     assert (cfg.augment, cfg.mixup, cfg.cutmix, cfg.random_erasing) == ("trivialaugment", 0.2, 1.0, 0.1)
-    assert len(lines) == 1 and "ta_wide" not in lines[0] and "--ra-reps 4" in lines[0]
+    assert (cfg.ra_reps, cfg.train_crop_size, cfg.val_resize_size) == (4, None, None)  # digits: no sizes...
+    assert len(lines) == 1 and "--train-crop-size, --val-resize-size not applied" in lines[0]  # ... and says so
+    assert "not reproduced yet" not in " ".join(lines)
+    photos, lines = compose(["--arch", "resnet50", "--recipe", "torchvision-v2", "--dataset", "tfds:imagenet2012"])
+    assert (photos.ra_reps, photos.train_crop_size, photos.val_resize_size) == (4, 176, 232) and lines == []
     table = R.RECIPES["torchvision-v2"].markdown()
     for published in ("--auto-augment", "--mixup-alpha", "--norm-weight-decay", "--model-ema"):
         assert published in table

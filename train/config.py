@@ -74,6 +74,10 @@ at_least_1 = (lambda v: v >= 1), ">= 1"
 unit_interval = (lambda v: 0 <= v < 1), "in [0, 1)"
 
 
+#: The --help group of --layer-decay, --ra-reps, --train-crop-size, --val-resize-size.
+TRAIN_OPTS_GROUP = "fine-tuning, repeated augmentation, train/val sizes (torchvision v2, timm)"
+
+
 def _check(pair: tuple[Callable, str]) -> dict:
     return {"check": pair[0], "must": pair[1]}
 
@@ -121,6 +125,22 @@ class TrainConfig:
     lr_milestones: str | None = option(None, "multistep: comma-separated epochs after the warmup, e.g. 30,60,80",
                                        metavar="EPOCHS")
     lr_min: float = option(0.0, "cosine/linear: the final learning rate", **_check(non_negative))
+    layer_decay: float = option(1.0, "layer-wise learning-rate decay for fine-tuning (timm's --layer-decay): layer "
+                                     "group i of G (the stem 0, then each block, the head G-1) learns at lr x "
+                                     "RATE ** (G-1-i); 1 = off", group=TRAIN_OPTS_GROUP, metavar="RATE",
+                                **_check(((lambda v: 0 < v <= 1), "in (0, 1] (1 = off)")))
+    ra_reps: int = option(1, "repeated augmentation (torchvision's --ra-sampler --ra-reps): each train image N "
+                             "times per epoch, with different crops, on different devices; an epoch keeps its "
+                             "number of samples (so it holds about 1/N of the images)", group=TRAIN_OPTS_GROUP,
+                          metavar="N", **_check(at_least_1))
+    train_crop_size: int | None = option(None, "tfds:/folder: train images are random-resized-cropped to this side "
+                                               "(torchvision's --train-crop-size; default --image-size); val stays "
+                                               "at --image-size", type=int, group=TRAIN_OPTS_GROUP, metavar="S",
+                                         **_check(at_least_1))
+    val_resize_size: int | None = option(None, "tfds:/folder: the shorter side val images are resized to before "
+                                               "the centre crop of --image-size (torchvision's --val-resize-size; "
+                                               "default --image-size / 0.875)", type=int, group=TRAIN_OPTS_GROUP,
+                                         metavar="S", **_check(at_least_1))
     clip_grad_norm: float | None = option(None, "clip the gradient's global L2 norm to this before the update",
                                           type=float, **_check(positive))
     grad_accum_steps: int = option(1, "split each --batch-size batch into this many micro-batches (summed "
@@ -410,6 +430,24 @@ def validate(cfg: TrainConfig) -> None:
                 or cfg.random_erasing or cfg.rrc_scale:
             raise ValueError("--feature-cache trains the head on features cached once, without augmentation: drop "
                              "--augment/--mixup/--cutmix/--random-erasing/--rrc-scale, or drop --feature-cache")
+    check_train_opts(cfg)
+
+
+def check_train_opts(cfg: TrainConfig) -> None:
+    """--ra-reps, --train-crop-size, --val-resize-size against the dataset (before any data is read)."""
+    sizes = [f for f in ("train_crop_size", "val_resize_size") if getattr(cfg, f) is not None]
+    if sizes and not cdata.takes_eval_preprocess(cfg.dataset):
+        raise ValueError(f"{_flag(FIELDS[sizes[0]])} applies only to the tfds: and folder: datasets (decoded "
+                         f"image files), not --dataset {cfg.dataset}")
+    if cfg.ra_reps > 1 and cfg.dataset.strip().partition(":")[0] == "synthetic":
+        raise ValueError("--ra-reps: the synthetic dataset never shows an example twice; nothing to repeat")
+    for name in ("ra_reps", "train_crop_size"):
+        if cfg.feature_cache and getattr(cfg, name) not in (None, 1):
+            raise ValueError(f"{_flag(FIELDS[name])} does not apply to --feature-cache (the cached features are "
+                             "computed once, un-augmented, at --image-size)")
+    if cfg.val_resize_size is not None and cfg.image_size is not None and cfg.val_resize_size < cfg.image_size:
+        raise ValueError(f"--val-resize-size {cfg.val_resize_size} is smaller than the val crop --image-size "
+                         f"{cfg.image_size}: the crop would be zero-padded")
 
 
 def rrc_scale(text: str | None) -> tuple[float, float] | None:

@@ -35,7 +35,7 @@ from cnnjax.training.state import TrainState, init_state
 from cnnjax.training.step import EMA, adjusted_decay, jit_steps
 from cnnjax.weights.torchvision import torchvision_arch
 from train import config as C
-from train import report
+from train import report, trainopts
 from train.config import PRECISIONS, TrainConfig
 from train.tensorboard import TensorBoard
 
@@ -84,9 +84,17 @@ def ema_of(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> EMA | No
     return EMA(decay=decay, every=cfg.ema_every, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
 
 
-def build_optimizer(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+def build_optimizer(cfg: TrainConfig, total_steps: int, steps_per_epoch: int,
+                    layer_scales: dict[str, float] | None = None) -> optax.GradientTransformation:
     """The run's optimizer (:func:`cnnjax.training.optim.make_optimizer` with the run's schedule, momentum,
-    clipping); with ``--backbone-lr-mult`` the non-head parameters get ``lr * mult`` (clipping stays global)."""
+    clipping); with ``--backbone-lr-mult`` the non-head parameters get ``lr * mult`` (clipping stays global);
+    ``layer_scales`` (``--layer-decay``: :func:`train.trainopts.layer_decay_scales`) then scale each top-level
+    module's whole update (:func:`cnnjax.training.optim.scale_by_layer`)."""
+    tx = _base_optimizer(cfg, total_steps, steps_per_epoch)
+    return tx if layer_scales is None else optax.chain(tx, optim.scale_by_layer(layer_scales))
+
+
+def _base_optimizer(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
 
     def make(lr: float, clip: float | None) -> optax.GradientTransformation:
@@ -171,13 +179,14 @@ def load_source(cfg: TrainConfig, log: Callable[[str], None] = print) -> cdata.D
     side, raised to the architecture's smallest valid input and capped at its default input size; its channels
     follow the data (1 when every image is grayscale) except with ``--init torchvision:...`` (RGB, as the
     weights need). One line says what was chosen."""
+    opts = {"ra_reps": cfg.ra_reps, "train_size": cfg.train_crop_size, "val_resize": cfg.val_resize_size}
     if not is_folder(cfg.dataset):
         workers = {"workers": cfg.data_workers} if cfg.dataset.strip().startswith("tfds:") else {}
         return cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
-                          train_view=C.train_view(cfg), **workers)
+                          train_view=C.train_view(cfg), **workers, **opts)
     rgb = bool(cfg.init and cfg.init.startswith("torchvision:"))
     source = cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
-                        channels=3 if rgb else None, workers=cfg.data_workers, train_view=C.train_view(cfg))
+                        channels=3 if rgb else None, workers=cfg.data_workers, train_view=C.train_view(cfg), **opts)
     typical, info = source.typical, source.info
     if cfg.image_size is not None:
         return source
@@ -313,12 +322,14 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
     info = source.info
     model = build_model(cfg, info)
     models.check_input_size(model, info.image_size)  # before any compile
+    trainopts.check_train_size(model, cfg.arch, cfg.train_crop_size, info.image_size, info.channels)
+    layer_scales = trainopts.layer_decay_scales(model, cfg.arch, cfg.layer_decay, info.image_size, info.channels)
     steps_per_epoch = source.num_batches("train", cfg.batch_size)
     if resuming:
         C.check_resume_data(workdir / "config.json", info.image_size, info.num_classes, steps_per_epoch,
                             info.channels)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    tx = build_optimizer(cfg, total_steps, steps_per_epoch)
+    tx = build_optimizer(cfg, total_steps, steps_per_epoch, layer_scales)
 
     mesh = parallel.data_mesh()
     replicated, batch_sharding = parallel.shardings(mesh)
@@ -369,6 +380,9 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
     log(f"{cfg.arch}: {n_params:,} parameters | {info.name}: {info.num_train} train / {info.num_val} val, "
         f"{info.num_classes} classes, {info.image_size}x{info.image_size}x{info.channels} | "
         f"{jax.device_count()} device(s) | {total_steps} steps | workdir {workdir}")
+
+    for line in trainopts.describe(cfg, info, layer_scales):
+        log(line)
 
     def on_record(record: dict) -> None:
         log(report.epoch_line(record))

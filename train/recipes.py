@@ -97,7 +97,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                   "warmup_start_factor": 0.01, "epochs": 600, "batch_size": 1024, "label_smoothing": 0.1,
                   "ema_decay": 0.99998, "ema_every": 32, "ema_adjust": True, "zero_init_residual": "off",
                   "augment": "trivialaugment", "random_erasing": 0.1, "mixup": 0.2, "cutmix": 1.0,
-                  "mix_switch_prob": 0.5},
+                  "mix_switch_prob": 0.5, "train_crop_size": 176, "val_resize_size": 232, "ra_reps": 4},
         lr_per_256=0.125,
         table=(("--batch-size", "128 per GPU x 8 = 1024", "`--batch-size 1024`"),
                ("--lr", "0.5", "`--lr 0.5 x batch / 1024` (0.125 per 256)"),
@@ -116,10 +116,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                ("--random-erase", "0.1 (value 0 after normalisation)", "`--random-erasing 0.1`"),
                ("--mixup-alpha / --cutmix-alpha", "0.2 / 1.0, one of the two per batch (RandomChoice)",
                 "`--mixup 0.2 --cutmix 1.0 --mix-switch-prob 0.5` (per global batch, not per GPU)"),
-               ("--train-crop-size / --val-resize-size", "176 / 232 (val crop 224)",
-                "**not yet**: `--image-size` sets one size for both"),
-               ("--ra-sampler --ra-reps", "4", "**not yet** (repeated augmentation)")),
-        missing=("--train-crop-size 176 / --val-resize-size 232", "--ra-sampler --ra-reps 4"),
+               ("--train-crop-size / --val-resize-size", "176 / 232",
+                "`--train-crop-size 176 --val-resize-size 232` (tfds:/folder: only; not applied to other datasets, "
+                "with a warning)"),
+               ("--val-crop-size", "224 (default)", "`--image-size` (224 by default for tfds: and folder: photos)"),
+               ("--ra-sampler --ra-reps", "4", "`--ra-reps 4` (each image 4 times per epoch, different crops, on "
+                "different devices; the epoch keeps its length)")),
     ),
 )}
 
@@ -193,12 +195,30 @@ def compose(args: argparse.Namespace, given: set[str], log=print) -> C.TrainConf
     values.update(from_file)
     values.update({k: v for k, v in vars(args).items() if k in given and k in C.FIELDS})
     values["recipe"] = name
+    _sizes_where_they_apply(values, name, given, from_file, log)
     if name and RECIPES[name].lr_per_256 is not None and not lr_set:
         values["lr"] = RECIPES[name].lr_per_256 * values["batch_size"] / 256
     for key, f in C.FIELDS.items():
         if f.metadata["repeat"]:
             values[key] = tuple(values[key] or ())
     return C.TrainConfig(**values)
+
+
+def _sizes_where_they_apply(values: dict, name: str | None, given: set[str], from_file: dict, log) -> None:
+    """A recipe's ``--train-crop-size`` / ``--val-resize-size`` are for decoded photos (tfds:, folder:): on another
+    dataset they are dropped with a warning, unless the file or the command line set them (then validation says
+    why they cannot apply)."""
+    from cnnjax import data as cdata
+
+    if not name or cdata.takes_eval_preprocess(values.get("dataset") or ""):
+        return
+    dropped = [k for k in ("train_crop_size", "val_resize_size")
+               if k in RECIPES[name].settings and k not in given and k not in from_file]
+    for key in dropped:
+        values[key] = None
+    if dropped:
+        log(f"warning: --recipe {name}: {', '.join('--' + k.replace('_', '-') for k in dropped)} not applied: "
+            f"they apply to tfds:/folder: images, not --dataset {values.get('dataset')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

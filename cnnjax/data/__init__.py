@@ -47,7 +47,8 @@ def takes_eval_preprocess(spec: str) -> bool:
 
 def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | None = None,
          seed: int = 0, eval_preprocess: Preprocess | Mapping[str, Any] | None = None, channels: int | None = None,
-         workers: int | None = None, train_view: TrainView | None = None) -> DataSource:
+         workers: int | None = None, train_view: TrainView | None = None, ra_reps: int = 1,
+         train_size: int | None = None, val_resize: int | None = None) -> DataSource:
     """Build the dataset named by ``spec``.
 
     Args:
@@ -64,10 +65,28 @@ def load(spec: str = DEFAULT, *, data_dir: str | None = None, image_size: int | 
         train_view: how the host makes train images (:class:`TrainView`: the dataset's random crop on or off,
             ``rrc_scale`` for decoded files); default: the dataset's own crop. The host never flips: flips and
             the other per-image policies run on the device (:mod:`cnnjax.augment`).
+        ra_reps, train_size, val_resize: repeated augmentation (every dataset with a fixed training set), the
+            train crop side and the val resize before the centre crop (``tfds:`` and ``folder:``); see
+            :meth:`DataSource.set_train_options`.
 
     Raises:
         ValueError: unknown spec or option, or a dataset that cannot be loaded (with the reason).
     """
+    if (train_size is not None or val_resize is not None) and not takes_eval_preprocess(spec):
+        raise ValueError(f"dataset {spec!r}: train_size / val_resize (--train-crop-size, --val-resize-size) apply "
+                         "only to the tfds: and folder: datasets (decoded image files)")
+    source = _load(spec, data_dir=data_dir, image_size=image_size, seed=seed, eval_preprocess=eval_preprocess,
+                   channels=channels, workers=workers, train_view=train_view)
+    if (ra_reps, train_size, val_resize) == (1, None, None):
+        return source
+    try:
+        return source.set_train_options(ra_reps=ra_reps, train_size=train_size, val_resize=val_resize)
+    except ValueError:
+        source.close()
+        raise
+
+
+def _load(spec: str, *, data_dir, image_size, seed, eval_preprocess, channels, workers, train_view) -> DataSource:
     if not isinstance(spec, str):
         raise ValueError(f"dataset spec must be a string, got {spec!r}")
     kind, _, rest = spec.strip().partition(":")

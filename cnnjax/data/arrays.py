@@ -92,7 +92,7 @@ class ArraySource(DataSource):
               process_index: int, process_count: int) -> Iterator[Batch]:
         """Batches of the ``data`` split read as ``split`` is (train: shuffled, augmented; val: in order)."""
         n = len(self._data[data][1])
-        perm = epoch_permutation(n, self.seed, epoch) if split == "train" else None
+        perm = epoch_permutation(n, self.seed, epoch, self.ra_reps, global_batch_size) if split == "train" else None
         rows = process_rows(global_batch_size, process_index, process_count)
         for b in range(start_batch, num_batches_for(split, n, global_batch_size)):
             yield self.batch(data, split, global_batch_size, epoch, b, rows, perm)
@@ -138,6 +138,7 @@ class _ArrayBatches:
             epoch, perm = 0, None
         else:
             if self._perm[0] != epoch:
-                self._perm = (epoch, epoch_permutation(len(self.source._data["train"][1]), self.source.seed, epoch))
+                self._perm = (epoch, epoch_permutation(len(self.source._data["train"][1]), self.source.seed, epoch,
+                                                       self.source.ra_reps, self.global_batch_size))
             perm = self._perm[1]
         return self.source.batch(self.split, self.split, self.global_batch_size, epoch, b, self.rows, perm)

@@ -99,9 +99,38 @@ def make_rng(*words: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([_u64(w) for w in words]))
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of the ``n`` training examples in ``epoch``: int64 ``(n,)``, a function of (seed, epoch) only."""
-    return make_rng(seed, epoch, TAG_SHUFFLE).permutation(n)
+def epoch_permutation(n: int, seed: int, epoch: int, reps: int = 1, global_batch_size: int | None = None
+                      ) -> np.ndarray:
+    """The order of the ``n`` training examples in ``epoch``: int64 ``(n,)``, a function of (seed, epoch) only.
+
+    With ``reps > 1`` (repeated augmentation, :func:`repeated_order`) the epoch's ``n`` rows hold about ``n / reps``
+    examples ``reps`` times each, laid out per global batch of ``global_batch_size`` rows (then required)."""
+    perm = make_rng(seed, epoch, TAG_SHUFFLE).permutation(n)
+    if reps == 1:
+        return perm
+    if global_batch_size is None:
+        raise ValueError("repeated augmentation (reps > 1) needs the global batch size")
+    return repeated_order(perm, reps, global_batch_size)
+
+
+def repeated_order(perm: np.ndarray, reps: int, global_batch_size: int) -> np.ndarray:
+    """Repeated augmentation (Hoffer et al. 2020; torchvision's ``RASampler``, from DeiT): the epoch order of
+    ``perm``'s examples with each one ``reps`` times.
+
+    As ``RASampler``: the list ``perm[0] x reps, perm[1] x reps, ...`` is cut to ``len(perm)`` rows (the epoch keeps
+    its number of samples, so it visits about ``1 / reps`` of the examples), and each global batch is ``B``
+    consecutive rows of it. ``RASampler`` deals the list out to the replicas in turn (``indices[rank::world]``),
+    so the copies of an example are on different GPUs; here the rows of each global batch are grouped by copy
+    number (every example's first copy, then every second copy, ...), so copies are ``B / reps`` rows apart: with
+    D >= ``reps`` devices (each takes ``B / D`` consecutive rows) they land on different devices, and with fewer
+    they are spread over the devices evenly -- without the order depending on the device count. Each row is
+    augmented by its position, so the copies get different random crops."""
+    perm = np.asarray(perm, dtype=np.int64)
+    reps, g = int(reps), np.arange(len(perm))
+    if reps < 1 or global_batch_size < 1:
+        raise ValueError(f"need reps >= 1 and a positive batch size, got reps={reps}, batch={global_batch_size}")
+    order = np.lexsort((g, g % reps, g // global_batch_size))  # by batch, then copy number, then list position
+    return perm[g // reps][order]
 
 
 def check_split(split: str) -> None:
@@ -131,15 +160,15 @@ def num_batches_for(split: str, n: int, global_batch_size: int) -> int:
 
 
 def batch_indices(split: str, n: int, global_batch_size: int, batch: int, *, seed: int, epoch: int,
-                  perm: np.ndarray | None = None) -> np.ndarray:
+                  perm: np.ndarray | None = None, reps: int = 1) -> np.ndarray:
     """Example indices of one GLOBAL batch, int64 ``(B,)``; ``-1`` marks a padding row (val only).
 
-    ``perm`` is the epoch's permutation for train (computed from (seed, epoch) if not given).
+    ``perm`` is the epoch's permutation for train (computed from (seed, epoch) and ``reps`` if not given).
     """
     start = batch * global_batch_size
     if split == "train":
         if perm is None:
-            perm = epoch_permutation(n, seed, epoch)
+            perm = epoch_permutation(n, seed, epoch, reps, global_batch_size)
         return np.asarray(perm[start:start + global_batch_size], dtype=np.int64)
     idx = np.arange(start, start + global_batch_size, dtype=np.int64)
     idx[idx >= n] = -1
@@ -272,10 +301,47 @@ class DataSource(abc.ABC):
     Train batches are shuffled per epoch from (seed, epoch), augmented from (seed, epoch, batch index) and the
     last incomplete batch is dropped; ``batches('train', B, epoch=e, start_batch=k)`` equals the batches after
     the first ``k`` of ``batches('train', B, epoch=e)``. Val batches are in a fixed order, unaugmented, and
-    visit every example exactly once.
+    visit every example exactly once. :meth:`set_train_options` adds repeated augmentation (the train order of
+    :func:`repeated_order`) and, for decoded image files, a train size and a val resize of their own.
     """
 
     info: DatasetInfo
+    #: Training options (:meth:`set_train_options`): repeated augmentation, the train crop and the val resize.
+    ra_reps: int = 1
+    train_size: int | None = None
+    val_resize: int | None = None
+    #: Which of them this kind of source implements.
+    supports_ra_reps: bool = True
+    supports_sizes: bool = False
+
+    def set_train_options(self, *, ra_reps: int = 1, train_size: int | None = None,
+                          val_resize: int | None = None) -> DataSource:
+        """Set, before the first batch is read, ``ra_reps`` (each train example ``ra_reps`` times per epoch with
+        different augmentation: :func:`repeated_order`), ``train_size`` (the side train batches come out at, e.g.
+        176; ``info.image_size`` stays the val side) and ``val_resize`` (the shorter side val images are resized
+        to before the centre crop of ``info.image_size``). The sizes apply to decoded image files only
+        (``tfds:``, ``folder:``). Returns ``self``; a value the source cannot honour raises ``ValueError``."""
+        name = self.info.name
+        for key, value in (("ra_reps", ra_reps), ("train_size", train_size), ("val_resize", val_resize)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)
+                                      or value < 1):
+                raise ValueError(f"dataset {name!r}: {key} must be a positive int, got {value!r}")
+        if ra_reps > 1 and not self.supports_ra_reps:
+            raise ValueError(f"dataset {name!r}: repeated augmentation (--ra-reps) needs a fixed training set")
+        if (train_size is not None or val_resize is not None) and not self.supports_sizes:
+            raise ValueError(f"dataset {name!r}: a separate train crop / val resize (--train-crop-size, "
+                             "--val-resize-size) applies only to the tfds: and folder: datasets (decoded image files)")
+        if val_resize is not None:
+            if getattr(self, "eval_preprocess", None) is not None:
+                raise ValueError(f"dataset {name!r}: val_resize (--val-resize-size) and eval_preprocess both set "
+                                 "the val transform; give one")
+            if val_resize < self.info.image_size:
+                raise ValueError(f"--val-resize-size {val_resize} is smaller than the val crop {self.info.image_size} "
+                                 "(--image-size): the crop would be zero-padded")
+        self.ra_reps = int(ra_reps)
+        self.train_size = None if train_size is None else int(train_size)
+        self.val_resize = None if val_resize is None else int(val_resize)
+        return self
 
     def num_batches(self, split: str, global_batch_size: int) -> int:
         """Batches in one pass over ``split``: train ``floor(num_train / B)``, val ``ceil(num_val / B)``."""

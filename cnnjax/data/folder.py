@@ -207,13 +207,14 @@ class FolderSource(ImageRecordSource):
         self._start_streams()
 
     def resized(self, image_size: int | None = None, channels: int | None = None) -> FolderSource:
-        """The same folder (no rescan) at another size and/or channel count."""
+        """The same folder (no rescan) at another size and/or channel count (and the same train options)."""
         if self.eval_preprocess is not None and image_size not in (None, self.info.image_size):
             raise ValueError("folder dataset: the size is fixed by eval_preprocess")
         return FolderSource(self.root, image_size=image_size or self.info.image_size,
                             channels=channels or self.info.channels, seed=self.seed,
                             eval_preprocess=self.eval_preprocess, workers=self.workers, exact=self.exact,
-                            train_view=self.train_view, _scan=self._scan)
+                            train_view=self.train_view, _scan=self._scan).set_train_options(
+            ra_reps=self.ra_reps, train_size=self.train_size, val_resize=self.val_resize)
 
     def _check_split(self, split: str) -> None:
         if split == "train" and "train" not in self._splits:

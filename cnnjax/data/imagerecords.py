@@ -8,7 +8,10 @@ after that is common:
   ``j`` is this process's row ``j % local`` of batch ``j // local`` (counted over epochs); train rows are shuffled
   by (seed, epoch) (:func:`~cnnjax.data.base.epoch_permutation`) and augmented by (seed, epoch, position in the
   epoch) with :func:`cnnjax.data.pil_transforms.train_image`; val rows are in index order with the eval transform
-  (:func:`~cnnjax.data.pil_transforms.eval_image`), padded past the last example (``mask`` False). A record that
+  (:func:`~cnnjax.data.pil_transforms.eval_image`), padded past the last example (``mask`` False). The source's
+  train options (:meth:`~cnnjax.data.base.DataSource.set_train_options`): ``ra_reps`` repeats examples in the
+  train order (:func:`~cnnjax.data.base.repeated_order`; each copy augmented by its own position),
+  ``train_size`` is the train crop's side, ``val_resize`` the val resize before the centre crop. A record that
   cannot be read or decoded becomes a zero image with ``mask`` False (logged once);
 * elements cross processes as uint8 and are normalised per batch in the training process (:class:`Finish`);
 * :class:`ImageRecordSource`, the :class:`~cnnjax.data.base.DataSource` part: one live stream per (split, batch
@@ -70,8 +73,8 @@ def _decode_failed(what: str, example: str, error: Exception) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return epoch_permutation(n, seed, epoch)
+def _order(n: int, seed: int, epoch: int, reps: int = 1, global_batch_size: int | None = None) -> np.ndarray:
+    return epoch_permutation(n, seed, epoch, reps, global_batch_size)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -97,13 +100,15 @@ class ImageElements:
     exact: bool = False
     what: str = "dataset"  # the source in log lines
     view: TrainView = TrainView()  # the train transform's crop (train elements only)
+    ra_reps: int = 1  # repeated augmentation: each example this many times per epoch (augmented by position)
 
     def __call__(self, j: int) -> dict:
         b_abs, r = divmod(int(j), self.local)
         epoch, b = divmod(b_abs, self.batches_per_epoch)
         pos = b * self.global_batch_size + self.row0 + r
         n = len(self.records)
-        index = int(_order(n, self.seed, epoch)[pos]) if self.train else (pos if pos < n else -1)
+        index = (int(_order(n, self.seed, epoch, self.ra_reps, self.global_batch_size)[pos]) if self.train
+                 else (pos if pos < n else -1))
         image = np.zeros((self.size, self.size, self.channels), np.uint8)
         if index < 0:
             return {"image": image, "label": np.int32(0), "mask": np.False_}
@@ -155,6 +160,7 @@ class ImageRecordSource(DataSource):
 
     seed: int
     workers: int
+    supports_sizes = True  # --train-crop-size, --val-resize-size (DataSource.set_train_options)
     eval_preprocess: Preprocess | None = None
     exact: bool = False
     what: str = "dataset"
@@ -184,11 +190,13 @@ class ImageRecordSource(DataSource):
         nb = num_batches_for(split, len(records), global_batch_size)
         train = split == "train"
         size, channels = self.info.image_size, self.info.channels
+        eval_spec = self.eval_preprocess or (Preprocess(resize=self.val_resize, crop=size) if self.val_resize
+                                             else T.default_eval(size))  # (its mean/std are not used: Finish's are)
         elements = ImageElements(
             records=records, train=train, global_batch_size=global_batch_size, local=local,
-            row0=process_index * local, batches_per_epoch=nb, seed=self.seed, size=size, channels=channels,
-            eval_spec=self.eval_preprocess or T.default_eval(size), exact=self.exact, what=self.what,
-            view=self.train_view)
+            row0=process_index * local, batches_per_epoch=nb, seed=self.seed,
+            size=(self.train_size or size) if train else size, channels=channels, eval_spec=eval_spec,
+            exact=self.exact, what=self.what, view=self.train_view, ra_reps=self.ra_reps if train else 1)
         finish = Finish(self.info.mean, self.info.std)
 
         def make(start: int) -> grainpipe.Stream:

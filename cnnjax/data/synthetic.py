@@ -32,6 +32,8 @@ DEFAULT_SIZE = 32
 class SyntheticSource(DataSource):
     """Random NHWC float32 images ``(local, S, S, C)`` ~ N(0, 1) and int32 labels; see the module docstring."""
 
+    supports_ra_reps = False  # no example is ever seen twice: nothing to repeat
+
     def __init__(self, info: DatasetInfo, seed: int = 0):
         self.info = info
         self.seed = int(seed)

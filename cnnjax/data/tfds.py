@@ -263,6 +263,7 @@ class TFDSSource(DataSource):
     (see the module docstring); needs TensorFlow."""
 
     pipeline = "tf.data"
+    supports_sizes = True  # --train-crop-size, --val-resize-size (DataSource.set_train_options)
 
     def __init__(self, name: str, *, data_dir: str | None = None, image_size: int | None = None, seed: int = 0,
                  eval_preprocess: Preprocess | Mapping[str, Any] | None = None, train_view: TrainView = TrainView(),
@@ -294,7 +295,8 @@ class TFDSSource(DataSource):
         train = split == "train"
         n = self.info.num_train if data == "train" else self.info.num_val
         nb = num_batches_for(split, n, global_batch_size)
-        size, channels = self.info.image_size, self.info.channels
+        size, channels = (self.train_size or self.info.image_size) if train else self.info.image_size, \
+            self.info.channels
         mean, std = self.info.mean, self.info.std
         file_seed, buffer_seed = (int(v) for v in make_rng(self.seed, epoch, 0x7466).integers(0, 2**31, size=2))
         read_config = tfds.ReadConfig(shuffle_seed=file_seed, try_autocache=False, interleave_cycle_length=16,
@@ -313,6 +315,8 @@ class TFDSSource(DataSource):
         ds = ds.map(lambda ex: (ex[self.image_key], tf.cast(ex[self.label_key], tf.int32), tf.constant(True)))
         if train:
             ds = ds.shuffle(min(n, SHUFFLE_BUFFER), seed=buffer_seed, reshuffle_each_iteration=False)
+            if self.ra_reps > 1:
+                ds = tfpipe.repeated(tf, ds, self.ra_reps, global_batch_size, nb)
             ds = ds.take(nb * global_batch_size)
         else:
             padding = nb * global_batch_size - n
@@ -332,7 +336,7 @@ class TFDSSource(DataSource):
                 x = tfpipe.train_transform(tf, image, tf.stack([tf.constant(base, tf.int64), pos]), size,
                                            self.train_view)
             else:
-                x = tfpipe.eval_transform(tf, image, size)
+                x = tfpipe.eval_transform(tf, image, size, resize=self.val_resize)
             return {"image": tfpipe.normalize(tf, x, mean, std), "label": label, "mask": valid}
 
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -14,7 +14,11 @@ Transforms, on uint8 ``(h, w, C)`` images, ending in float32 ``(S, S, C)`` norma
 * no flip here: flips run on the device (:mod:`cnnjax.augment`), for datasets that are not orientation-sensitive;
 * val, ``S > 64`` (torchvision's eval transform): resize the shorter side to ``round(S / 0.875)`` (256 for 224)
   bilinearly with antialiasing, centre crop ``S x S``;
-* val, ``S <= 64``: resize to ``S x S``.
+* val, ``S <= 64``: resize to ``S x S``;
+* val with a given resize ``R`` (``--val-resize-size``), any ``S``: the shorter side to ``R``, centre crop ``S x S``.
+
+Repeated augmentation (:func:`repeated`) repeats the encoded records before decoding, laid out per global batch as
+:func:`cnnjax.data.base.repeated_order` does; each copy gets its own (position-keyed) seed.
 
 (The val transform here differs from torchvision's PIL resize by up to 1/255 per pixel; the sources' exact,
 per-architecture alternative is ``eval_preprocess``: :mod:`cnnjax.data.preprocess`, :mod:`cnnjax.data.pilpipe`.)
@@ -89,12 +93,13 @@ def train_transform(tf, image, seed, size: int, view: TrainView = TrainView()):
     return tf.ensure_shape(x, [size, size, channels])
 
 
-def eval_transform(tf, image, size: int):
-    """uint8 ``(h, w, C)`` -> float32 ``(size, size, C)`` in 0..255 (deterministic)."""
+def eval_transform(tf, image, size: int, resize: int | None = None):
+    """uint8 ``(h, w, C)`` -> float32 ``(size, size, C)`` in 0..255 (deterministic); ``resize``: the shorter side
+    before the centre crop (default ``round(size / 0.875)``; given, it applies at any size)."""
     channels = image.shape[-1]
-    if size <= SMALL:
+    if size <= SMALL and resize is None:
         return tf.ensure_shape(_resize(tf, image, [size, size]), [size, size, channels])
-    short = int(round(size / EVAL_CROP_FRACTION))
+    short = int(resize) if resize is not None else int(round(size / EVAL_CROP_FRACTION))
     hw = tf.cast(tf.shape(image)[:2], tf.float64)
     h, w = hw[0], hw[1]
     # torchvision Resize(short): the shorter side becomes `short`, the other int(short * long / short_side).
@@ -106,6 +111,22 @@ def eval_transform(tf, image, size: int):
     left = tf.cast(tf.round(tf.cast(new_hw[1] - size, tf.float64) / 2.0), tf.int32)
     x = tf.slice(x, tf.stack([top, left, 0]), [size, size, channels])
     return tf.ensure_shape(x, [size, size, channels])
+
+
+def repeated(tf, ds, reps: int, global_batch_size: int, batches: int):
+    """Repeated augmentation on a shuffled stream of examples (tuples): each example ``reps`` times, the rows
+    of every global batch laid out as :func:`cnnjax.data.base.repeated_order` lays them out (grouped by copy
+    number), ``batches`` global batches. Applied before decoding: only the records are repeated."""
+    rows = batches * global_batch_size
+    ds = ds.take(-(-rows // reps)).flat_map(lambda *ex: tf.data.Dataset.from_tensors(ex).repeat(reps))
+    ds = ds.take(rows).batch(global_batch_size, drop_remainder=True).enumerate()
+
+    def layout(b, ex):
+        g = b * global_batch_size + tf.range(global_batch_size, dtype=tf.int64)
+        order = tf.argsort(tf.math.floormod(g, reps), stable=True)
+        return tuple(tf.gather(t, order) for t in ex)
+
+    return ds.map(layout).unbatch()
 
 
 def normalize(tf, x, mean, std):

@@ -9,6 +9,8 @@
   schedule is evaluated per optimizer step (torchvision steps its schedulers per epoch), so ``step`` and
   ``multistep`` change the rate at the first step of the epoch they name — counted, as in torchvision, from the
   end of the warmup (``--lr-milestones 30,60`` with 5 warmup epochs decays at epochs 35 and 65).
+* :func:`layer_decay_scales` + :func:`scale_by_layer`: timm's layer-wise learning-rate decay (``--layer-decay``):
+  layer groups from the top-level module names (:data:`LAYER_RULES`), each group's whole update scaled.
 """
 
 from __future__ import annotations
@@ -139,3 +141,105 @@ def parse_milestones(text: str | Sequence[float] | None) -> tuple[float, ...]:
         raise ValueError(f"--lr-milestones {text!r}: epochs must be positive and increasing")
     return values
 
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Layer-wise learning-rate decay (timm's ``param_groups_layer_decay``, BEiT's recipe for fine-tuning).
+# --------------------------------------------------------------------------------------------------------------------
+
+#: How the top-level modules of every registered architecture are ordered into layer groups: each rule maps a
+#: module name to a sort key (and whether it joins the group before it), as timm's per-model ``group_matcher``
+#: does for its parameter names. One key is one group; the groups are numbered in key order: the stem is group 0,
+#: then each block (ResNet/ResNeXt/EfficientNet/ConvNeXt ``stage{S}_block{B}``, MobileNet ``block{N}``, DenseNet
+#: ``denseblock{S}_layer{L}``, GoogLeNet ``inception{N}{x}``, VGG ``stage{N}``, AlexNet/GoogLeNet ``conv{N}``,
+#: LeNet ``c{N}``) in order, then the layers after the blocks (``last_conv``, ``fc{N}``, LeNet's ``f6``), and the head
+#: last. As in timm: a ConvNeXt ``downsample{S}`` shares the group of the first block of the stage it starts
+#: (timm's ``stages.S.downsample``), a DenseNet ``transition{S}`` the group of the block's last layer (timm's
+#: ``MATCH_PREV_GROUP``), and what stands between the last block and the classifier (DenseNet ``norm5``, ConvNeXt
+#: ``head_norm``, MobileNetV3 ``pre_head``) is in the head's group, as are GoogLeNet's auxiliary classifiers.
+_HEAD = (4,)
+LAYER_RULES: tuple[tuple[str, Any], ...] = (
+    (r"stem(_\w+)?", lambda m: (0,)),
+    (r"(?:conv|c)(\d+)", lambda m: (1, int(m[1]))),
+    (r"stage(\d+)_block(\d+)", lambda m: (2, int(m[1]), int(m[2]))),
+    (r"stage(\d+)", lambda m: (2, int(m[1]), 0)),
+    (r"block(\d+)", lambda m: (2, int(m[1]), 0)),
+    (r"downsample(\d+)", lambda m: (2, int(m[1]) + 1, 0)),
+    (r"denseblock(\d+)_layer(\d+)", lambda m: (2, int(m[1]), int(m[2]))),
+    (r"transition(\d+)", lambda m: (2, int(m[1]), "prev")),
+    (r"inception(\d+)([a-z])", lambda m: (2, int(m[1]), ord(m[2]))),
+    (r"last_conv", lambda m: (3, 0)),
+    (r"(?:fc|f)(\d+)", lambda m: (3, int(m[1]))),
+    (r"head|head_norm|pre_head|norm5|aux\d+", lambda m: _HEAD),
+)
+
+
+def _layer_key(name: str) -> tuple | None:
+    import re
+
+    for pattern, key in LAYER_RULES:
+        m = re.fullmatch(pattern, name)
+        if m:
+            return key(m)
+    return None
+
+
+def layer_groups(names: Sequence[str], arch: str = "the model") -> dict[str, int]:
+    """The layer group of each top-level module ``names`` (the keys of a model's ``params``): 0 for the stem,
+    then the blocks in order, the head's group last (see :data:`LAYER_RULES`). Raises ``ValueError`` when a
+    name matches no rule or there is nothing below the head to decay (``arch`` names the model in the
+    message)."""
+    keys = {}
+    for name in names:
+        key = _layer_key(name)
+        if key is None:
+            raise ValueError(f"--layer-decay: no layer grouping for {arch}: its top-level module {name!r} is not a "
+                             f"stem, block or head this rule set knows (cnnjax.training.optim.LAYER_RULES)")
+        keys[name] = key
+    own = sorted({k for k in keys.values() if k[-1] != "prev"})
+    if len(own) < 2 or own[-1] != _HEAD:
+        raise ValueError(f"--layer-decay: {arch} has no layers below its head to decay "
+                         f"(top-level modules: {', '.join(names)})")
+    index = {k: i for i, k in enumerate(own)}
+    groups = {}
+    for name, key in keys.items():
+        if key[-1] == "prev":  # the group of the last key before it (a DenseNet transition: its block's last layer)
+            key = max((k for k in own if k < key[:-1] + (float("inf"),)), default=own[0])
+        groups[name] = index[key]
+    return groups
+
+
+def layer_decay_scales(names: Sequence[str], rate: float, arch: str = "the model") -> dict[str, float]:
+    """Learning-rate scale of each top-level module: ``rate ** (G - 1 - i)`` for group ``i`` of ``G``
+    (:func:`layer_groups`), 1 for the head's group, as timm's ``param_groups_layer_decay`` (``min_scale`` 0)."""
+    check_layer_decay(rate)
+    groups = layer_groups(names, arch)
+    top = max(groups.values())
+    return {name: float(rate) ** (top - i) for name, i in groups.items()}
+
+
+def check_layer_decay(rate: float) -> None:
+    if not (isinstance(rate, int | float) and 0 < rate <= 1):
+        raise ValueError(f"--layer-decay must be in (0, 1] (1 = off), got {rate}")
+
+
+def scale_by_layer(scales: dict[str, float]) -> optax.GradientTransformation:
+    """Multiply each parameter's update by the scale of its top-level module (``scales``, from
+    :func:`layer_decay_scales`). Chained after an optimizer whose update already includes the learning rate
+    and weight decay, it multiplies the whole update -- what timm's per-group ``lr_scale`` does with torch's SGD
+    and AdamW, whose weight decay is multiplied by the group's learning rate too."""
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def scale(path, u):
+            key = getattr(path[0], "key", None) if path else None
+            if key not in scales:
+                raise ValueError(f"--layer-decay: parameter {jax.tree_util.keystr(path)} is outside the modules "
+                                 f"the layer groups were made for")
+            s = scales[key]
+            return u if s == 1.0 else u * jax.numpy.asarray(s, u.dtype)
+
+        return jax.tree_util.tree_map_with_path(scale, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
