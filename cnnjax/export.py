@@ -1,4 +1,4 @@
-"""``python -m cnnjax.export --arch ARCH --init torchvision:ARCH|RUN_DIR --format stablehlo --out PATH``.
+"""``python -m cnnjax.export --arch ARCH --init torchvision:ARCH|RUN_DIR --format stablehlo|savedmodel --out PATH``.
 
 Writes a trained model as a self-contained artifact that runs without cnnjax (issue #15):
 
@@ -6,6 +6,16 @@ Writes a trained model as a self-contained artifact that runs without cnnjax (is
   and a symbolic batch dimension ``b``: input float32 NHWC ``(b, S, S, C)``, output float32 logits ``(b, K)``.
   ``PATH`` gets the serialized bytes (``jax.export.deserialize(open(PATH, 'rb').read()).call(x)`` in any
   process with jax; cnnjax need not be installed), and ``PATH.json`` the sidecar.
+* ``savedmodel``: a TensorFlow SavedModel directory at ``PATH`` (needs TensorFlow, the ``data`` extra; imported
+  only for this format) made with :func:`jax.experimental.jax2tf.convert` and a polymorphic batch
+  (``polymorphic_shapes=["(b, ...)"]``): the weights are ``tf.Variable`` s of the module, the graph is one
+  ``XlaCallModule`` op (jax2tf's native serialization, lowered for ``cpu`` unless ``--platforms`` says otherwise),
+  and the ``serving_default`` signature maps ``images`` ``(None, S, S, C)`` to ``logits`` ``(None, K)``
+  (``tf.saved_model.load(PATH).signatures["serving_default"](images=x)["logits"]``, or ``.serve(x)``; TensorFlow
+  only, no jax or cnnjax). ``PATH.json``: the same sidecar, plus the signature's names.
+
+ONNX is not written: jax2tf (the only mode jax 0.10 keeps) puts the whole model into one ``XlaCallModule`` op,
+which tf2onnx cannot convert, and jax2onnx 0.17.1 requires orbax-checkpoint 0.11 (the core needs 0.12).
 
 The sidecar JSON says how to feed it: ``input`` (layout, shape with ``"b"``, dtype), the eval transform
 (``resize`` shorter side, ``crop``, ``interpolation``: torchvision's PIL ``Resize`` + ``CenterCrop``; ``resize``
@@ -28,23 +38,53 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-FORMATS = ("stablehlo",)
+from cnnjax.data.base import MissingDependencyError
+
+FORMATS = ("stablehlo", "savedmodel")
+NO_ONNX = ("--format onnx is not available: jax2tf SavedModels are one XlaCallModule (StableHLO) op that tf2onnx "
+           "cannot convert, and jax2onnx needs orbax-checkpoint<0.12; export stablehlo or savedmodel")
+SIGNATURE = {"name": "serving_default", "input": "images", "output": "logits"}
 
 
-def forward(predictor, include_preprocess: bool = False):
-    """``fn(x) -> logits`` of a :class:`cnnjax.predict.Predictor`, the weights closed over (constants)."""
+def apply_fn(predictor, include_preprocess: bool = False):
+    """``fn(variables, x) -> logits`` of a :class:`cnnjax.predict.Predictor` (eval mode; with
+    ``include_preprocess``, uint8 pixels in, divided by 255 and normalised in the graph)."""
     import jax.numpy as jnp
 
-    model, variables = predictor.model, predictor.variables
+    model = predictor.model
     mean = jnp.asarray(predictor.mean, jnp.float32)
     std = jnp.asarray(predictor.std, jnp.float32)
 
-    def fn(x):
+    def fn(variables, x):
         if include_preprocess:
             x = (x.astype(jnp.float32) / 255.0 - mean) / std
         return model.apply(variables, x, False).astype(jnp.float32)
 
     return fn
+
+
+def forward(predictor, include_preprocess: bool = False):
+    """``fn(x) -> logits`` of a :class:`cnnjax.predict.Predictor`, the weights closed over (constants)."""
+    fn, variables = apply_fn(predictor, include_preprocess), predictor.variables
+    return lambda x: fn(variables, x)
+
+
+def import_tf():
+    """TensorFlow for ``--format savedmodel`` only: no GPU for TF (the accelerator belongs to JAX), quiet import."""
+    import contextlib
+    import os
+
+    os.environ.setdefault("NO_GCE_CHECK", "true")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise MissingDependencyError("--format savedmodel needs TensorFlow: pip install 'cnnjax[data]' "
+                                     "(tensorflow-cpu)") from None
+    with contextlib.suppress(RuntimeError, ValueError):  # raises once TF has initialised its devices
+        tf.config.set_visible_devices([], "GPU")
+    return tf
 
 
 def sidecar(predictor, arch: str, init: str, include_preprocess: bool, fmt: str) -> dict[str, Any]:
@@ -81,6 +121,41 @@ def export_stablehlo(predictor, out: pathlib.Path, *, include_preprocess: bool =
     return blob
 
 
+def export_savedmodel(predictor, out: pathlib.Path, *, include_preprocess: bool = False,
+                      platforms: Sequence[str] | None = None) -> int:
+    """Write a SavedModel directory at ``out`` (see the module docstring); returns its size in bytes."""
+    import shutil
+
+    import jax
+    import numpy as np
+
+    tf = import_tf()
+    from jax.experimental import jax2tf
+
+    if out.exists() and not (out.is_dir() and (out / "saved_model.pb").exists()):
+        raise FileExistsError(f"--out {out} exists and is not a SavedModel; not overwriting it")
+    s, c = predictor.size, predictor.channels
+    dtype = tf.uint8 if include_preprocess else tf.float32
+    converted = jax2tf.convert(apply_fn(predictor, include_preprocess), polymorphic_shapes=[None, "(b, ...)"],
+                               with_gradient=False, native_serialization_platforms=tuple(platforms or ("cpu",)))
+    module = tf.Module()
+    params = jax.tree.map(lambda a: tf.Variable(np.asarray(a), trainable=False), jax.device_get(predictor.variables))
+    module.params = params  # tracked: the SavedModel's variables
+
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, s, s, c], dtype, name=SIGNATURE["input"])])
+    def serve(images):
+        return {SIGNATURE["output"]: converted(params, images)}
+
+    module.serve = serve
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf.saved_model.save(module, str(tmp), signatures={SIGNATURE["name"]: serve})
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cnnjax.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", required=True)
@@ -90,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-preprocess", action="store_true",
                    help="uint8 pixels in; /255 and the normalisation inside the graph")
     p.add_argument("--conv-impl", default="xla", help="convolution algorithm in the graph (default xla: portable)")
-    p.add_argument("--platforms", default=None, help="comma-separated: cpu, cuda, rocm, tpu (default: this one)")
+    p.add_argument("--platforms", default=None, help="comma-separated: cpu, cuda, rocm, tpu (default: this "
+                   "machine's for stablehlo, cpu for savedmodel)")
     p.add_argument("--use-ema", action="store_true", help="a run's EMA weights")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest readable)")
     return p
@@ -100,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cnnjax import predict
 
     args = build_parser().parse_args(argv)
+    if args.format == "onnx":
+        print(f"error: {NO_ONNX}", file=sys.stderr)
+        return 2
     if args.format not in FORMATS:
         print(f"error: unknown --format {args.format!r}; valid choices: {', '.join(FORMATS)}", file=sys.stderr)
         return 2
@@ -108,13 +187,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = predict.build(args.arch, args.init, use_ema=args.use_ema, step=args.step,
                                   conv_impl=args.conv_impl)
         platforms = [p.strip() for p in args.platforms.split(",")] if args.platforms else None
-        blob = export_stablehlo(predictor, out, include_preprocess=args.include_preprocess, platforms=platforms)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        if args.format == "savedmodel":
+            size = export_savedmodel(predictor, out, include_preprocess=args.include_preprocess, platforms=platforms)
+        else:
+            size = len(export_stablehlo(predictor, out, include_preprocess=args.include_preprocess,
+                                        platforms=platforms))
+    except (ValueError, FileNotFoundError, RuntimeError, OSError, MissingDependencyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     meta = sidecar(predictor, args.arch, args.init, args.include_preprocess, args.format)
+    if args.format == "savedmodel":
+        meta["signature"] = dict(SIGNATURE)
     out.with_name(out.name + ".json").write_text(json.dumps(meta, indent=2))
-    print(f"wrote {out} ({len(blob) / 2**20:.1f} MiB, {args.format}, input {meta['input']['dtype']} "
+    print(f"wrote {out} ({size / 2**20:.1f} MiB, {args.format}, input {meta['input']['dtype']} "
           f"(b, {predictor.size}, {predictor.size}, {predictor.channels}) NHWC) and {out.name}.json")
     return 0
 

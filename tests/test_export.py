@@ -1,8 +1,10 @@
-"""``python -m cnnjax.export --format stablehlo`` (issue #15): the artifact, reloaded in a fresh process that does
-not import cnnjax, gives the JAX model's logits on real images at any batch size."""
+"""``python -m cnnjax.export --format stablehlo|savedmodel`` (issue #15): the artifact, reloaded in a fresh process
+that does not import cnnjax (nor flax or jax2tf, for the SavedModel), gives the JAX model's logits on real images at
+any batch size."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -27,10 +29,29 @@ print(json.dumps(out))
 """
 
 
-def _reload(artifact: pathlib.Path, x: np.ndarray, tmp_path: pathlib.Path) -> dict[str, np.ndarray]:
+RELOAD_TF = """
+import json, os, sys
+os.environ.update(TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0", NO_GCE_CHECK="true", CUDA_VISIBLE_DEVICES="")
+import numpy as np
+import tensorflow as tf
+meta = json.load(open(sys.argv[1] + ".json"))["signature"]
+loaded = tf.saved_model.load(sys.argv[1])
+serve = loaded.signatures[meta["name"]]
+x = np.load(sys.argv[2])
+out = {str(n): serve(**{meta["input"]: tf.constant(x[:n])})[meta["output"]].numpy().tolist() for n in (1, len(x))}
+assert np.allclose(loaded.serve(tf.constant(x[:2]))[meta["output"]].numpy(), out[str(len(x))][:2], atol=1e-6)
+bad = [m for m in sys.modules if m.split(".")[0] in ("cnnjax", "flax") or m.startswith("jax.experimental.jax2")]
+assert not bad, f"imported {bad[:3]}"
+print(json.dumps(out))
+"""
+
+
+def _reload(artifact: pathlib.Path, x: np.ndarray, tmp_path: pathlib.Path, fmt: str = "stablehlo"
+            ) -> dict[str, np.ndarray]:
     np.save(tmp_path / "x.npy", x)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", RELOAD, str(artifact), str(tmp_path / "x.npy")], cwd=tmp_path,
+    script = RELOAD_TF if fmt == "savedmodel" else RELOAD
+    proc = subprocess.run([sys.executable, "-c", script, str(artifact), str(tmp_path / "x.npy")], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {k: np.asarray(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
@@ -76,10 +97,57 @@ def test_stablehlo_of_a_run_reloads_without_cnnjax(digits_run, tmp_path, include
     assert meta["input"]["dtype"] == ("uint8" if include_preprocess else "float32")
 
 
+def _digits_inputs(meta: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 pixels, float32 normalised) of ``n`` bundled val digits, as the sidecar says."""
+    from cnnjax import data
+
+    source = data.load("digits")
+    raw = next(source.batches("val", n))["image"] * np.float32(source.info.std) + np.float32(source.info.mean)
+    pixels = np.clip(np.rint(raw * 255), 0, 255).astype(np.uint8)
+    return pixels, ((pixels / np.float32(255) - np.float32(meta["mean"])) / np.float32(meta["std"])).astype(np.float32)
+
+
+def test_savedmodel_of_a_run_runs_in_tensorflow(digits_run, tmp_path):
+    """``--format savedmodel``: the SavedModel directory, loaded in a process with TensorFlow only (no cnnjax,
+    flax or jax2tf; TF itself imports parts of jax where jax is installed), gives ``model.apply``'s logits on real
+    digits through its serving signature at batch 1 and 6 (a polymorphic batch), rel. error <= 1e-4; the weights
+    are variables, the sidecar names the signature."""
+    pytest.importorskip("tensorflow")
+    out = tmp_path / "lenet5.savedmodel"
+    assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(out),
+                        "--format", "savedmodel"]) == 0
+    assert (out / "saved_model.pb").exists() and any((out / "variables").iterdir())
+    meta = json.loads(out.with_name(out.name + ".json").read_text())
+    assert meta["format"] == "savedmodel" and meta["input"]["shape"] == ["b", 32, 32, 1]
+    assert meta["signature"] == {"name": "serving_default", "input": "images", "output": "logits"}
+    _, x = _digits_inputs(meta, 6)
+    model = models.create("lenet5", num_classes=10, in_channels=1, conv_impl="xla")
+    want = np.asarray(model.apply(checkpoint.restore(digits_run), x, False))
+    got = _reload(out, x, tmp_path, "savedmodel")
+    assert _rel(got["6"], want) <= 1e-4 and _rel(got["1"], want[:1]) <= 1e-4
+    # a second export over the first replaces it; a non-SavedModel path is not overwritten
+    assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(out),
+                        "--format", "savedmodel"]) == 0
+    (tmp_path / "notes").mkdir()
+    assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(tmp_path / "notes"),
+                        "--format", "savedmodel"]) == 2
+
+
+def test_savedmodel_without_tensorflow_names_the_extra(digits_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
+    assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(tmp_path / "m"),
+                        "--format", "savedmodel"]) == 2
+    err = capsys.readouterr().err
+    assert "cnnjax[data]" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bad_export_arguments_exit_2(tmp_path, capsys):
     assert export.main(["--arch", "lenet5", "--init", str(tmp_path), "--out", str(tmp_path / "m"),
                         "--format", "tflite"]) == 2
-    assert "valid choices: stablehlo" in capsys.readouterr().err
+    assert "valid choices: stablehlo, savedmodel" in capsys.readouterr().err
+    assert export.main(["--arch", "lenet5", "--init", str(tmp_path), "--out", str(tmp_path / "m"),
+                        "--format", "onnx"]) == 2
+    assert "XlaCallModule" in capsys.readouterr().err
     assert export.main(["--arch", "lenet5", "--init", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
     assert "no config.json" in capsys.readouterr().err
 
@@ -109,9 +177,11 @@ def _photos(size: int) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet50", "mobilenet_v2", "convnext_tiny"])
-def test_stablehlo_of_torchvision_weights_matches_on_photos(arch, tmp_path, monkeypatch):
-    """``--init torchvision:ARCH`` (random weights in torchvision's format in the cache), 224x224: the reloaded
-    artifact's logits on two real photos equal the JAX model's, rel. error <= 1e-4 (fp32)."""
+def test_export_of_torchvision_weights_matches_on_photos(arch, tmp_path, monkeypatch):
+    """``--init torchvision:ARCH`` (random weights in torchvision's format in the cache), 224x224, every format:
+    the reloaded artifact's logits on two real photos (uint8, ``--include-preprocess``) equal the JAX model's at
+    batch 1 and 2, rel. error <= 1e-4 (fp32). One test per architecture: the reference logits are computed once
+    for every format (SavedModel only where TensorFlow is installed)."""
     from cnnjax import weights
 
     model = models.create(arch, conv_impl="xla")
@@ -120,13 +190,17 @@ def test_stablehlo_of_torchvision_weights_matches_on_photos(arch, tmp_path, monk
     weights.export_npz(weights.to_torchvision(arch, jax.device_get(variables)),
                        tmp_path / "torchvision" / pathlib.Path(name).with_suffix(".npz").name)
     monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path))
-    out = tmp_path / f"{arch}.stablehlo"
-    assert export.main(["--arch", arch, "--init", f"torchvision:{arch}", "--out", str(out),
-                        "--include-preprocess"]) == 0
-    meta = json.loads(out.with_name(out.name + ".json").read_text())
-    assert meta["class_names"] == predict.imagenet_classes() and meta["crop"] == 224
-    pixels = _photos(224)
-    x = ((pixels / np.float32(255) - np.float32(meta["mean"])) / np.float32(meta["std"])).astype(np.float32)
-    want = np.asarray(jax.jit(lambda v, x: model.apply(v, x, False))(weights.load_torchvision(arch), x))
-    got = _reload(out, pixels, tmp_path)
-    assert _rel(got["2"], want) <= 1e-4
+    pixels, want = _photos(224), None
+    for fmt in export.FORMATS:
+        if fmt == "savedmodel" and importlib.util.find_spec("tensorflow") is None:
+            continue
+        out = tmp_path / f"{arch}.{fmt}"
+        assert export.main(["--arch", arch, "--init", f"torchvision:{arch}", "--out", str(out), "--format", fmt,
+                            "--include-preprocess"]) == 0
+        meta = json.loads(out.with_name(out.name + ".json").read_text())
+        assert meta["class_names"] == predict.imagenet_classes() and meta["crop"] == 224
+        if want is None:
+            x = ((pixels / np.float32(255) - np.float32(meta["mean"])) / np.float32(meta["std"])).astype(np.float32)
+            want = np.asarray(jax.jit(lambda v, x: model.apply(v, x, False))(weights.load_torchvision(arch), x))
+        got = _reload(out, pixels, tmp_path, fmt)
+        assert _rel(got["2"], want) <= 1e-4 and _rel(got["1"], want[:1]) <= 1e-4, fmt
