@@ -5,6 +5,8 @@
 (``jax.eval_shape``: nothing is computed or compiled); per-layer FLOPs are exact formulas
 (a multiply-add counts 2: conv ``2 * N * H' * W' * C_out * kH * kW * C_in / groups``, linear ``2 * N * in * out``,
 plus the bias add); the total is also given from XLA's own cost analysis of the lowered forward pass.
+:func:`subtotals` splits parameters and FLOPs into convolution, dense (linear), normalisation and other
+(parameters outside those layers, e.g. ConvNeXt's layer scale), printed under the table.
 """
 
 from __future__ import annotations
@@ -94,6 +96,25 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int], batch: int = 
     return rows, totals
 
 
+GROUPS = {"Conv": "conv", "Linear": "dense", "BatchNorm": "norm", "LayerNorm": "norm"}
+
+
+def subtotals(rows: Sequence[LayerRow], totals: dict) -> dict[str, dict[str, int]]:
+    """``{"conv" | "dense" | "norm" | "other": {"params": n, "flops": n}}``: the rows summed by layer kind
+    (``GROUPS``). A ``Linear`` applied at every pixel of an NHWC map (ConvNeXt's pointwise MLP) is a 1x1
+    convolution and counts as ``conv``: ``dense`` is a layer on a flat vector. ``other`` holds the parameters
+    no conv/linear/norm layer owns (total minus the rest) and no FLOPs. A layer called twice (shared weights)
+    would count its parameters twice: no model in the zoo does."""
+    out = {k: {"params": 0, "flops": 0} for k in ("conv", "dense", "norm", "other")}
+    for r in rows:
+        kind = GROUPS.get(r.kind, "other")
+        group = out["conv" if kind == "dense" and len(r.output_shape) > 2 else kind]
+        group["params"] += r.params
+        group["flops"] += r.flops
+    out["other"]["params"] += totals["params"] - sum(g["params"] for g in out.values())
+    return out
+
+
 def _human(n: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
@@ -115,6 +136,11 @@ def format_table(name: str, image_size: int, rows: Sequence[LayerRow], totals: d
               f"total parameters: {totals['params']:,}",
               f"total FLOPs (conv + linear formulas): {totals['flops']:,} ({_human(totals['flops'])}); "
               f"XLA cost analysis: {xla}"]
+    parts = subtotals(rows, totals)
+    for what in ("params", "flops"):
+        total = max(sum(g[what] for g in parts.values()), 1)
+        lines.append(f"{'parameters' if what == 'params' else 'FLOPs'} by layer kind: " + ", ".join(
+            f"{k} {_human(g[what])} ({100 * g[what] / total:.1f}%)" for k, g in parts.items() if g[what]))
     return "\n".join(lines)
 
 

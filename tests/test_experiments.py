@@ -418,3 +418,31 @@ def test_shift_smoke(tmp_path):
     opts = {r["run_id"]: r["config"]["model_opt"] for r in res["runs"]}
     assert any("antialias=True" in o for o in opts.values()) and any("pool='flatten'" in o for o in opts.values())
     assert "`resnet8_blurpool`" in table
+
+
+def test_exact_verdict_of_deterministic_counts():
+    v = R.verdict([18.0], [25.0], "less", "two 3x3 < one 5x5", test="exact")
+    assert (v.verdict, v.diff, v.low, v.high) == ("supported", -7.0, -7.0, -7.0) and "95%" in v.test
+    assert R.verdict([0.106], 0.5, "greater", test="exact").verdict == "not supported"
+    with pytest.raises(ValueError, match="deterministic"):  # a sampled quantity is not a count
+        R.verdict([0.1, 0.2], 0.5, "greater", test="exact")
+
+
+@pytest.mark.slow  # ~7 s: four ImageNet nets traced at 224x224
+def test_param_audit_smoke(tmp_path):
+    """No training: the counts at 224x224 in seconds. Kernel stacks: the traced fields equal r and the parameters
+    the closed form 9·(r-1)/2·C² vs r²·C²; inception3a's counterfactual from its conv shapes."""
+    from train.experiments import param_audit as P
+
+    P.run(tmp_path, "smoke", log=lambda s: None)
+    res, table = _check_outputs(tmp_path, "param-audit", "param_audit.png")
+    for r, k in res["kernels"].items():
+        r = int(r)
+        assert k["stack"]["field"] == k["single"]["field"] == r
+        assert (k["stack"]["params"], k["single"]["params"]) == (9 * (r - 1) // 2 * P.WIDTH**2, r * r * P.WIDTH**2)
+    inc = res["inception3a"]
+    assert inc["without_1x1"]["params"] == 64 * 192 + 128 * 9 * 192 + 32 * 9 * 192 + 32 * 192 + 2 * 256
+    assert res["splits"]["vgg16"]["params"] == 138_357_544 and res["splits"]["alexnet"]["params"] == 61_100_840
+    assert [v["verdict"] for v in res["verdicts"]][:3] == ["supported", "supported", "not supported"]
+    assert all(v["verdict"] == "supported" for v in res["verdicts"][3:])
+    assert "| vgg16 |" in table and "inception3a" in table

@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from cnnjax import models
 from cnnjax.summary import main, summarize
@@ -42,3 +43,32 @@ def test_summary_param_total_matches_tree_for_branching_models():
 def test_too_small_input_is_an_error_not_a_traceback(capsys):
     assert main(["--arch", "alexnet", "--image-size", "16"]) == 2
     assert "at least 63x63" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11", "googlenet", "convnext_tiny"])
+def test_conv_dense_subtotals_match_torchvision_layer_types(arch):
+    """``subtotals``' conv / dense / norm parameters equal torchvision's own module types (``Conv2d``, ``Linear``
+    on a flat vector, ``BatchNorm2d``/``LayerNorm``), the model built on the meta device (no memory); ConvNeXt's
+    pointwise ``Linear`` layers (on NHWC maps) count as conv. Negative case: the groups add up to the total."""
+    torch = pytest.importorskip("torch")
+    tv = pytest.importorskip("torchvision")
+    from cnnjax.summary import subtotals
+
+    opts = {"aux_logits": False, "init_weights": False} if arch == "googlenet" else {}
+    with torch.device("meta"):
+        ref = tv.models.get_model(arch, weights=None, **opts)
+    count = {"conv": 0, "dense": 0, "norm": 0}
+    for name, m in ref.named_modules():
+        n = sum(p.numel() for p in m.parameters(recurse=False))
+        if isinstance(m, torch.nn.Conv2d) or (isinstance(m, torch.nn.Linear) and ".block." in f".{name}."):
+            count["conv"] += n
+        elif isinstance(m, torch.nn.Linear):
+            count["dense"] += n
+        elif isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) or "LayerNorm2d" in type(m).__name__:
+            count["norm"] += n
+    model = models.create(arch, **({"aux_logits": False} if arch == "googlenet" else {}))
+    rows, totals = summarize(model, 64 if arch != "alexnet" else 96)
+    parts = subtotals(rows, totals)
+    assert {k: parts[k]["params"] for k in count} == count
+    assert sum(g["params"] for g in parts.values()) == totals["params"] == sum(p.numel() for p in ref.parameters())
+    assert parts["other"]["flops"] == parts["norm"]["flops"] == 0 and parts["conv"]["flops"] > 0

@@ -10,8 +10,9 @@
 * :func:`sweep_lr`: a few learning rates at a short budget, the best final val top-1 wins (cached like any run),
   so that a comparison measures the architecture rather than one recipe.
 * :func:`verdict`: the 95% confidence interval of the difference of means in the claimed direction (Welch's t
-  interval, or a percentile bootstrap): ``supported`` if it excludes 0 on the claimed side, ``not supported`` if
-  it excludes 0 on the other side, ``mixed`` otherwise. Never written by hand.
+  interval, or a percentile bootstrap; ``exact`` for deterministic counts, whose interval is the point):
+  ``supported`` if it excludes 0 on the claimed side, ``not supported`` if it excludes 0 on the other side,
+  ``mixed`` otherwise. Never written by hand.
 * :func:`write_outputs`: ``results.json`` and ``table.md`` (the lecture's claim quoted in Russian with an
   English gloss, what the literature reports, what we measured as mean ± std over seeds, and the verdicts with
   the test used).
@@ -248,8 +249,20 @@ def bootstrap_interval(a: Sequence[float], b: Sequence[float], level: float = 0.
     return diff, float(lo), float(hi)
 
 
+def exact_interval(a: Sequence[float], b: Sequence[float] | float) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), diff, diff) for deterministic quantities (parameter and FLOP counts, receptive
+    fields): no sampling, so the interval is the point. ``ValueError`` if a side holds different values."""
+    b_vals = [float(b)] if isinstance(b, (int, float)) else list(b)
+    for side in (list(a), b_vals):
+        if len(set(side)) > 1:
+            raise ValueError(f"the exact test compares deterministic values, got differing values {side}")
+    diff = float(a[0]) - b_vals[0]
+    return diff, diff, diff
+
+
 TESTS = {"welch": ("Welch t 95% CI of the difference of means", welch_interval),
-         "bootstrap": ("percentile bootstrap 95% CI of the difference of means", bootstrap_interval)}
+         "bootstrap": ("percentile bootstrap 95% CI of the difference of means", bootstrap_interval),
+         "exact": ("exact comparison of deterministic counts (no sampling: the 95% CI is the point)", exact_interval)}
 
 
 def verdict(a: Sequence[float], b: Sequence[float] | float, direction: str, claim: str = "",
