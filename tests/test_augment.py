@@ -411,6 +411,8 @@ def test_random_erasing_random_value_and_box_bounds():
     ("randaugment", augment.Policy("randaugment", 2, 9)), ("RandAugment:3,15", augment.Policy("randaugment", 3, 15)),
     ("randaugment:1", augment.Policy("randaugment", 1, 9)), ("trivialaugment", augment.Policy("trivialaugment")),
     ("autoaugment", augment.Policy("autoaugment")), ("autoaugment:imagenet", augment.Policy("autoaugment")),
+    ("rotate", augment.Policy("rotate", degrees=15.0)), ("rotate:7.5", augment.Policy("rotate", degrees=7.5)),
+    ("rot180", augment.Policy("rot180")),
 ])
 def test_parse_policy(text, expected):
     assert augment.parse_policy(text) == expected
@@ -418,10 +420,32 @@ def test_parse_policy(text, expected):
 
 
 @pytest.mark.parametrize("text", ["mixup", "randaugment:2,31", "randaugment:a,b", "randaugment:1,2,3",
-                                  "autoaugment:cifar10", "flip:1", "", "trivialaugment:5"])
+                                  "autoaugment:cifar10", "flip:1", "", "trivialaugment:5", "rotate:0",
+                                  "rotate:181", "rotate:x", "rot180:2"])
 def test_parse_policy_errors_name_the_choices(text):
     with pytest.raises(ValueError, match="valid choices are none, default, flip, randaugment"):
         augment.parse_policy(text)
+
+
+@pytest.mark.parity
+def test_rotation_policies(tv):
+    """``rotate:DEG`` is torchvision's ``F.rotate`` at the angle it draws (bit-equal, nearest neighbour), the
+    angles are uniform on [-DEG, DEG] (KS test; negative case: not uniform on twice the range); ``rot180`` is
+    the image reversed on both axes or the image itself, each about half the time."""
+    torch, _, v2 = tv
+    x = to_float(test_image(11, 13, 3))
+    key = jax.random.key(3)
+    for n in range(3):
+        k = jax.random.fold_in(key, n)
+        angle = float(policies.rotation_angle(k, 20.0))
+        ref = v2.functional.rotate(torch.from_numpy(x).permute(2, 0, 1), angle).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(np.asarray(policies.random_rotate(k, jnp.asarray(x), 20.0)), ref)
+    angles = np.asarray(jax.vmap(lambda k: policies.rotation_angle(k, 20.0))(jax.random.split(key, 2000)))
+    assert stats.kstest(angles, stats.uniform(-20, 40).cdf).pvalue > 1e-3
+    assert stats.kstest(angles, stats.uniform(-40, 80).cdf).pvalue < 1e-6
+    out = np.asarray(augment.augment_batch(key, jnp.asarray(np.stack([x] * 200)), "rot180"))
+    turned = np.all(out == x[::-1, ::-1], axis=(1, 2, 3))
+    assert np.all(turned | np.all(out == x, axis=(1, 2, 3))) and 60 < turned.sum() < 140
 
 
 def test_default_never_flips_a_digits_dataset():

@@ -156,7 +156,8 @@ class TrainConfig:
     augment: str = option("default", "per-image augmentation: none (no random crop either), default (the dataset's "
                                      "own: shifts for digits/MNIST-like sets and shapes, never a flip there; crop + "
                                      "flip for natural images), flip, randaugment[:N,M], trivialaugment, "
-                                     "autoaugment[:imagenet] (each after the dataset's crop and flip); on the "
+                                     "autoaugment[:imagenet], rotate[:DEG] (uniform in +-DEG, default 15), rot180 "
+                                     "(180 degrees with p=1/2) (each after the dataset's crop and flip); on the "
                                      "device, keyed by (seed, step)", group="augmentation", metavar="POLICY")
     mixup: float = option(0.0, "MixUp with lambda ~ Beta(ALPHA, ALPHA) per batch (torchvision v2: 0.2; 0 = off)",
                           group="augmentation", metavar="ALPHA", **_check(non_negative))

@@ -1,7 +1,8 @@
 """What the train step calls: the policy spec (``--augment POLICY``) and the batch functions.
 
-* :func:`parse_policy` reads ``none | default | flip | randaugment[:N,M] | trivialaugment | autoaugment[:imagenet]``
-  into a :class:`Policy`; :func:`resolve_policy` turns ``default`` into the dataset's own on-device policy:
+* :func:`parse_policy` reads ``none | default | flip | randaugment[:N,M] | trivialaugment | autoaugment[:imagenet]
+  | rotate[:DEG] | rot180`` into a :class:`Policy`; :func:`resolve_policy` turns ``default`` into the dataset's
+  own on-device policy:
   ``none`` for a dataset whose ``DatasetInfo.orientation_sensitive`` is True (digits, shapes, MNIST-like sets:
   their shifts are made on the host; a mirror would change the class), ``flip`` otherwise (natural images; the
   random-resized crop is made on the host).
@@ -28,8 +29,10 @@ import jax.numpy as jnp
 from cnnjax.augment import mix, policies
 from cnnjax.augment.ops import Fill
 
-POLICIES = ("none", "default", "flip", "randaugment[:N,M]", "trivialaugment", "autoaugment[:imagenet]")
-_NAMES = ("none", "default", "flip", "randaugment", "trivialaugment", "autoaugment")
+POLICIES = ("none", "default", "flip", "randaugment[:N,M]", "trivialaugment", "autoaugment[:imagenet]",
+            "rotate[:DEG]", "rot180")
+_NAMES = ("none", "default", "flip", "randaugment", "trivialaugment", "autoaugment", "rotate", "rot180")
+OP_POLICIES = ("randaugment", "trivialaugment", "autoaugment", "rotate", "rot180")  # run after the dataset's flip
 
 # fold_in tags that keep the streams of the stages apart
 TAG_POLICY, TAG_ERASING, TAG_MIX, TAG_FLIP = 0x504F, 0x4552, 0x4D58, 0x464C
@@ -44,14 +47,18 @@ class Policy:
         num_ops: RandAugment's ops per image (N, default 2).
         magnitude: RandAugment's magnitude bin (M, 0..30, default 9).
         variant: AutoAugment's policy table (``imagenet``).
+        degrees: ``rotate``'s range: an angle uniform in ``[-degrees, degrees]`` (default 15).
     """
 
     name: str = "none"
     num_ops: int = 2
     magnitude: int = 9
     variant: str = "imagenet"
+    degrees: float = 15.0
 
     def __str__(self) -> str:
+        if self.name == "rotate":
+            return f"rotate:{self.degrees:g}"
         if self.name == "randaugment":
             return f"randaugment:{self.num_ops},{self.magnitude}"
         if self.name == "autoaugment":
@@ -92,6 +99,16 @@ def parse_policy(text: str | Policy) -> Policy:
         if variant not in policies.AUTOAUGMENT_POLICIES:
             raise _bad(text, f"AutoAugment policies: {', '.join(policies.AUTOAUGMENT_POLICIES)}")
         return Policy("autoaugment", variant=variant)
+    if name == "rotate":
+        if not colon:
+            return Policy("rotate")
+        try:
+            degrees = float(rest)
+        except ValueError:
+            raise _bad(text, "DEG must be a number of degrees") from None
+        if not 0 < degrees <= 180:
+            raise _bad(text, "need 0 < DEG <= 180")
+        return Policy("rotate", degrees=degrees)
     if colon:
         raise _bad(text, f"{name} takes no options")
     return Policy(name)
@@ -125,6 +142,10 @@ def augment_batch(key: jax.Array, images_raw01: jax.Array, policy: str | Policy,
         fn = policies.batched(policies.randaugment, num_ops=policy.num_ops, magnitude=policy.magnitude, fill=fill)
     elif policy.name == "trivialaugment":
         fn = policies.batched(policies.trivialaugment, fill=fill)
+    elif policy.name == "rotate":
+        fn = policies.batched(policies.random_rotate, degrees=policy.degrees, fill=fill)
+    elif policy.name == "rot180":
+        fn = policies.batched(policies.rot180)
     else:
         fn = policies.batched(policies.autoaugment, policy=policy.variant, fill=fill)
     return fn(key, images_raw01)
@@ -177,9 +198,9 @@ def train_augmentation(augment: str | Policy = "default", orientation_sensitive:
     ``none``: nothing (the host makes no random crop either). ``default``: the dataset's own: a flip unless the
     dataset is ``orientation_sensitive`` (digits, shapes, MNIST-like sets: their augmentation is the host's
     shift). ``flip``: a flip, whatever the dataset says. ``randaugment[:N,M]``, ``trivialaugment``,
-    ``autoaugment[:imagenet]``: the dataset's default flip, then the policy, as torchvision's reference adds
-    ``--auto-augment`` after its crop and flip. The host's random crop (random-resized or pad-and-crop) is on
-    for every policy but ``none``: :func:`host_crop`."""
+    ``autoaugment[:imagenet]``, ``rotate[:DEG]``, ``rot180``: the dataset's default flip, then the policy, as
+    torchvision's reference adds ``--auto-augment`` after its crop and flip. The host's random crop
+    (random-resized or pad-and-crop) is on for every policy but ``none``: :func:`host_crop`."""
     policy = parse_policy(augment)
     for name, v in (("--mixup", mixup), ("--cutmix", cutmix)):
         if not v >= 0:
@@ -189,7 +210,7 @@ def train_augmentation(augment: str | Policy = "default", orientation_sensitive:
     if not 0 <= switch_prob <= 1:
         raise ValueError(f"--mix-switch-prob must be a probability in [0, 1], got {switch_prob}")
     flip = policy.name == "flip" or (policy.name != "none" and not orientation_sensitive)
-    op = policy if policy.name in ("randaugment", "trivialaugment", "autoaugment") else Policy("none")
+    op = policy if policy.name in OP_POLICIES else Policy("none")
     return Augmentation(policy=op, flip=flip, mixup_alpha=float(mixup), cutmix_alpha=float(cutmix),
                         erasing_p=float(random_erasing), switch_prob=float(switch_prob),
                         fill=fill)

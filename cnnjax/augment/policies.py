@@ -12,7 +12,11 @@ choices follow torchvision/transforms/v2/_auto_augment.py (the streams differ, t
   bins of the "wide" table, a random sign;
 * AutoAugment(IMAGENET): one of the 25 sub-policies of :data:`IMAGENET_POLICY` uniformly; each of its two
   (op, probability, bin) steps applied when ``uniform <= probability``, magnitudes from the 10-bin table;
-* flip: mirrored left-right with probability 1/2.
+* flip: mirrored left-right with probability 1/2;
+* rotate(degrees): ``RandomRotation(degrees)``: an angle uniform in ``[-degrees, degrees]`` (nearest
+  neighbour, ``fill`` outside), :func:`rotation_angle` draws it;
+* rot180: rotated by 180° with probability 1/2 (exact: both axes reversed), the wrong augmentation of the
+  lecture's 6 and 9.
 
 Under ``vmap`` the op switch evaluates every op for every image and selects (the price of branch-free SIMD code);
 ``benchmarks/augment.py`` measures it.
@@ -136,6 +140,22 @@ def autoaugment(key: jax.Array, image: jax.Array, policy: str = "imagenet", fill
 def flip(key: jax.Array, image: jax.Array) -> jax.Array:
     """Horizontal flip with probability 1/2 of one image (H, W, C)."""
     return jnp.where(jax.random.bernoulli(key), ops.hflip(image), image)
+
+
+def rotation_angle(key: jax.Array, degrees: float) -> jax.Array:
+    """The angle (degrees, counter-clockwise as ``F.rotate``) :func:`random_rotate` draws: uniform in
+    ``[-degrees, degrees]``."""
+    return jax.random.uniform(key, (), jnp.float32, -degrees, degrees)
+
+
+def random_rotate(key: jax.Array, image: jax.Array, degrees: float, fill: ops.Fill = 0.0) -> jax.Array:
+    """``RandomRotation(degrees)`` of one image (H, W, C): :func:`ops.rotate` by :func:`rotation_angle`."""
+    return ops.rotate(image, rotation_angle(key, degrees), fill=fill)
+
+
+def rot180(key: jax.Array, image: jax.Array) -> jax.Array:
+    """Rotation by 180° with probability 1/2 of one image (H, W, C)."""
+    return jnp.where(jax.random.bernoulli(key), image[::-1, ::-1], image)
 
 
 def identity(key: jax.Array, image: jax.Array) -> jax.Array:
