@@ -446,3 +446,48 @@ def test_param_audit_smoke(tmp_path):
     assert [v["verdict"] for v in res["verdicts"]][:3] == ["supported", "supported", "not supported"]
     assert all(v["verdict"] == "supported" for v in res["verdicts"][3:])
     assert "| vgg16 |" in table and "inception3a" in table
+
+
+@pytest.mark.slow  # ~15 s: 2 runs of 4 steps
+def test_augmentation_smoke(tmp_path):
+    from train.experiments.__main__ import main
+
+    assert main(["augmentation", "--budget", "smoke", "--out", str(tmp_path)]) == 0
+    res, table = _check_outputs(tmp_path, "augmentation", "augmentation.png")
+    assert (tmp_path / "confusion.png").stat().st_size > 1000
+    by_cond = {r["config"]["augment"]: r for r in res["runs"]}
+    assert set(by_cond) == {"none", "rot180"}
+    assert {r["config"]["dataset"] for r in res["runs"]} == {"digits:pad=0,per_class=10"}
+    for r in res["runs"]:
+        m = np.asarray(r["matrix"])
+        assert m.shape == (10, 10) and m.sum() == 359 and np.trace(m) / 359 == pytest.approx(r["final"]["val_top1"])
+    assert "6↔9 confusion" in table
+
+
+def test_pair_confusion_counts_both_directions():
+    from train.experiments.augmentation import pair_confusion
+
+    m = np.zeros((10, 10), int)
+    m[6, 6], m[6, 9], m[9, 9], m[9, 6], m[2, 5] = 8, 2, 5, 5, 3
+    assert pair_confusion(m.tolist(), (6, 9)) == pytest.approx(7 / 20)
+    assert pair_confusion(m.tolist(), (2, 5)) == pytest.approx(3 / 3) and pair_confusion(m.tolist(), (1, 3)) == 0
+
+
+@pytest.mark.slow  # ~20 s: 5 runs of 1 epoch on 120 images
+def test_reproducibility_smoke(tmp_path):
+    from train.experiments import reproducibility as P
+
+    P.run(tmp_path, "smoke", log=lambda s: None)
+    res, table = _check_outputs(tmp_path, "reproducibility", "reproducibility.png")
+    assert res["distance_rerun"] == [0.0] * len(res["steps"])  # same seed, same algorithm: bit-identical
+    assert all(d > 0 for c in res["distance"]["gemm"] for d in c)  # gemm sums in another order
+    assert min(res["distance_seed"]) > 100 * max(max(c) for c in res["distance"]["gemm"])
+    assert res["verdicts"][0]["verdict"] == "supported" and "`gemm`" in table
+
+
+def test_parameter_distance_is_relative_l2():
+    from train.experiments.reproducibility import distance
+
+    a = {"w": np.array([3.0, 4.0]), "b": {"c": np.array([0.0])}}
+    b = {"w": np.array([0.0, 0.0]), "b": {"c": np.array([1.0])}}
+    assert distance(a, b) == pytest.approx(math.sqrt(26.0)) and distance(a, a) == 0.0

@@ -13,11 +13,23 @@ import argparse
 import pathlib
 import sys
 
-from train.experiments import degradation, gradients, inductive_bias, landscape, lesion, param_audit, shift, transfer
+from train.experiments import (
+    augmentation,
+    degradation,
+    gradients,
+    inductive_bias,
+    landscape,
+    lesion,
+    param_audit,
+    reproducibility,
+    shift,
+    transfer,
+)
 from train.experiments import runner as R
 
 EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion,
-               "landscape": landscape, "shift": shift, "inductive-bias": inductive_bias, "param-audit": param_audit}
+               "landscape": landscape, "shift": shift, "inductive-bias": inductive_bias, "param-audit": param_audit,
+               "augmentation": augmentation, "reproducibility": reproducibility}
 
 
 def main(argv: list[str] | None = None) -> int:

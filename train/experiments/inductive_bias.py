@@ -25,12 +25,11 @@ its end. Writes ``OUT/results.json``, ``OUT/table.md`` and ``OUT/inductive_bias.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from train.config import TrainConfig
 from train.experiments import runner as R
@@ -158,15 +157,10 @@ def data_info(spec: str) -> tuple[int, int, int, int]:
 
 def config(budget: Budget, data: Data, size: int, model: Model, lr: float, seed: int) -> TrainConfig:
     """One run: ``data.steps`` AdamW steps of batch ``budget.batch_size`` (cosine schedule, ``warmup_steps`` of
-    linear warmup), one evaluation and one checkpoint, at the end."""
+    linear warmup), one evaluation and one checkpoint, at the end (:func:`runner.step_config`)."""
     spec = data.spec(size)
-    n_train = data_info(spec)[0]
-    spe = max(1, n_train // budget.batch_size)  # training batches per epoch (the remainder is dropped)
-    epochs = -(-data.steps // spe)
-    return TrainConfig(arch=model.arch, model_opt=model.model_opt(data.key), dataset=spec, max_steps=data.steps,
-                       epochs=epochs, batch_size=budget.batch_size, optimizer="adamw", lr=lr,
-                       warmup_epochs=budget.warmup_steps / spe, eval_every=epochs, checkpoint_every=data.steps,
-                       keep=1, seed=seed, progress=False)
+    return R.step_config(model.arch, spec, data_info(spec)[0], data.steps, budget.batch_size, lr, seed,
+                         budget.warmup_steps, model_opt=model.model_opt(data.key))
 
 
 def train_all(runner: R.Runner, budget: Budget, seeds: tuple[int, ...]) -> dict:
@@ -211,24 +205,6 @@ def count_params(model: Model, data: Data) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables.get("params", {})))
 
 
-@contextlib.contextmanager
-def compile_cache(path: pathlib.Path) -> Iterator[None]:
-    """JAX's persistent compilation cache in ``path`` while the runs train: the seeds and data sizes of a model
-    compile the same programs (same shapes, steps and learning rate), so only the first compiles. The previous
-    settings are restored afterwards."""
-    import jax
-
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: getattr(jax.config, k) for k in keys}
-    path.mkdir(parents=True, exist_ok=True)
-    for k, v in zip(keys, (str(path), 0, 0), strict=True):
-        jax.config.update(k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            jax.config.update(k, v)
 
 
 # ------------------------------------------------------------------------------------------------- analysis
@@ -241,7 +217,7 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runner = R.Runner(out, log)
-    with compile_cache(out / "jax-cache"):
+    with R.compile_cache(out / "jax-cache"):
         trained = train_all(runner, budget, seeds)
     params = {d.key: {m.key: count_params(m, d) for m in budget.models} for d in budget.data}
     records = {d: {m: {s: [runner.record(r) for r in ids] for s, ids in t["runs"].items()}

@@ -20,13 +20,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import pathlib
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from cnnjax.training.loop import NonFiniteLossError
@@ -132,6 +133,38 @@ def _short(result: dict) -> str:
     if result["diverged"]:
         return "diverged (non-finite loss)"
     return f"train loss {f.get('train_loss', float('nan')):.4f}, val top-1 {f.get('val_top1', float('nan')):.4f}"
+
+
+def step_config(arch: str, spec: str, n_train: int, steps: int, batch_size: int, lr: float, seed: int,
+                warmup_steps: int, **extra: Any) -> TrainConfig:
+    """A run measured in optimizer steps: ``steps`` AdamW steps of ``batch_size`` on ``spec`` (``n_train``
+    training images; the remainder batch of an epoch is dropped), ``warmup_steps`` of linear warmup then cosine
+    decay, one evaluation and one checkpoint, at the end. ``extra``: more :class:`TrainConfig` fields."""
+    spe = max(1, n_train // batch_size)  # training batches per epoch
+    epochs = -(-steps // spe)
+    return TrainConfig(arch=arch, dataset=spec, max_steps=steps, epochs=epochs, batch_size=batch_size,
+                       optimizer="adamw", lr=lr, warmup_epochs=warmup_steps / spe, eval_every=epochs,
+                       checkpoint_every=steps, keep=1, seed=seed, progress=False, **extra)
+
+
+@contextlib.contextmanager
+def compile_cache(path: pathlib.Path) -> Iterator[None]:
+    """JAX's persistent compilation cache in ``path`` while the runs train: the seeds and data sizes of a model
+    compile the same programs (same shapes, steps and learning rate), so only the first compiles. The previous
+    settings are restored afterwards."""
+    import jax
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    path.mkdir(parents=True, exist_ok=True)
+    for k, v in zip(keys, (str(path), 0, 0), strict=True):
+        jax.config.update(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
 
 
 def sweep_lr(runner: Runner, base: TrainConfig, lrs: Sequence[float], seed: int = 0,
