@@ -64,3 +64,32 @@ def test_cifar_block_variants_use_act(kw):
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     assert _count_tanh(jax.make_jaxpr(model.apply)(variables, x).jaxpr) == 1 + 9 * 2
+
+
+@pytest.mark.parametrize("arch,size,n_acts", [("resnet20", 32, 1 + 9 * 2), ("lenet5", 32, 4)])
+def test_act_by_name_from_the_command_line(arch, size, n_acts):
+    """``--model-opt act=tanh``: the name reaches every activation (LeNet-5: C1, C3, C5, F6), as the function
+    does; an unknown name is refused by ``create`` (before any trace) naming the valid ones."""
+    from train.config import model_options
+
+    model = models.create(arch, **model_options(arch, ["act=tanh"]))
+    x = jax.ShapeDtypeStruct((1, size, size, 1 if arch == "lenet5" else 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    assert _count_tanh(jax.make_jaxpr(model.apply)(variables, x).jaxpr) == n_acts
+    with pytest.raises(ValueError, match="unknown activation 'tahn'; valid names: relu, tanh, sigmoid"):
+        model_options(arch, ["act=tahn"])
+
+
+def test_named_activations_match_torch():
+    torch = pytest.importorskip("torch")
+    from cnnjax.nn import ACTIVATIONS
+
+    x = np.linspace(-6, 6, 1001).astype(np.float32)
+    ref = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": torch.nn.functional.gelu,
+           "silu": torch.nn.functional.silu, "elu": torch.nn.functional.elu,
+           "leaky_relu": torch.nn.functional.leaky_relu, "hardswish": torch.nn.functional.hardswish,
+           "lecun_tanh": lambda t: 1.7159 * torch.tanh(t * 2 / 3)}
+    assert set(ref) == set(ACTIVATIONS)
+    for name, fn in ACTIVATIONS.items():
+        np.testing.assert_allclose(np.asarray(fn(jnp.asarray(x))), ref[name](torch.from_numpy(x)).numpy(),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)

@@ -72,15 +72,15 @@ class CifarBasicBlock(nn.Module):
     shortcut: str = "A"
     zero_init_last: bool = False
     antialias: bool = False
-    act: Callable[[jax.Array], jax.Array] = nn.relu
+    act: str | Callable[[jax.Array], jax.Array] = nn.relu
     drop: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.drop:
-            return self.act(self._shortcut(x, self.skip))
+            return cnn.activation(self.act)(self._shortcut(x, self.skip))
         blur = self.antialias and self.stride > 1
-        y = self.act(self.norm(name="bn1")(self.conv(self.features, 3, 1 if blur else self.stride, 1,
+        y = cnn.activation(self.act)(self.norm(name="bn1")(self.conv(self.features, 3, 1 if blur else self.stride, 1,
                                                      use_bias=False, name="conv1")(x)))
         if blur:
             y = BlurPool(self.stride, name="blur")(y)
@@ -89,10 +89,10 @@ class CifarBasicBlock(nn.Module):
                       nn.initializers.ones)(y)
         if self.has_variable("lesion", "keep"):  # a run-time lesion mask (see CifarResNet.drop_blocks)
             keep = self.get_variable("lesion", "keep").astype(y.dtype)
-            return self.act(keep * y + (1 - keep if not self.skip else 1) * self._shortcut(x, True))
+            return cnn.activation(self.act)(keep * y + (1 - keep if not self.skip else 1) * self._shortcut(x, True))
         if not self.skip:
-            return self.act(y)
-        return self.act(y + self._shortcut(x, True))
+            return cnn.activation(self.act)(y)
+        return cnn.activation(self.act)(y + self._shortcut(x, True))
 
     def _shortcut(self, x: jax.Array, with_params: bool) -> jax.Array:
         """The shortcut path: identity, option-A subsampling + zero padding, or (``with_params`` and option B) the
@@ -130,7 +130,7 @@ class CifarResNet(ImageClassifier):
     shortcut: str = "A"
     zero_init_last_bn: bool = False
     antialias: bool = False
-    act: Callable[[jax.Array], jax.Array] = nn.relu
+    act: str | Callable[[jax.Array], jax.Array] = nn.relu
     drop_blocks: tuple[int, ...] = ()
     pool: str = "avg"
 

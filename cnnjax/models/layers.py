@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnjax import nn as cnn
+
 ModuleDef = Any
 
 
@@ -25,7 +27,7 @@ class ConvNormAct(nn.Module):
     stride: int | tuple[int, int] = 1
     padding: int | tuple[int, int] | None = None  # None: (k - 1) // 2, torchvision's default
     groups: int = 1
-    act: Callable[[jax.Array], jax.Array] | None = nn.relu
+    act: str | Callable[[jax.Array], jax.Array] | None = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -36,7 +38,7 @@ class ConvNormAct(nn.Module):
         x = self.conv(self.features, k, stride=self.stride, padding=pad, groups=self.groups, use_bias=False,
                       name="conv")(x)
         x = self.norm(name="bn")(x)
-        return x if self.act is None else self.act(x)
+        return x if self.act is None else cnn.activation(self.act)(x)
 
 
 def flatten_nchw(x: jax.Array) -> jax.Array:

@@ -14,32 +14,31 @@ reduction 1: 28x28 at 32x32), ``c3`` (16, 2: 10x10), ``c5`` (120, 4: 1x1).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import flatten_nchw
 from cnnjax.models.registry import register
 
-
-def lecun_tanh(x: jax.Array) -> jax.Array:
-    """LeCun's squashing function ``1.7159 * tanh(2x / 3)``."""
-    return 1.7159 * jnp.tanh(x * (2.0 / 3.0))
+lecun_tanh = cnn.activations.lecun_tanh
 
 
 class LeNet5(ImageClassifier):
-    """LeNet-5; ``modern`` switches to ReLU + max-pooling."""
+    """LeNet-5; ``modern`` switches to ReLU + max-pooling; ``act`` (a name of :data:`cnnjax.nn.ACTIVATIONS`
+    or a function) overrides the activation of either variant (``None``: the variant's own)."""
 
     in_channels: int = 1
     num_classes: int = 10
     modern: bool = False
+    act: str | Callable[[jax.Array], jax.Array] | None = None
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
-        act = nn.relu if self.modern else lecun_tanh
+        act = cnn.activation(self.act) if self.act is not None else nn.relu if self.modern else lecun_tanh
         pool = functools.partial(cnn.MaxPool2d if self.modern else cnn.AvgPool2d, 2, 2)
         conv = self.conv_def()
         dense = self.linear_def()

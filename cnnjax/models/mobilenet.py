@@ -85,14 +85,15 @@ class SqueezeExcitation(nn.Module):
 
     squeeze_channels: int
     conv: ModuleDef
-    act: Callable[[jax.Array], jax.Array] = nn.relu
-    scale_act: Callable[[jax.Array], jax.Array] = nn.sigmoid
+    act: str | Callable[[jax.Array], jax.Array] = nn.relu
+    scale_act: str | Callable[[jax.Array], jax.Array] = nn.sigmoid
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         s = cnn.global_avg_pool(x, keepdims=True)
-        s = self.act(self.conv(self.squeeze_channels, 1, use_bias=True, bias_init=cnn.init.zeros, name="fc1")(s))
-        s = self.scale_act(self.conv(x.shape[-1], 1, use_bias=True, bias_init=cnn.init.zeros, name="fc2")(s))
+        s = self.conv(self.squeeze_channels, 1, use_bias=True, bias_init=cnn.init.zeros, name="fc1")(s)
+        s = cnn.activation(self.scale_act)(self.conv(x.shape[-1], 1, use_bias=True, bias_init=cnn.init.zeros,
+                                                     name="fc2")(cnn.activation(self.act)(s)))
         return x * s
 
 

@@ -214,6 +214,11 @@ def create(name: str, num_classes: int | None = None, **overrides) -> nn.Module:
     bad = sorted(set(overrides) - fields)
     if bad:
         raise TypeError(f"{name} has no option(s) {', '.join(bad)}; valid options: {', '.join(sorted(fields))}")
+    for key in ("act", "scale_act"):  # a name (``--model-opt act=tanh``) is checked now, not at the first call
+        if isinstance(overrides.get(key), str):
+            from cnnjax.nn.activations import activation
+
+            activation(overrides[key])
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     return factory(**overrides)

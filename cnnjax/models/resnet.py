@@ -87,7 +87,7 @@ class _ResidualBlock(nn.Module):
     base_width: int = 64
     zero_init_last: bool = False
     antialias: bool = False
-    act: Callable[[jax.Array], jax.Array] = nn.relu
+    act: str | Callable[[jax.Array], jax.Array] = nn.relu
 
 
 class BasicBlock(_ResidualBlock):
@@ -99,13 +99,13 @@ class BasicBlock(_ResidualBlock):
     def __call__(self, x: jax.Array) -> jax.Array:
         blur = self.antialias and self.stride > 1
         y = self.conv(self.features, 3, 1 if blur else self.stride, 1, use_bias=False, name="conv1")(x)
-        y = self.act(self.norm(name="bn1")(y))
+        y = cnn.activation(self.act)(self.norm(name="bn1")(y))
         if blur:
             y = BlurPool(self.stride, name="blur")(y)
         y = self.conv(self.features, 3, 1, 1, use_bias=False, name="conv2")(y)
         y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_last else
                       nn.initializers.ones)(y)
-        return self.act(y + _shortcut(self, x, self.features))
+        return cnn.activation(self.act)(y + _shortcut(self, x, self.features))
 
 
 class Bottleneck(_ResidualBlock):
@@ -117,16 +117,16 @@ class Bottleneck(_ResidualBlock):
     def __call__(self, x: jax.Array) -> jax.Array:
         width = int(self.features * (self.base_width / 64.0)) * self.groups
         blur = self.antialias and self.stride > 1
-        y = self.act(self.norm(name="bn1")(self.conv(width, 1, use_bias=False, name="conv1")(x)))
+        y = cnn.activation(self.act)(self.norm(name="bn1")(self.conv(width, 1, use_bias=False, name="conv1")(x)))
         y = self.conv(width, 3, 1 if blur else self.stride, 1, groups=self.groups, use_bias=False,
                       name="conv2")(y)
-        y = self.act(self.norm(name="bn2")(y))
+        y = cnn.activation(self.act)(self.norm(name="bn2")(y))
         if blur:
             y = BlurPool(self.stride, name="blur")(y)
         y = self.conv(self.features * 4, 1, use_bias=False, name="conv3")(y)
         y = self.norm(name="bn3", scale_init=nn.initializers.zeros if self.zero_init_last else
                       nn.initializers.ones)(y)
-        return self.act(y + _shortcut(self, x, self.features * 4))
+        return cnn.activation(self.act)(y + _shortcut(self, x, self.features * 4))
 
 
 def check_zero_init(model: nn.Module) -> None:
@@ -166,7 +166,7 @@ class ResNet(ImageClassifier):
     width_per_group: int = 64
     skip: bool = True
     zero_init_last_bn: bool = False
-    act: Callable[[jax.Array], jax.Array] = nn.relu
+    act: str | Callable[[jax.Array], jax.Array] = nn.relu
     antialias: bool = False
 
     def __post_init__(self):

@@ -5,6 +5,7 @@ and convolutions take ``impl`` to pick the algorithm in :mod:`cnnjax.ops`.
 """
 
 from cnnjax.nn import init
+from cnnjax.nn.activations import ACTIVATIONS, activation
 from cnnjax.nn.conv import Conv, Linear
 from cnnjax.nn.errors import InputTooSmallError
 from cnnjax.nn.norm import BatchNorm, LayerNorm, frozen_batchnorm
@@ -20,6 +21,7 @@ from cnnjax.nn.pool import (
 from cnnjax.nn.regularize import Dropout, StochasticDepth
 
 __all__ = [
+    "ACTIVATIONS",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "BatchNorm",
@@ -30,6 +32,7 @@ __all__ = [
     "Linear",
     "MaxPool2d",
     "StochasticDepth",
+    "activation",
     "adaptive_avg_pool2d",
     "avg_pool2d",
     "frozen_batchnorm",

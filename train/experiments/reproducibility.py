@@ -35,10 +35,12 @@ class Budget:
     batch_size: int = 64
     lr: float = 0.1  # ResNet-20's best SGD rate in the degradation sweep on the same digits
     every: int = 4  # steps between checkpoints
+    model_opt: tuple[str, ...] = ()
 
 
 BUDGETS = {
-    "smoke": Budget(("gemm",), 1, (0, 1), "digits:per_class=12,image_size=16", batch_size=30, every=2),
+    "smoke": Budget(("gemm",), 1, (0, 1), "digits:per_class=12,image_size=16", batch_size=30, every=2,
+                    model_opt=("depth=8",)),
     "default": Budget(ALGORITHMS, 8, (0, 1, 2), "digits:image_size=16"),
     "full": Budget(ALGORITHMS, 40, (0, 1, 2, 3, 4), "digits"),
 }
@@ -73,7 +75,7 @@ def config(impl: str, budget: Budget, seed: int) -> TrainConfig:
     steps, all kept."""
     return TrainConfig(arch="resnet20", dataset=budget.dataset, epochs=budget.epochs, batch_size=budget.batch_size,
                        lr=budget.lr, conv_impl=impl, seed=seed, eval_every=budget.epochs,
-                       checkpoint_every=budget.every, keep=10_000, progress=False)
+                       checkpoint_every=budget.every, keep=10_000, progress=False, model_opt=budget.model_opt)
 
 
 def trajectory(workdir: pathlib.Path) -> dict[int, dict]:
@@ -111,10 +113,11 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
     runner = R.Runner(out, log)
     ids = {impl: [run_id(impl, budget, s) for s in seeds] for impl in ("xla", *budget.algorithms)}
     rerun = run_id("xla", budget, seeds[0], rerun=True)
-    for impl, rids in ids.items():
-        for rid, seed in zip(rids, seeds):
-            runner.run(rid, config(impl, budget, seed))
-    runner.run(rerun, config("xla", budget, seeds[0]))
+    with R.compile_cache(out / "jax-cache"):  # the seeds (and the rerun) of an algorithm share one compile
+        for impl, rids in ids.items():
+            for rid, seed in zip(rids, seeds):
+                runner.run(rid, config(impl, budget, seed))
+        runner.run(rerun, config("xla", budget, seeds[0]))
     ref = {seed: trajectory(runner.workdir(rid)) for rid, seed in zip(ids["xla"], seeds)}
     steps = sorted(ref[seeds[0]])
 
@@ -141,11 +144,13 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
         ["algorithm vs `xla` (same seed)", f"distance at step {steps[0]}", f"step {steps[len(steps) // 2]}",
          f"step {steps[-1]}", "val top-1", "|Δ val top-1| vs xla"], rows)
     plot(steps, dist, dist_rerun, dist_seed, out / "reproducibility.png")
-    setup = (f"`resnet20` on `{budget.dataset}` (the digits' random shifts on), SGD lr {budget.lr:g} (cnnjax's "
+    arch = "resnet20" + (f" ({', '.join(budget.model_opt)})" if budget.model_opt else "")
+    setup = (f"`{arch}` on `{budget.dataset}` (the digits' random shifts on), SGD lr {budget.lr:g} (cnnjax's "
              f"defaults otherwise), batch {budget.batch_size}, {budget.epochs} epochs, seeds {list(seeds)}; "
              f"checkpoints every {budget.every} steps. Distance: relative L2 of all parameters (BatchNorm "
              "statistics excluded) to the `xla` run of the same seed at the same step. The last column of the "
-             "seed row is |Δ| between pairs of seeds (the seed-to-seed spread).")
+             "seed row is |Δ| between pairs of seeds (the seed-to-seed spread). The runs of an algorithm share one "
+             "compiled program (JAX's persistent cache): the rerun tests the execution, not the compiler.")
     notes = (f"Reproduce: `python -m train.experiments reproducibility --budget {budget_name}`. `auto` times the "
              "candidates once and caches the choice ($CNNJAX_AUTOTUNE), so two `auto` runs on one machine agree; "
              "on another machine (or after clearing the cache) it may pick other algorithms — "
