@@ -2,6 +2,8 @@
 
 * :func:`from_torchvision` / :func:`to_torchvision` convert a torchvision ``state_dict`` (torch tensors or NumPy
   arrays) to ``{'params', 'batch_stats'}`` and back, strictly (every key used, every leaf filled, shapes checked);
+* :func:`from_timm` converts a timm ``state_dict`` of the timm models whose structure is exactly a cnnjax one
+  (:data:`TIMM_NAMES`: ResNets, ConvNeXts, EfficientNet-B0..B4, MobileNetV2; :mod:`cnnjax.weights.timm`);
 * :func:`load_torchvision` reads a local ``.pth``/``.npz`` or downloads torchvision's IMAGENET1K_V1 file into a
   cache (SHA-256 checked) and converts it; :func:`init_from_torchvision` overlays it on freshly initialised
   variables, keeping a re-initialised classifier for another ``num_classes`` (the ``--init torchvision:ARCH``
@@ -24,6 +26,7 @@ from cnnjax.weights.download import (
     read_state_dict,
     torchvision_info,
 )
+from cnnjax.weights.timm import TIMM_EXCLUDED, TIMM_NAMES, check_timm, from_timm, timm_arch, timm_keys
 from cnnjax.weights.torchvision import (
     TORCHVISION_ARCHS,
     WeightConversionError,
@@ -38,13 +41,17 @@ __all__ = [
     "ChecksumError",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TIMM_EXCLUDED",
+    "TIMM_NAMES",
     "TORCHVISION_ARCHS",
     "WeightConversionError",
     "WeightsUnavailableError",
+    "check_timm",
     "check_torchvision",
     "eval_preprocess",
     "eval_transform",
     "export_npz",
+    "from_timm",
     "from_torchvision",
     "get_cache_dir",
     "head_modules",
@@ -53,5 +60,7 @@ __all__ = [
     "preprocess",
     "read_state_dict",
     "to_torchvision",
+    "timm_arch",
+    "timm_keys",
     "torchvision_info",
 ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -138,6 +138,14 @@ def abstract_variables(arch: str, num_classes: int = 1000, aux_logits: bool | No
     return dict(_abstract(arch, num_classes, aux_logits))
 
 
+def torchvision_keys(arch: str) -> dict[tuple[str, ...], str]:
+    """``{(collection, *module_path, leaf): torchvision state-dict key}`` for every leaf of ``arch`` (1000 classes;
+    GoogLeNet without auxiliary heads), e.g. ``('params', 'stem_conv', 'kernel'): 'features.0.0.weight'``."""
+    abstract = abstract_variables(arch)
+    names = module_map(arch, {k[1:-1] for k in abstract})
+    return {k: f"{names[k[1:-1]]}.{_LEAF[(k[0], k[-1])]}" for k in abstract}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # conversion
 
@@ -208,17 +216,18 @@ def _fmt(items: list[str], limit: int = 25) -> str:
     return f"\n    {shown}{more}"
 
 
-def _report(arch: str, direction: str, missing: list[str], unused: list[str], mismatched: list[str]) -> None:
+def _report(arch: str, direction: str, missing: list[str], unused: list[str], mismatched: list[str],
+            source: str = "torchvision") -> None:
     if not (missing or unused or mismatched):
         return
     parts = [f"{arch}: {direction} does not match"]
     if mismatched:
-        parts.append(f"{len(mismatched)} shape mismatch(es) (cnnjax path [torchvision key]: expected vs got):"
+        parts.append(f"{len(mismatched)} shape mismatch(es) (cnnjax path [{source} key]: expected vs got):"
                      + _fmt(mismatched))
     if missing:
-        parts.append(f"{len(missing)} cnnjax leaf/leaves with no torchvision key:" + _fmt(missing))
+        parts.append(f"{len(missing)} cnnjax leaf/leaves with no {source} key:" + _fmt(missing))
     if unused:
-        parts.append(f"{len(unused)} torchvision key(s) not used by the cnnjax model:" + _fmt(unused))
+        parts.append(f"{len(unused)} {source} key(s) not used by the cnnjax model:" + _fmt(unused))
     raise WeightConversionError("\n".join(parts))
 
 
@@ -226,10 +235,12 @@ def _head_key(arch: str, modules: Iterable[Path]) -> str:
     return module_map(arch, modules)[("head",)] + ".weight"
 
 
-def _plan(arch: str, state_dict: Mapping[str, Any], drop_head: bool) -> tuple[dict, list]:
+def _plan(arch: str, state_dict: Mapping[str, Any], drop_head: bool, *, source: str = "torchvision",
+          shown: Callable[[str], str] = str) -> tuple[dict, list]:
     """Match ``state_dict`` (values need only ``.shape``) against the abstract tree of ``arch``; raise
     :class:`WeightConversionError` on any discrepancy, else return ``(state_dict with normalized keys,
-    [(cnnjax key, torchvision key, cnnjax shape)])``."""
+    [(cnnjax key, torchvision key, cnnjax shape)])``. Errors name keys as ``shown(torchvision key)`` and the
+    state dict's origin as ``source`` (:func:`cnnjax.weights.from_timm` passes timm's names)."""
     check_arch(arch)
     sd = _normalize_keys(arch, state_dict)
     aux = any(k.startswith("aux1.") for k in sd) if arch == "googlenet" else None
@@ -251,16 +262,16 @@ def _plan(arch: str, state_dict: Mapping[str, Any], drop_head: bool) -> tuple[di
         if path in dropped:
             continue
         if tkey not in sd:
-            missing.append(f"{'/'.join(key)} {shape} [expects {tkey}]")
+            missing.append(f"{'/'.join(key)} {shape} [expects {shown(tkey)}]")
             continue
         torch_shape = tuple(sd[tkey].shape)
         if _cnnjax_shape(leaf, torch_shape, shape) != shape:
-            mismatched.append(f"{'/'.join(key)} [{tkey}]: {shape} vs {_cnnjax_shape(leaf, torch_shape, shape)} "
-                              f"(torchvision shape {torch_shape})")
+            mismatched.append(f"{'/'.join(key)} [{shown(tkey)}]: {shape} vs "
+                              f"{_cnnjax_shape(leaf, torch_shape, shape)} ({source} shape {torch_shape})")
             continue
         plan.append((key, tkey, shape))
-    unused = sorted(k for k in sd if k not in used and not k.endswith(".num_batches_tracked"))
-    _report(arch, "torchvision state_dict -> cnnjax variables", missing, unused, mismatched)
+    unused = sorted(shown(k) for k in sd if k not in used and not k.endswith(".num_batches_tracked"))
+    _report(arch, f"{source} state_dict -> cnnjax variables", missing, unused, mismatched, source)
     return sd, plan
 
 
@@ -290,7 +301,11 @@ def from_torchvision(arch: str, state_dict: Mapping[str, Any], *, drop_head: boo
     mismatches (before converting anything), and ``ValueError`` for an architecture without a torchvision
     counterpart.
     """
-    sd, plan = _plan(arch, state_dict, drop_head)
+    return convert_planned(*_plan(arch, state_dict, drop_head))
+
+
+def convert_planned(sd: Mapping[str, Any], plan: list) -> dict[str, dict]:
+    """Fill ``{'params', 'batch_stats'}`` from a checked plan of :func:`_plan` (float32 copies, cnnjax layouts)."""
     variables: dict[str, dict] = {"params": {}, "batch_stats": {}}
     for key, tkey, shape in plan:
         coll, path, leaf = key[0], key[1:-1], key[-1]
