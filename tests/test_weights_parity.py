@@ -23,6 +23,7 @@ torchvision = pytest.importorskip("torchvision", reason="torchvision is not inst
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from _torch_models import randomize_norms  # noqa: E402
 
 from cnnjax import models  # noqa: E402
 from cnnjax.weights import from_torchvision  # noqa: E402
@@ -59,19 +60,7 @@ def _torch_model(arch: str):
     torch.manual_seed(0)
     kw = {"aux_logits": True, "transform_input": True, "init_weights": True} if arch == "googlenet" else {}
     tm = getattr(torchvision.models, arch)(**kw).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for mod in tm.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.copy_(torch.randn(mod.num_features, generator=gen) * 0.2)
-                mod.running_var.copy_(torch.rand(mod.num_features, generator=gen) * 1.5 + 0.5)
-            if isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
-                mod.weight.copy_(torch.rand(mod.weight.shape, generator=gen) + 0.5)
-                mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * 0.2)
-        for name, p in tm.named_parameters():
-            if name.endswith("layer_scale"):  # 1e-6 at init would make every ConvNeXt block an identity
-                p.copy_(torch.rand(p.shape, generator=gen) * 0.4 + 0.2)
-    return tm
+    return randomize_norms(tm)
 
 
 def _feature_hook(arch: str, tm):

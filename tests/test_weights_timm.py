@@ -17,6 +17,7 @@ timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'c
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from _torch_models import randomize_norms  # noqa: E402
 
 from cnnjax import models  # noqa: E402
 from cnnjax.weights import (  # noqa: E402
@@ -39,19 +40,7 @@ def _timm_model(name: str):
     """timm ``name`` at random init, eval mode, with randomised normalisation statistics/affines and gammas."""
     torch.manual_seed(0)
     tm = timm.create_model(name, pretrained=False).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for mod in tm.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.copy_(torch.randn(mod.num_features, generator=gen) * 0.2)
-                mod.running_var.copy_(torch.rand(mod.num_features, generator=gen) * 1.5 + 0.5)
-            if isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
-                mod.weight.copy_(torch.rand(mod.weight.shape, generator=gen) + 0.5)
-                mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * 0.2)
-        for key, p in tm.named_parameters():
-            if key.endswith("gamma"):  # 1e-6 at init would make every ConvNeXt block an identity
-                p.copy_(torch.rand(p.shape, generator=gen) * 0.4 + 0.2)
-    return tm
+    return randomize_norms(tm, "gamma")
 
 
 def _rel_err(name: str, tm, state_dict) -> float:
