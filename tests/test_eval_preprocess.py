@@ -209,12 +209,12 @@ def test_evaluate_resolves_the_transform(photo_folder):
                        ("efficientnet_v2_l", Preprocess(480, 480, "bicubic", (0.5,) * 3, (0.5,) * 3))]:
         args = _args("--init", f"torchvision:{arch}", *folder)
         args.arch = arch
-        assert resolve_preprocess(args) == (want, f"torchvision:{arch}"), arch
+        assert resolve_preprocess(args) == (want, f"torchvision:{arch}.IMAGENET1K_V1"), arch  # the enum resolved
     assert resolve_preprocess(_args("--init", "torchvision:resnet50", *folder, "--crop-size", "160",
                                     "--interpolation", "bicubic")) == \
-        (Preprocess(256, 160, "bicubic"), "torchvision:resnet50, --crop-size, --interpolation")
+        (Preprocess(256, 160, "bicubic"), "torchvision:resnet50.IMAGENET1K_V1, --crop-size, --interpolation")
     assert resolve_preprocess(_args("--init", "torchvision:resnet50", *folder, "--image-size", "192")) == \
-        (Preprocess(256, 192), "torchvision:resnet50, --image-size")
+        (Preprocess(256, 192), "torchvision:resnet50.IMAGENET1K_V1, --image-size")
     # a cnnjax run: the dataset's own val transform, unless asked for
     assert resolve_preprocess(_args("--init", "runs/x", *folder)) == (None, None)
     assert resolve_preprocess(_args("--init", "runs/x", *folder, "--crop-size", "160")) == \
@@ -264,5 +264,5 @@ def test_evaluate_cli_uses_the_torchvision_transform(tfds_photos, tmp_path, monk
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["preprocessing"] == {"method": "pil", "resize": 256, "crop": 224, "interpolation": "bilinear",
                                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                       "from": "torchvision:resnet18"}
+                                       "from": "torchvision:resnet18.IMAGENET1K_V1"}
     assert result["val_count"] == len(files) and np.isfinite(result["val_loss"])

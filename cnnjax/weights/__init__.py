@@ -2,10 +2,11 @@
 
 * :func:`from_torchvision` / :func:`to_torchvision` convert a torchvision ``state_dict`` (torch tensors or NumPy
   arrays) to ``{'params', 'batch_stats'}`` and back, strictly (every key used, every leaf filled, shapes checked);
-* :func:`load_torchvision` reads a local ``.pth``/``.npz`` or downloads torchvision's IMAGENET1K_V1 file into a
-  cache (SHA-256 checked) and converts it; :func:`init_from_torchvision` overlays it on freshly initialised
+* :func:`load_torchvision` reads a local ``.pth``/``.npz`` or downloads the file of one of torchvision's weight
+  enums (``weights='IMAGENET1K_V1'`` by default; ``'IMAGENET1K_V2'``, ``'DEFAULT'``, ...) into a cache (SHA-256
+  checked) and converts it; :func:`init_from_torchvision` overlays it on freshly initialised
   variables, keeping a re-initialised classifier for another ``num_classes`` (the ``--init torchvision:ARCH``
-  hook);
+  hook; :func:`torchvision_init` resolves ``torchvision:ARCH[.WEIGHTS]`` to its record);
 * :func:`eval_transform` / :func:`eval_preprocess` (:mod:`cnnjax.weights.transforms`) give an architecture's
   torchvision evaluation transform, reproduced in NumPy/PIL by :func:`preprocess` (:mod:`cnnjax.data.preprocess`).
 
@@ -31,6 +32,8 @@ from cnnjax.weights.torchvision import (
     from_torchvision,
     head_modules,
     to_torchvision,
+    torchvision_init,
+    weights_record,
 )
 from cnnjax.weights.transforms import eval_preprocess, eval_transform
 
@@ -54,4 +57,6 @@ __all__ = [
     "read_state_dict",
     "to_torchvision",
     "torchvision_info",
+    "torchvision_init",
+    "weights_record",
 ]
