@@ -124,15 +124,16 @@ def test_init_syntax_and_unknown_names():
 
 
 def _fake_cache(tmp_path, monkeypatch, arch: str, name: str) -> dict:
-    """Random variables of ``arch`` (NumPy, from the abstract tree: nothing compiled) written as torchvision's
-    ``name`` file (``.npz``) into a temporary ``CNNJAX_CACHE``; returns the variables."""
+    """Random variables of ``arch`` (NumPy, from the abstract tree: nothing compiled; finite outputs) written as
+    torchvision's ``name`` file (``.npz``) into a temporary ``CNNJAX_CACHE``; returns the variables."""
     rng = np.random.default_rng(0)
     variables: dict = {}
     for key, spec in abstract_variables(arch).items():
         node = variables
         for part in key[:-1]:
             node = node.setdefault(part, {})
-        node[key[-1]] = rng.standard_normal(spec.shape, dtype=np.float32)
+        node[key[-1]] = (rng.uniform(0.5, 1.5, spec.shape) if key[-1] == "var"  # BN variances: positive
+                         else 0.05 * rng.standard_normal(spec.shape)).astype(np.float32)
     filename = pathlib.Path(dl.torchvision_info(arch, name)["filename"]).with_suffix(".npz").name
     weights.export_npz(weights.to_torchvision(arch, variables), tmp_path / "torchvision" / filename)
     monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path))
@@ -291,3 +292,27 @@ def test_evaluate_and_predict_read_the_run_s_val_transform(tmp_path):
     args.init = "torchvision:resnet50.IMAGENET1K_V2"
     got, origin = evaluate.resolve_preprocess(args)
     assert (got.resize, origin) == (232, "torchvision:resnet50.IMAGENET1K_V2")
+
+
+@pytest.mark.slow
+def test_a_run_at_the_crop_records_and_reuses_the_enum_s_transform(photo_folder, tmp_path, monkeypatch, capsys):
+    """train.main from ``torchvision:mobilenet_v2.DEFAULT`` on the folder at 224 (a linear probe on cached
+    features: one forward compile) validates with the V2 transform, records it, and cnnjax.predict of the run
+    applies it."""
+    from cnnjax import predict
+    from train import main as train_main
+
+    _fake_cache(tmp_path, monkeypatch, "mobilenet_v2", "IMAGENET1K_V2")
+    _offline(monkeypatch)
+    run = tmp_path / "run"
+    assert train_main.main(["--arch", "mobilenet_v2", "--init", "torchvision:mobilenet_v2.DEFAULT", "--transfer",
+                            "linear-probe", "--feature-cache", "--dataset", f"folder:{photo_folder}",
+                            "--data-workers", "0", "--batch-size", "2", "--max-steps", "1", "--no-progress",
+                            "--workdir", str(run)]) == 0
+    assert "val transform: mobilenet_v2.IMAGENET1K_V2's eval transform" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    spec = weights.eval_preprocess("mobilenet_v2", "IMAGENET1K_V2")
+    assert config["torchvision_weights"] == "torchvision:mobilenet_v2.IMAGENET1K_V2"
+    assert (config["val_preprocess"], config["image_size"]) == (spec.as_dict(), 224)
+    predictor = predict.build("mobilenet_v2", str(run))
+    assert (predictor.spec, predictor.mean, predictor.std) == (spec, spec.mean, spec.std)

@@ -420,6 +420,7 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
     if is_main:  # rows a killed run wrote after its last checkpoint (all of them when there is none) go
         report.truncate_metrics(metrics_path, step)
         report.plot_curves(metrics_path, workdir / "curves.png")
+    recorded = run_weights(cfg, source)  # of the image source, before a feature cache replaces it
     if cfg.feature_cache:  # the frozen backbone runs once; the loop below trains the head on its outputs
         from train.feature_cache import cache_features
 
@@ -434,7 +435,7 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
         C.write_config(workdir / "config.json", cfg, history=history, workdir=str(workdir),
                        num_classes=info.num_classes, image_size=info.image_size, channels=info.channels,
                        class_names=list(info.class_names), mean=list(info.mean), std=list(info.std),
-                       **run_weights(cfg, source),
+                       **recorded,
                        steps_per_epoch=steps_per_epoch,
                        total_steps=total_steps, devices=jax.device_count(), processes=jax.process_count())
     n_params = sum(p.size for p in jax.tree.leaves(state.params))
