@@ -4,9 +4,11 @@ architecture (timm's ``default_cfgs`` style): ``record('resnet50')``, ``records(
 Each model file registers its variants next to their ``functools.partial`` with :func:`register`, which stores an
 :class:`ArchRecord`: the factory, the default input side, and, for the architectures torchvision also has, the
 cnnjax -> torchvision module-name map (``torchvision_map``), the classifier modules (``head_modules``) and the
-torchvision weights the architecture can load (:class:`WeightsRecord`: URL, SHA-256 prefix, eval transform,
-published accuracy, parameter count). The records are pure data (no torch, no download); :mod:`cnnjax.weights`
-derives its architecture list, URL table, module maps and eval transforms from them.
+torchvision weights the architecture can load (one :class:`WeightsRecord` per member of torchvision's weight
+enum, e.g. ``IMAGENET1K_V1`` and ``IMAGENET1K_V2``, one of them its ``DEFAULT``: URL, SHA-256 prefix, eval
+transform, categories, published accuracy, parameter count). The records are pure data (no torch, no
+download); :mod:`cnnjax.weights` derives its architecture list, URL table, module maps and eval transforms from
+them.
 """
 
 from __future__ import annotations
