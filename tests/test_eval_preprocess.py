@@ -190,6 +190,32 @@ def test_tfds_val_matches_torchvision(tfds_photos, spec):
         assert train["image"].shape == (2, 224, 224, 3) and np.isfinite(train["image"]).all()
 
 
+@pytest.mark.parity
+def test_train_main_tfds_val_uses_the_weights_transform(tfds_photos):
+    """train.main on ``tfds:`` with ``--init torchvision:resnet50.IMAGENET1K_V2`` and no --image-size (224, the
+    weights' crop) reopens the dataset with V2's eval transform (resize 232): val pixels equal torchvision's
+    ``ResNet50_Weights.IMAGENET1K_V2.transforms()``."""
+    tv = pytest.importorskip("torchvision")
+    from train.config import TrainConfig
+    from train.main import load_source
+
+    data_dir, files = tfds_photos
+    lines: list[str] = []
+    cfg = TrainConfig(arch="resnet50", dataset="tfds:cnnjax_tiny_photos", data_dir=data_dir,
+                      init="torchvision:resnet50.IMAGENET1K_V2", data_workers=0)
+    with load_source(cfg, lines.append) as ds:
+        spec = ds.eval_preprocess
+        got = _concat(ds.batches("val", 5))
+    assert (spec.resize, spec.crop, spec.interpolation) == (232, 224, "bilinear")
+    assert lines[-1].startswith("val transform: resnet50.IMAGENET1K_V2's eval transform (resize 232")
+    reference = tv.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
+    for row, label in enumerate(got["label"][got["mask"]].tolist()):
+        path = files[(label - 1) // 100]
+        with Image.open(path) as im:
+            want = reference(im.convert("RGB")).numpy().transpose(1, 2, 0)
+        _assert_pixels_equal(got["image"][row], want, spec, str(path))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # train.evaluate
 
