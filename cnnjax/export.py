@@ -1,4 +1,4 @@
-"""``python -m cnnjax.export --arch ARCH --init torchvision:ARCH|RUN_DIR --format stablehlo|savedmodel --out PATH``.
+"""``python -m cnnjax.export --arch A --init torchvision:A[.WEIGHTS]|RUN_DIR --format stablehlo|savedmodel --out P``.
 
 Writes a trained model as a self-contained artifact that runs without cnnjax (issue #15):
 
@@ -159,7 +159,8 @@ def export_savedmodel(predictor, out: pathlib.Path, *, include_preprocess: bool 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cnnjax.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", required=True)
-    p.add_argument("--init", required=True, help="torchvision:ARCH or a train.main run directory / checkpoint")
+    p.add_argument("--init", required=True, help="torchvision:ARCH[.WEIGHTS] (WEIGHTS: IMAGENET1K_V1 by default, "
+                   "IMAGENET1K_V2, DEFAULT, ...) or a train.main run directory / checkpoint")
     p.add_argument("--format", default="stablehlo", help=f"one of: {', '.join(FORMATS)}")
     p.add_argument("--out", required=True, help="the artifact's path (PATH.json: the sidecar)")
     p.add_argument("--include-preprocess", action="store_true",

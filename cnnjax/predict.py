@@ -3,14 +3,17 @@
 Prints the top-``k`` classes (name and softmax probability) of each image; ``--json`` prints one JSON object per
 image instead (``image``, ``top``: a list of ``{"label", "name", "prob"}``; or ``error``).
 
-* ``--init torchvision:ARCH``: torchvision's ImageNet-1k weights (the local cache, or a download with a SHA-256
-  check; :func:`cnnjax.weights.load_torchvision`), the weights' exact eval transform
-  (:func:`cnnjax.weights.eval_preprocess`, e.g. resize 256 / centre crop 224, bilinear, ImageNet mean/std) and
-  the 1000 ImageNet class names (``cnnjax/weights/imagenet_classes.txt``, torchvision's ``categories``);
+* ``--init torchvision:ARCH[.WEIGHTS]``: torchvision's ImageNet-1k weights (``IMAGENET1K_V1`` unless WEIGHTS names
+  another enum, e.g. ``IMAGENET1K_V2`` or ``DEFAULT``; the local cache, or a download with a SHA-256 check;
+  :func:`cnnjax.weights.load_torchvision`), those weights' exact eval transform
+  (:func:`cnnjax.weights.eval_preprocess`, e.g. resize 256 / centre crop 224, bilinear, ImageNet mean/std; 232 /
+  224 for resnet50.IMAGENET1K_V2) and the 1000 ImageNet class names (``cnnjax/weights/imagenet_classes.txt``,
+  torchvision's ``categories``);
 * ``--init RUN_DIR`` (a ``train.main`` run directory or one of its checkpoint directories): the run's
   architecture options, input size, channels, normalisation and class names from its ``config.json``, and the
-  val transform the run validated with (above 64 px: resize ``round(S / 0.875)`` + centre crop ``S``; at and
-  below: a plain resize to ``S x S``); ``--use-ema`` takes its weight average.
+  val transform the run validated with (its ``val_preprocess``: the torchvision weights' eval transform it was
+  fine-tuned from, when it validated with it; else above 64 px: resize ``round(S / 0.875)`` + centre crop
+  ``S``; at and below: a plain resize to ``S x S``); ``--use-ema`` takes its weight average.
 
 Images are decoded with PIL (any format it reads; converted as the training pipeline converts). A path that
 does not exist or cannot be decoded gets a one-line error (on stderr, or as ``error`` with ``--json``) and the
@@ -100,23 +103,39 @@ def _run_class_names(folder: pathlib.Path, config: dict, k: int) -> list[str]:
     return names
 
 
+def run_transform(config: dict, size: int, mean: tuple[float, ...], std: tuple[float, ...]
+                  ) -> tuple[Any, tuple[float, ...], tuple[float, ...]]:
+    """``(spec, mean, std)`` a run validated with at ``size``: its ``config.json``'s ``val_preprocess`` (the
+    torchvision weights' eval transform, with their mean/std) when it has one, else the default eval view of
+    ``size`` (:func:`cnnjax.data.pil_transforms.default_eval`) and the run's ``mean`` / ``std``."""
+    from cnnjax.data import pil_transforms as T
+    from cnnjax.data.preprocess import Preprocess
+
+    saved = config.get("val_preprocess")
+    if isinstance(saved, dict):
+        spec = Preprocess.from_value(saved)
+        return spec, tuple(spec.mean), tuple(spec.std)
+    return T.default_eval(size), mean, std
+
+
 def build(arch: str, init: str, *, use_ema: bool = False, step: int | None = None, conv_impl: str = "fast"
           ) -> Predictor:
     """A :class:`Predictor` for ``--init`` (see the module docstring); ``ValueError`` for bad input."""
     from cnnjax import checkpoint
-    from cnnjax.data import pil_transforms as T
 
     if arch not in models.names():
         raise ValueError(models.registry.unknown_name_message(arch))
-    from cnnjax.weights.torchvision import torchvision_arch
+    from cnnjax.weights.torchvision import check_classifier, torchvision_init
 
-    if torchvision_arch(init, arch) is not None:
+    record = torchvision_init(init, arch)
+    if record is not None:
         if use_ema:
             raise ValueError("--use-ema applies to a cnnjax run trained with --ema-decay, not to torchvision weights")
+        check_classifier(init, record)
         from cnnjax import weights
 
-        spec = weights.eval_preprocess(arch)
-        variables = weights.load_torchvision(arch)
+        spec = weights.eval_preprocess(arch, record.name)
+        variables = weights.load_torchvision(arch, weights=record.name)
         model = models.create(arch, conv_impl=conv_impl)
         return Predictor(model, variables, spec.crop, 3, spec, tuple(spec.mean), tuple(spec.std), imagenet_classes())
     folder, config = _run_config(init)
@@ -136,8 +155,8 @@ def build(arch: str, init: str, *, use_ema: bool = False, step: int | None = Non
     opts = dict(models.registry.parse_option(item) for item in config.get("model_opt", []))
     model = models.create(arch, num_classes=k, in_channels=channels, conv_impl=conv_impl, **opts)
     variables = checkpoint.restore(init, step=step, ema=use_ema)
-    return Predictor(model, variables, size, channels, T.default_eval(size), tuple(mean), tuple(std),
-                     _run_class_names(folder, config, k))
+    spec, mean, std = run_transform(config, size, tuple(mean), tuple(std))
+    return Predictor(model, variables, size, channels, spec, mean, std, _run_class_names(folder, config, k))
 
 
 def predict(predictor: Predictor, paths: Sequence[str], top: int = 5, batch_size: int = 32) -> list[dict]:
@@ -166,7 +185,8 @@ def predict(predictor: Predictor, paths: Sequence[str], top: int = 5, batch_size
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cnnjax.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", required=True, help="architecture (python -m cnnjax.summary lists them)")
-    p.add_argument("--init", required=True, help="torchvision:ARCH or a train.main run directory / checkpoint")
+    p.add_argument("--init", required=True, help="torchvision:ARCH[.WEIGHTS] (WEIGHTS: IMAGENET1K_V1 by default, "
+                   "IMAGENET1K_V2, DEFAULT, ...) or a train.main run directory / checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")

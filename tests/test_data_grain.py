@@ -271,8 +271,10 @@ def test_load_source_picks_size_and_channels_for_the_architecture(gray28, tmp_pa
                      "images are 28x28 grayscale (median); training at 28x28x1 - pass --image-size to change"]
     with load_source(TrainConfig(arch="resnet18", dataset=f"folder:{gray28}", init="torchvision:resnet18"),
                      lines.append) as src:
-        assert (src.info.image_size, src.info.channels) == (28, 3)
-    assert "as RGB" in lines[-1]
+        assert (src.info.image_size, src.info.channels) == (28, 3) and src.eval_preprocess is None
+    assert "as RGB" in lines[-2]
+    assert lines[-1] == ("val transform: the dataset's default at 28x28, not resnet18.IMAGENET1K_V1's eval transform "
+                         "(its crop is 224; pass --image-size 224 to use it)")
     photos = tmp_path / "photos"
     for split in ("train", "val"):
         for c in ("a", "b"):

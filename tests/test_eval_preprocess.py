@@ -190,6 +190,32 @@ def test_tfds_val_matches_torchvision(tfds_photos, spec):
         assert train["image"].shape == (2, 224, 224, 3) and np.isfinite(train["image"]).all()
 
 
+@pytest.mark.parity
+def test_train_main_tfds_val_uses_the_weights_transform(tfds_photos):
+    """train.main on ``tfds:`` with ``--init torchvision:resnet50.IMAGENET1K_V2`` and no --image-size (224, the
+    weights' crop) reopens the dataset with V2's eval transform (resize 232): val pixels equal torchvision's
+    ``ResNet50_Weights.IMAGENET1K_V2.transforms()``."""
+    tv = pytest.importorskip("torchvision")
+    from train.config import TrainConfig
+    from train.main import load_source
+
+    data_dir, files = tfds_photos
+    lines: list[str] = []
+    cfg = TrainConfig(arch="resnet50", dataset="tfds:cnnjax_tiny_photos", data_dir=data_dir,
+                      init="torchvision:resnet50.IMAGENET1K_V2", data_workers=0)
+    with load_source(cfg, lines.append) as ds:
+        spec = ds.eval_preprocess
+        got = _concat(ds.batches("val", 5))
+    assert (spec.resize, spec.crop, spec.interpolation) == (232, 224, "bilinear")
+    assert lines[-1].startswith("val transform: resnet50.IMAGENET1K_V2's eval transform (resize 232")
+    reference = tv.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
+    for row, label in enumerate(got["label"][got["mask"]].tolist()):
+        path = files[(label - 1) // 100]
+        with Image.open(path) as im:
+            want = reference(im.convert("RGB")).numpy().transpose(1, 2, 0)
+        _assert_pixels_equal(got["image"][row], want, spec, str(path))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # train.evaluate
 
@@ -209,12 +235,12 @@ def test_evaluate_resolves_the_transform(photo_folder):
                        ("efficientnet_v2_l", Preprocess(480, 480, "bicubic", (0.5,) * 3, (0.5,) * 3))]:
         args = _args("--init", f"torchvision:{arch}", *folder)
         args.arch = arch
-        assert resolve_preprocess(args) == (want, f"torchvision:{arch}"), arch
+        assert resolve_preprocess(args) == (want, f"torchvision:{arch}.IMAGENET1K_V1"), arch  # the enum resolved
     assert resolve_preprocess(_args("--init", "torchvision:resnet50", *folder, "--crop-size", "160",
                                     "--interpolation", "bicubic")) == \
-        (Preprocess(256, 160, "bicubic"), "torchvision:resnet50, --crop-size, --interpolation")
+        (Preprocess(256, 160, "bicubic"), "torchvision:resnet50.IMAGENET1K_V1, --crop-size, --interpolation")
     assert resolve_preprocess(_args("--init", "torchvision:resnet50", *folder, "--image-size", "192")) == \
-        (Preprocess(256, 192), "torchvision:resnet50, --image-size")
+        (Preprocess(256, 192), "torchvision:resnet50.IMAGENET1K_V1, --image-size")
     # a cnnjax run: the dataset's own val transform, unless asked for
     assert resolve_preprocess(_args("--init", "runs/x", *folder)) == (None, None)
     assert resolve_preprocess(_args("--init", "runs/x", *folder, "--crop-size", "160")) == \
@@ -264,5 +290,5 @@ def test_evaluate_cli_uses_the_torchvision_transform(tfds_photos, tmp_path, monk
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["preprocessing"] == {"method": "pil", "resize": 256, "crop": 224, "interpolation": "bilinear",
                                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                       "from": "torchvision:resnet18"}
+                                       "from": "torchvision:resnet18.IMAGENET1K_V1"}
     assert result["val_count"] == len(files) and np.isfinite(result["val_loss"])

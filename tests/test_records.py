@@ -141,8 +141,8 @@ def test_derived_tables():
         models.record("resnet51")
     with pytest.raises(ValueError, match="no torchvision weight mapping for architecture 'lenet5'"):
         weights.eval_preprocess("lenet5")
-    with pytest.raises(KeyError, match="IMAGENET1K_V2"):
-        models.record("resnet50").weights_for("IMAGENET1K_V2")
+    with pytest.raises(KeyError, match="no torchvision weights 'IMAGENET1K_V2'; valid: IMAGENET1K_V1, DEFAULT"):
+        models.record("resnet18").weights_for("IMAGENET1K_V2")
 
 
 def test_records_are_checked_and_frozen():

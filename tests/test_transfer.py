@@ -211,11 +211,14 @@ def test_cli_linear_probe_from_torchvision_weights(tmp_path, monkeypatch, capsys
     from train import main as train_main
 
     monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path))  # in-process: the subprocess CLI is tested above
-    assert train_main.main(["--arch", "resnet18", "--init", "torchvision:resnet18", "--transfer", "linear-probe",
+    assert train_main.main(["--arch", "resnet18", "--init", "torchvision:resnet18.DEFAULT", "--transfer",
+                            "linear-probe",
                             "--dataset", "synthetic:num_classes=4,image_size=32,num_train=32,num_val=8",
                             "--batch-size", "16", "--max-steps", "2", "--no-progress",
                             "--workdir", str(tmp_path / "tv")]) == 0
     assert "transfer linear-probe from torchvision:resnet18" in capsys.readouterr().out
+    config = json.loads((tmp_path / "tv" / "config.json").read_text())  # DEFAULT resolved; synthetic: no PIL val
+    assert (config["torchvision_weights"], config["val_preprocess"]) == ("torchvision:resnet18.IMAGENET1K_V1", None)
     after = transfer.paths(checkpoint.restore(tmp_path / "tv")["params"])
     before = transfer.paths(pretrained["params"])
     assert after["head/kernel"].shape == (512, 4)

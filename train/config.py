@@ -28,6 +28,7 @@ from cnnjax.ops import CONV_IMPLS
 from cnnjax.ops.autotune import MODES as AUTOTUNE_MODES
 from cnnjax.training import optim, parallel
 from cnnjax.training.loop import NonFiniteLossError
+from cnnjax.weights.torchvision import torchvision_init
 from train.report import write_atomic
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -197,7 +198,8 @@ class TrainConfig:
                                              "which have no shortcut), on, off",
                                      choices=ZERO_INIT_MODES, aliases={"--no-zero-init-residual": "off"},
                                      resumable=True)
-    init: str | None = option(None, "start from a cnnjax run directory/checkpoint or torchvision:ARCH",
+    init: str | None = option(None, "start from a cnnjax run directory/checkpoint or torchvision:ARCH[.WEIGHTS] "
+                              "(WEIGHTS: a torchvision enum, e.g. IMAGENET1K_V2, or DEFAULT; default IMAGENET1K_V1)",
                               group="transfer learning", resumable=True)
     transfer: str | None = option(None, "finetune | linear-probe | freeze:<regex> (freeze parameters whose path "
                                         "matches)", group="transfer learning", metavar="MODE")
@@ -432,6 +434,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError("--feature-cache trains the head on features cached once, without augmentation: drop "
                              "--augment/--mixup/--cutmix/--random-erasing/--rrc-scale, or drop --feature-cache")
     check_train_opts(cfg)
+    torchvision_init(cfg.init, cfg.arch)  # raises on another arch or unknown weights, naming the valid ones
 
 
 def check_train_opts(cfg: TrainConfig) -> None:

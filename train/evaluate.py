@@ -7,14 +7,16 @@ counts they average to ``val_top1``) and ``preprocessing``, the val transform us
 true label, column = top-1 prediction) and ``DIR/confusion.png`` (see :func:`train.report.plot_confusion`), the
 files a training run leaves in its workdir.
 
-Preprocessing of the ``folder:`` and ``tfds:`` datasets (decoded image files): with ``--init torchvision:ARCH``
-the val images get ARCH's torchvision eval transform (PIL ``Resize(resize, interpolation, antialias=True)``,
-``CenterCrop(crop)``, ``ToTensor``, ``Normalize(mean, std)`` with the values of torchvision's IMAGENET1K_V1
-weights, e.g. 256/224 bilinear for resnet50, 236/224 for convnext_tiny, 256/224 bicubic for efficientnet_b0) and
-``--image-size`` defaults to its crop. ``--resize-size``, ``--crop-size`` and ``--interpolation`` override those
-values, and select the same PIL transform for any ``--init`` (unset values then: crop ``--image-size`` or 224,
-resize ``round(crop / 0.875)``, bilinear, ImageNet mean/std). Otherwise the dataset's own val transform is used
-(for a cnnjax run: the one its training validated with).
+Preprocessing of the ``folder:`` and ``tfds:`` datasets (decoded image files): with ``--init
+torchvision:ARCH[.WEIGHTS]`` the val images get the eval transform of those torchvision weights (PIL
+``Resize(resize, interpolation, antialias=True)``, ``CenterCrop(crop)``, ``ToTensor``, ``Normalize(mean, std)``;
+bare ``torchvision:ARCH`` is IMAGENET1K_V1: 256/224 bilinear for resnet50, 236/224 for convnext_tiny, 256/224
+bicubic for efficientnet_b0; ``torchvision:resnet50.IMAGENET1K_V2``: 232/224) and ``--image-size`` defaults to its
+crop; a cnnjax run that validated with such a transform (its ``config.json``'s ``val_preprocess``, e.g. one
+fine-tuned from torchvision weights at their crop) gets the same one. ``--resize-size``, ``--crop-size`` and
+``--interpolation`` override those values, and select the same PIL transform for any ``--init`` (unset values then:
+crop ``--image-size`` or 224, resize ``round(crop / 0.875)``, bilinear, ImageNet mean/std). Otherwise the dataset's
+own val transform is used (for a cnnjax run: the one its training validated with).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from cnnjax import checkpoint, models
 from cnnjax import data as cdata
 from cnnjax.data.preprocess import Preprocess
 from cnnjax.training.loop import evaluate_variables
+from cnnjax.weights.torchvision import check_classifier, init_string, torchvision_init
 from train import config as C
 from train import report
 from train.config import TrainConfig
-from train.main import build_model, torchvision_arch, unwritable
+from train.main import build_model, unwritable
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 _FLAGS = (("resize", "resize_size", "--resize-size"), ("crop", "crop_size", "--crop-size"),
@@ -52,19 +55,20 @@ def resolve_preprocess(args: argparse.Namespace) -> tuple[Preprocess | None, str
         raise ValueError(f"--image-size {args.image_size} and --crop-size {args.crop_size} differ: the crop is the "
                          "model's input, pass one of them")
     flags = [flag for _, attr, flag in _FLAGS if getattr(args, attr) is not None]
-    arch = torchvision_arch(args.init, args.arch)
+    record = torchvision_init(args.init, args.arch)
     if not cdata.takes_eval_preprocess(args.dataset):
         if flags:
             raise ValueError(f"{', '.join(flags)}: only the tfds: and folder: datasets (decoded image files) take a "
                              f"resize/crop transform, not {args.dataset!r}")
         return None, None
-    if arch is None and not flags:
+    saved = run_val_preprocess(args.init) if record is None else None
+    if record is None and saved is None and not flags:
         return None, None
-    if arch is not None:
-        from cnnjax.weights import eval_preprocess
-
-        values = eval_preprocess(arch).as_dict()
-        origin = [f"torchvision:{arch}"]
+    if record is not None:
+        values = record.transform.as_dict()
+        origin = [init_string(args.arch, record)]
+    elif saved is not None:
+        values, origin = saved, ["the run's config.json"]
     else:
         values = {"crop": args.image_size or 224, "interpolation": "bilinear"}
         origin = []
@@ -78,19 +82,28 @@ def resolve_preprocess(args: argparse.Namespace) -> tuple[Preprocess | None, str
     return Preprocess.from_value(values), ", ".join(origin + flags)
 
 
+def run_val_preprocess(init: str) -> dict | None:
+    """The ``val_preprocess`` that the cnnjax run ``init`` names recorded in its ``config.json`` (the PIL eval
+    transform it validated with, e.g. the torchvision weights' it was fine-tuned from), or None."""
+    found = checkpoint.run_config(init)
+    saved = found[1].get("val_preprocess") if found is not None else None
+    return dict(saved) if isinstance(saved, dict) else None
+
+
 def load_variables(init: str, arch: str, num_classes: int, step: int | None = None, ema: bool = False) -> dict:
-    """Variables from a cnnjax run directory/checkpoint (its EMA weights with ``ema``) or ``torchvision:ARCH``
-    (ImageNet-1k weights, cached or downloaded with a SHA-256 check; see :func:`cnnjax.weights.load_torchvision`)."""
-    if torchvision_arch(init, arch) is None:
+    """Variables from a cnnjax run directory/checkpoint (its EMA weights with ``ema``) or
+    ``torchvision:ARCH[.WEIGHTS]`` (cached or downloaded with a SHA-256 check; see
+    :func:`cnnjax.weights.load_torchvision`)."""
+    record = torchvision_init(init, arch)
+    if record is None:
         return checkpoint.restore(init, step=step, ema=ema)
     if ema:
         raise ValueError("--use-ema applies to a cnnjax run trained with --ema-decay, not to torchvision weights")
-    if num_classes != 1000:
-        raise ValueError(f"--init {init} has torchvision's 1000 ImageNet classes but the dataset has {num_classes}; "
-                         "evaluate on ImageNet (tfds:imagenet2012 or folder:) or fine-tune with train.main")
+    check_classifier(init, record, num_classes)
     from cnnjax import weights
 
-    return weights.load_torchvision(arch)
+    return weights.load_torchvision(arch, weights=record.name)
+
 
 
 def saved_model_opt(init: str) -> tuple[str, ...]:

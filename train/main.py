@@ -27,13 +27,14 @@ import optax
 from cnnjax import checkpoint, models, transfer
 from cnnjax import data as cdata
 from cnnjax.checkpoint import CheckpointStore, StorageError, abstract_like
+from cnnjax.data.preprocess import Preprocess
 from cnnjax.nn import InputTooSmallError
 from cnnjax.training import hooks as H
 from cnnjax.training import optim, parallel
 from cnnjax.training.loop import Hook, Loop, NonFiniteLossError, evaluate, source_batches
 from cnnjax.training.state import TrainState, init_state
 from cnnjax.training.step import EMA, adjusted_decay, jit_steps
-from cnnjax.weights.torchvision import torchvision_arch
+from cnnjax.weights.torchvision import init_string, torchvision_arch, torchvision_init
 from train import config as C
 from train import report, trainopts
 from train.config import PRECISIONS, TrainConfig
@@ -47,13 +48,14 @@ def trainable_of(cfg: TrainConfig) -> transfer.Trainable:
 
 def apply_init(spec: str, arch: str, fresh: dict) -> tuple[dict, list[str]]:
     """``fresh`` variables overlaid with pretrained ones from a cnnjax run directory / checkpoint or
-    ``torchvision:ARCH`` (strict; heads re-initialised when the class count differs)."""
+    ``torchvision:ARCH[.WEIGHTS]`` (strict; heads re-initialised when the class count differs)."""
     from cnnjax.weights.torchvision import head_modules
 
-    if torchvision_arch(spec, arch) is not None:
+    record = torchvision_init(spec, arch)
+    if record is not None:
         from cnnjax import weights
 
-        return weights.init_from_torchvision(arch, fresh), []
+        return weights.init_from_torchvision(arch, fresh, weights=record.name), []
     return transfer.load_pretrained(fresh, checkpoint.restore(spec), tuple("/".join(h) for h in head_modules(arch)))
 
 
@@ -178,13 +180,74 @@ def load_source(cfg: TrainConfig, log: Callable[[str], None] = print) -> cdata.D
     """The run's dataset. A ``folder:`` without ``--image-size`` trains at the images' typical (median) shorter
     side, raised to the architecture's smallest valid input and capped at its default input size; its channels
     follow the data (1 when every image is grayscale) except with ``--init torchvision:...`` (RGB, as the
-    weights need). One line says what was chosen."""
+    weights need). One line says what was chosen. With ``--init torchvision:ARCH[.WEIGHTS]`` on ``folder:`` /
+    ``tfds:`` the val transform is the weights' eval transform when the run's size equals its crop
+    (:func:`torchvision_val`)."""
+    source = _load_source(cfg, log)
+    try:
+        return torchvision_val(cfg, source, log)
+    except BaseException:
+        source.close()
+        raise
+
+
+def val_preprocess(cfg: TrainConfig, image_size: int) -> tuple[Preprocess | None, str]:
+    """The val transform ``--init torchvision:ARCH[.WEIGHTS]`` gives a ``folder:`` / ``tfds:`` run validating at
+    ``image_size`` (the weights' eval transform, a :class:`Preprocess`; None: the dataset's default) and the
+    line that says so. The weights' transform applies when ``image_size`` equals its crop and
+    ``--val-resize-size`` is not given."""
+    record = torchvision_init(cfg.init, cfg.arch)
+    name = init_string(cfg.arch, record).split(":", 1)[1]
+    t = record.transform
+    if cfg.val_resize_size is not None:
+        return None, (f"val transform: --val-resize-size {cfg.val_resize_size} + centre crop {image_size}, not "
+                      f"{name}'s eval transform")
+    if image_size != t.crop:
+        return None, (f"val transform: the dataset's default at {image_size}x{image_size}, not {name}'s eval "
+                      f"transform (its crop is {t.crop}; pass --image-size {t.crop} to use it)")
+    from cnnjax import weights
+
+    return weights.eval_preprocess(cfg.arch, record.name), (
+        f"val transform: {name}'s eval transform (resize {t.resize} {t.interpolation}, centre crop {t.crop}, "
+        f"mean {list(t.mean)}, std {[round(v, 5) for v in t.std]})")
+
+
+def torchvision_val(cfg: TrainConfig, source: cdata.DataSource, log: Callable[[str], None]) -> cdata.DataSource:
+    """``source`` with the val transform of :func:`val_preprocess` (reopened with it when it is the weights'; one
+    line logged); ``source`` itself without ``--init torchvision:...`` or for another kind of dataset."""
+    if torchvision_init(cfg.init, cfg.arch) is None or not cdata.takes_eval_preprocess(cfg.dataset):
+        return source
+    spec, line = val_preprocess(cfg, source.info.image_size)
+    log(line)
+    if spec is None:
+        return source
+    source.close()
+    if is_folder(cfg.dataset):
+        return source.with_eval_preprocess(spec)
+    return cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=spec.crop, seed=cfg.seed, eval_preprocess=spec,
+                      workers=cfg.data_workers, train_view=C.train_view(cfg), ra_reps=cfg.ra_reps,
+                      train_size=cfg.train_crop_size)
+
+
+def run_weights(cfg: TrainConfig, source: cdata.DataSource) -> dict:
+    """What ``config.json`` records of the pretrained weights and the val transform: ``torchvision_weights``
+    (``torchvision:ARCH.WEIGHTS``, the enum resolved, e.g. ``DEFAULT`` -> ``IMAGENET1K_V2``; None without
+    ``--init torchvision:...``) and ``val_preprocess`` (the PIL eval transform the run validates with, as
+    :meth:`Preprocess.as_dict`, or None for the dataset's default), which ``train.evaluate``,
+    ``cnnjax.predict`` and ``cnnjax.export`` apply to the run's weights."""
+    record = torchvision_init(cfg.init, cfg.arch)
+    spec = getattr(source, "eval_preprocess", None)
+    return {"torchvision_weights": None if record is None else init_string(cfg.arch, record),
+            "val_preprocess": None if spec is None else spec.as_dict()}
+
+
+def _load_source(cfg: TrainConfig, log: Callable[[str], None]) -> cdata.DataSource:
     opts = {"ra_reps": cfg.ra_reps, "train_size": cfg.train_crop_size, "val_resize": cfg.val_resize_size}
     if not is_folder(cfg.dataset):
         workers = {"workers": cfg.data_workers} if cfg.dataset.strip().startswith("tfds:") else {}
         return cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
                           train_view=C.train_view(cfg), **workers, **opts)
-    rgb = bool(cfg.init and cfg.init.startswith("torchvision:"))
+    rgb = torchvision_arch(cfg.init, cfg.arch) is not None
     source = cdata.load(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
                         channels=3 if rgb else None, workers=cfg.data_workers, train_view=C.train_view(cfg), **opts)
     typical, info = source.typical, source.info
@@ -357,6 +420,7 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
     if is_main:  # rows a killed run wrote after its last checkpoint (all of them when there is none) go
         report.truncate_metrics(metrics_path, step)
         report.plot_curves(metrics_path, workdir / "curves.png")
+    recorded = run_weights(cfg, source)  # of the image source, before a feature cache replaces it
     if cfg.feature_cache:  # the frozen backbone runs once; the loop below trains the head on its outputs
         from train.feature_cache import cache_features
 
@@ -371,6 +435,7 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
         C.write_config(workdir / "config.json", cfg, history=history, workdir=str(workdir),
                        num_classes=info.num_classes, image_size=info.image_size, channels=info.channels,
                        class_names=list(info.class_names), mean=list(info.mean), std=list(info.std),
+                       **recorded,
                        steps_per_epoch=steps_per_epoch,
                        total_steps=total_steps, devices=jax.device_count(), processes=jax.process_count())
     n_params = sum(p.size for p in jax.tree.leaves(state.params))

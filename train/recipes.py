@@ -35,7 +35,7 @@ from train import config as C
 
 #: Keys of a saved ``config.json`` that are not settings: derived by the run, or where it ran.
 DERIVED_KEYS = {"num_classes", "channels", "steps_per_epoch", "total_steps", "devices", "processes",
-                "resume_history", "class_names", "mean", "std"}
+                "resume_history", "class_names", "mean", "std", "torchvision_weights", "val_preprocess"}
 #: Settings never taken from a file: the run directory and whether to continue it.
 NOT_FROM_FILES = {"workdir", "resume", "config"}
 

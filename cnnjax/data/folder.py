@@ -210,9 +210,17 @@ class FolderSource(ImageRecordSource):
         """The same folder (no rescan) at another size and/or channel count (and the same train options)."""
         if self.eval_preprocess is not None and image_size not in (None, self.info.image_size):
             raise ValueError("folder dataset: the size is fixed by eval_preprocess")
-        return FolderSource(self.root, image_size=image_size or self.info.image_size,
-                            channels=channels or self.info.channels, seed=self.seed,
-                            eval_preprocess=self.eval_preprocess, workers=self.workers, exact=self.exact,
+        return self._copy(image_size or self.info.image_size, channels or self.info.channels, self.eval_preprocess)
+
+    def with_eval_preprocess(self, eval_preprocess: Preprocess | Mapping[str, Any]) -> FolderSource:
+        """The same folder (no rescan) with ``eval_preprocess`` as its val transform (RGB at its crop; the same
+        train options, which must not include a val resize)."""
+        spec = Preprocess.from_value(eval_preprocess)
+        return self._copy(spec.crop, 3, spec)
+
+    def _copy(self, image_size: int, channels: int, eval_preprocess: Preprocess | None) -> FolderSource:
+        return FolderSource(self.root, image_size=image_size, channels=channels, seed=self.seed,
+                            eval_preprocess=eval_preprocess, workers=self.workers, exact=self.exact,
                             train_view=self.train_view, _scan=self._scan).set_train_options(
             ra_reps=self.ra_reps, train_size=self.train_size, val_resize=self.val_resize)
 

@@ -48,7 +48,7 @@ from cnnjax.models.mobilenet import (
     make_divisible,
     mb_index,
 )
-from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
+from cnnjax.models.registry import ModulePath, register, v1_and_v2
 
 
 class _MBBlock(nn.Module):
@@ -222,6 +222,8 @@ _WEIGHTS = {
     "efficientnet_v2_l": ("efficientnet_v2_l-59c71312.pth", 85.808, 97.788, 118_515_272, 480, 480, "bicubic",
                           _HALF, _HALF),
 }
+# torchvision's IMAGENET1K_V2 weights (the DEFAULT where they exist): file, top-1 / top-5, resize, crop, interpolation
+_WEIGHTS_V2 = {"efficientnet_b1": ("efficientnet_b1-c27df63c.pth", 79.838, 94.934, 255, 240, "bilinear")}
 for _name, _kw in _VARIANTS.items():
     register(_name, functools.partial(EfficientNet, **_kw), torchvision_map=torchvision_name,
-             weights=(imagenet1k_v1(*_WEIGHTS[_name]),))
+             weights=v1_and_v2(_WEIGHTS[_name], _WEIGHTS_V2.get(_name)))

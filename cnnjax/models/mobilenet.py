@@ -49,7 +49,7 @@ import jax
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ConvNormAct, ModuleDef
-from cnnjax.models.registry import ModulePath, TorchvisionMap, imagenet1k_v1, register
+from cnnjax.models.registry import ModulePath, TorchvisionMap, imagenet1k_v1, register, v1_and_v2
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -294,10 +294,12 @@ def torchvision_names(v2: bool) -> TorchvisionMap:
 
 
 register("mobilenet_v2", MobileNetV2, torchvision_map=torchvision_names(v2=True),
-         weights=(imagenet1k_v1("mobilenet_v2-b0353104.pth", 71.878, 90.286, 3_504_872),))
+         weights=v1_and_v2(("mobilenet_v2-b0353104.pth", 71.878, 90.286, 3_504_872),
+                           ("mobilenet_v2-7ebf99e0.pth", 72.154, 90.822)))
 register("mobilenet_v3_large", functools.partial(MobileNetV3, setting=V3_LARGE, last_channel=1280),
          torchvision_map=torchvision_names(v2=False),
-         weights=(imagenet1k_v1("mobilenet_v3_large-8738ca79.pth", 74.042, 91.340, 5_483_032),))
+         weights=v1_and_v2(("mobilenet_v3_large-8738ca79.pth", 74.042, 91.340, 5_483_032),
+                           ("mobilenet_v3_large-5c1a4163.pth", 75.274, 92.566)))
 register("mobilenet_v3_small", functools.partial(MobileNetV3, setting=V3_SMALL, last_channel=1024),
          torchvision_map=torchvision_names(v2=False),
          weights=(imagenet1k_v1("mobilenet_v3_small-047dcff4.pth", 67.668, 87.402, 2_542_856),))

@@ -4,9 +4,11 @@ architecture (timm's ``default_cfgs`` style): ``record('resnet50')``, ``records(
 Each model file registers its variants next to their ``functools.partial`` with :func:`register`, which stores an
 :class:`ArchRecord`: the factory, the default input side, and, for the architectures torchvision also has, the
 cnnjax -> torchvision module-name map (``torchvision_map``), the classifier modules (``head_modules``) and the
-torchvision weights the architecture can load (:class:`WeightsRecord`: URL, SHA-256 prefix, eval transform,
-published accuracy, parameter count). The records are pure data (no torch, no download); :mod:`cnnjax.weights`
-derives its architecture list, URL table, module maps and eval transforms from them.
+torchvision weights the architecture can load (one :class:`WeightsRecord` per member of torchvision's weight
+enum, e.g. ``IMAGENET1K_V1`` and ``IMAGENET1K_V2``, one of them its ``DEFAULT``: URL, SHA-256 prefix, eval
+transform, categories, published accuracy, parameter count). The records are pure data (no torch, no
+download); :mod:`cnnjax.weights` derives its architecture list, URL table, module maps and eval transforms from
+them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -48,40 +50,89 @@ class EvalTransform:
         return dataclasses.asdict(self)
 
 
+#: torchvision's ``Weights.DEFAULT`` (the best weights of an architecture), accepted wherever an enum name is.
+DEFAULT = "DEFAULT"
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightsRecord:
     """One set of pretrained torchvision weights of an architecture (torchvision's ``Weights`` enum member).
 
-    ``name``: the enum member (``'IMAGENET1K_V1'``); ``url``: the checkpoint; ``sha256_prefix``: the hex digits
-    after the last ``-`` of its file name (torch.hub checks the download against them); ``transform``: the eval
-    transform; ``categories``: the label set; ``top1`` / ``top5``: torchvision's published accuracy (%) on it;
-    ``num_params``: the parameter count (for GoogLeNet without the auxiliary heads).
+    ``name``: the enum member (``'IMAGENET1K_V1'``, ``'IMAGENET1K_V2'``, ...); ``url``: the checkpoint (its file
+    name, unique per enum, is also the cache file's); ``sha256_prefix``: the hex digits after the last ``-`` of
+    its file name (torch.hub checks the download against them); ``transform``: the eval transform;
+    ``categories``: the label set (``'imagenet-1k'``: the 1000 ImageNet classes; None: weights without a usable
+    classifier, such as VGG-16's ``IMAGENET1K_FEATURES``); ``top1`` / ``top5``: torchvision's published accuracy
+    (%) on it (None where torchvision publishes none); ``num_params``: the parameter count (for GoogLeNet without
+    the auxiliary heads); ``default``: whether this is torchvision's ``DEFAULT`` for the architecture.
     """
 
     name: str
     url: str
     sha256_prefix: str
     transform: EvalTransform
-    top1: float
-    top5: float
+    top1: float | None
+    top5: float | None
     num_params: int
-    categories: str = "imagenet-1k"
+    categories: str | None = "imagenet-1k"
+    default: bool = False
 
     def __post_init__(self):
         stem = self.url.rsplit("/", 1)[-1].split(".")[0]
         if not re.fullmatch(r"[0-9a-f]{6,64}", self.sha256_prefix) or not stem.endswith(f"-{self.sha256_prefix}"):
             raise ValueError(f"sha256_prefix {self.sha256_prefix!r} is not the hash in the file name of {self.url}")
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", self.name) or self.name == DEFAULT:
+            raise ValueError(f"weights name {self.name!r} is not a torchvision enum member name")
+        if self.categories not in _NUM_CATEGORIES:
+            raise ValueError(f"categories {self.categories!r}: expected one of {list(_NUM_CATEGORIES)}")
+
+    @property
+    def num_categories(self) -> int:
+        """Classifier outputs the weights were trained for (1000 for ``imagenet-1k``; 0 without categories)."""
+        return _NUM_CATEGORIES[self.categories]
+
+
+_NUM_CATEGORIES: dict[str | None, int] = {"imagenet-1k": 1000, None: 0}
+
+
+def torchvision_weights(name: str, filename: str, top1: float | None, top5: float | None, num_params: int,
+                        resize: int = 256, crop: int = 224, interpolation: str = "bilinear",
+                        mean: tuple[float, float, float] = _IMAGENET_MEAN,
+                        std: tuple[float, float, float] = _IMAGENET_STD, *, categories: str | None = "imagenet-1k",
+                        default: bool = False) -> WeightsRecord:
+    """torchvision's ``name`` weights stored as ``download.pytorch.org/models/<filename>`` (the hash prefix is
+    read from the file name), with that eval transform (default 256/224 bilinear, ImageNet mean/std)."""
+    prefix = filename.split(".")[0].rsplit("-", 1)[-1]
+    return WeightsRecord(name, TORCHVISION_URL + filename, prefix,
+                         EvalTransform(resize, crop, interpolation, tuple(mean), tuple(std)), top1, top5, num_params,
+                         categories, default)
 
 
 def imagenet1k_v1(filename: str, top1: float, top5: float, num_params: int, resize: int = 256, crop: int = 224,
                   interpolation: str = "bilinear", mean: tuple[float, float, float] = _IMAGENET_MEAN,
-                  std: tuple[float, float, float] = _IMAGENET_STD) -> WeightsRecord:
-    """torchvision's ``IMAGENET1K_V1`` weights stored as ``download.pytorch.org/models/<filename>`` (the hash
-    prefix is read from the file name), with that eval transform (default 256/224 bilinear, ImageNet
-    mean/std)."""
-    prefix = filename.split(".")[0].rsplit("-", 1)[-1]
-    return WeightsRecord("IMAGENET1K_V1", TORCHVISION_URL + filename, prefix,
-                         EvalTransform(resize, crop, interpolation, tuple(mean), tuple(std)), top1, top5, num_params)
+                  std: tuple[float, float, float] = _IMAGENET_STD, *, default: bool = True) -> WeightsRecord:
+    """:func:`torchvision_weights` ``IMAGENET1K_V1``: torchvision's ``DEFAULT`` unless ``default=False`` (the
+    architectures that also have newer weights)."""
+    return torchvision_weights("IMAGENET1K_V1", filename, top1, top5, num_params, resize, crop, interpolation, mean,
+                               std, default=default)
+
+
+def imagenet1k_v2(filename: str, top1: float, top5: float, num_params: int, resize: int = 232, crop: int = 224,
+                  interpolation: str = "bilinear") -> WeightsRecord:
+    """:func:`torchvision_weights` ``IMAGENET1K_V2``: the "new training recipe" weights, torchvision's
+    ``DEFAULT`` wherever they exist (eval transform default 232/224 bilinear, ImageNet mean/std)."""
+    return torchvision_weights("IMAGENET1K_V2", filename, top1, top5, num_params, resize, crop, interpolation,
+                               default=True)
+
+
+def v1_and_v2(v1: Sequence, v2: Sequence | None = None) -> tuple[WeightsRecord, ...]:
+    """An architecture's weights: ``IMAGENET1K_V1`` from ``v1`` (the arguments of :func:`imagenet1k_v1`) and, when
+    ``v2`` is given, ``IMAGENET1K_V2`` from ``v2`` = ``(filename, top1, top5[, resize, crop, interpolation])``
+    with V1's parameter count; V2 is then the ``DEFAULT``."""
+    if v2 is None:
+        return (imagenet1k_v1(*v1),)
+    filename, top1, top5, *transform = v2
+    return imagenet1k_v1(*v1, default=False), imagenet1k_v2(filename, top1, top5, v1[3], *transform)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,14 +174,27 @@ class ArchRecord:
             raise ValueError(f"{self.name}: torchvision weights need a torchvision_map")
         if self.zero_init_residual and "zero_init_last_bn" not in _fields(self.factory):
             raise ValueError(f"{self.name}: zero_init_residual needs a factory with a zero_init_last_bn option")
+        names = [w.name for w in self.weights]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: weights names repeat: {names}")
+        if self.weights and sum(w.default for w in self.weights) != 1:
+            raise ValueError(f"{self.name}: exactly one of its weights must be torchvision's DEFAULT, got "
+                             f"{[w.name for w in self.weights if w.default]}")
+
+    def weights_names(self) -> list[str]:
+        """The names :meth:`weights_for` accepts: each record's enum name, then ``DEFAULT`` (none without
+        weights)."""
+        return [w.name for w in self.weights] + ([DEFAULT] if self.weights else [])
 
     def weights_for(self, name: str = "IMAGENET1K_V1") -> WeightsRecord:
-        """The :class:`WeightsRecord` called ``name`` (``KeyError`` if the architecture has none)."""
+        """The :class:`WeightsRecord` called ``name``, ``DEFAULT`` being torchvision's best (``KeyError`` naming
+        the valid names if the architecture has no such weights)."""
         for w in self.weights:
-            if w.name == name:
+            if w.name == name or (name == DEFAULT and w.default):
                 return w
-        raise KeyError(f"{self.name} has no torchvision weights {name!r}; it has "
-                       f"{', '.join(w.name for w in self.weights) or 'none'}")
+        default = next((f" (DEFAULT = {w.name})" for w in self.weights if w.default), "")
+        raise KeyError(f"{self.name} has no torchvision weights {name!r}; valid: "
+                       f"{', '.join(self.weights_names()) or 'none'}{default}")
 
 
 _REGISTRY: dict[str, ArchRecord] = {}

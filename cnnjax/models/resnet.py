@@ -23,7 +23,7 @@ import numpy as np
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ConvNormAct, ModuleDef
-from cnnjax.models.registry import ModulePath, imagenet1k_v1, register
+from cnnjax.models.registry import ModulePath, register, v1_and_v2
 
 
 class BlurPool(nn.Module):
@@ -236,6 +236,17 @@ _WEIGHTS = {
     "wide_resnet50_2": ("wide_resnet50_2-95faca4d.pth", 78.468, 94.086, 68_883_240),
     "wide_resnet101_2": ("wide_resnet101_2-32ee1156.pth", 78.848, 94.284, 126_886_696),
 }
+# torchvision's IMAGENET1K_V2 weights (its "new training recipe", the DEFAULT): file, published top-1 / top-5;
+# eval transform 232/224 bilinear
+_WEIGHTS_V2 = {
+    "resnet50": ("resnet50-11ad3fa6.pth", 80.858, 95.434),
+    "resnet101": ("resnet101-cd907fc2.pth", 81.886, 95.780),
+    "resnet152": ("resnet152-f82ba261.pth", 82.284, 96.002),
+    "resnext50_32x4d": ("resnext50_32x4d-1a0047aa.pth", 81.198, 95.340),
+    "resnext101_32x8d": ("resnext101_32x8d-110c445d.pth", 82.834, 96.228),
+    "wide_resnet50_2": ("wide_resnet50_2-9ba9bcbe.pth", 81.602, 95.758),
+    "wide_resnet101_2": ("wide_resnet101_2-d733dc28.pth", 82.510, 96.020),
+}
 for _name, _kw in _VARIANTS.items():
     register(_name, functools.partial(ResNet, **_kw), torchvision_map=torchvision_name,
-             weights=(imagenet1k_v1(*_WEIGHTS[_name]),), zero_init_residual=True)
+             weights=v1_and_v2(_WEIGHTS[_name], _WEIGHTS_V2.get(_name)), zero_init_residual=True)

@@ -21,7 +21,7 @@ import jax
 from cnnjax import nn as cnn
 from cnnjax.models.base import ImageClassifier, stage_end
 from cnnjax.models.layers import ModuleDef, flatten_nchw
-from cnnjax.models.registry import ModulePath, TorchvisionMap, imagenet1k_v1, register
+from cnnjax.models.registry import ModulePath, TorchvisionMap, imagenet1k_v1, register, torchvision_weights
 
 #: Conv widths per stage (each stage ends with a 2x2 max-pool): configurations A, B, D, E of the paper.
 CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -116,8 +116,13 @@ _WEIGHTS = {
     "vgg16_bn": ("vgg16_bn-6c64b313.pth", 73.360, 91.516, 138_365_992),
     "vgg19_bn": ("vgg19_bn-c79401a0.pth", 74.218, 91.842, 143_678_248),
 }
+# VGG-16's IMAGENET1K_FEATURES (ported from the paper's Caffe model by amdegroot): only ``features`` is valid (the
+# classifier is not: no categories, no accuracy), for 0-255 input less the mean pixel (std 1/255)
+_FEATURES = {"vgg16": (torchvision_weights("IMAGENET1K_FEATURES", "vgg16_features-amdegroot-88682ab5.pth", None, None,
+                                           138_357_544, mean=(0.48235, 0.45882, 0.40784), std=(1 / 255,) * 3,
+                                           categories=None),)}
 for _name, _stages in CONFIGS.items():
     register(_name, functools.partial(VGG, stages=_stages), torchvision_map=torchvision_names(_stages, False),
-             weights=(imagenet1k_v1(*_WEIGHTS[_name]),))
+             weights=(imagenet1k_v1(*_WEIGHTS[_name]), *_FEATURES.get(_name, ())))
     register(f"{_name}_bn", functools.partial(VGG, stages=_stages, batch_norm=True),
              torchvision_map=torchvision_names(_stages, True), weights=(imagenet1k_v1(*_WEIGHTS[f"{_name}_bn"]),))

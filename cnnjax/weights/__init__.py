@@ -4,10 +4,11 @@
   arrays) to ``{'params', 'batch_stats'}`` and back, strictly (every key used, every leaf filled, shapes checked);
 * :func:`from_timm` converts a timm ``state_dict`` of the timm models whose structure is exactly a cnnjax one
   (:data:`TIMM_NAMES`: ResNets, ConvNeXts, EfficientNet-B0..B4, MobileNetV2; :mod:`cnnjax.weights.timm`);
-* :func:`load_torchvision` reads a local ``.pth``/``.npz`` or downloads torchvision's IMAGENET1K_V1 file into a
-  cache (SHA-256 checked) and converts it; :func:`init_from_torchvision` overlays it on freshly initialised
+* :func:`load_torchvision` reads a local ``.pth``/``.npz`` or downloads the file of one of torchvision's weight
+  enums (``weights='IMAGENET1K_V1'`` by default; ``'IMAGENET1K_V2'``, ``'DEFAULT'``, ...) into a cache (SHA-256
+  checked) and converts it; :func:`init_from_torchvision` overlays it on freshly initialised
   variables, keeping a re-initialised classifier for another ``num_classes`` (the ``--init torchvision:ARCH``
-  hook);
+  hook; :func:`torchvision_init` resolves ``torchvision:ARCH[.WEIGHTS]`` to its record);
 * :func:`eval_transform` / :func:`eval_preprocess` (:mod:`cnnjax.weights.transforms`) give an architecture's
   torchvision evaluation transform, reproduced in NumPy/PIL by :func:`preprocess` (:mod:`cnnjax.data.preprocess`).
 
@@ -34,6 +35,8 @@ from cnnjax.weights.torchvision import (
     from_torchvision,
     head_modules,
     to_torchvision,
+    torchvision_init,
+    weights_record,
 )
 from cnnjax.weights.transforms import eval_preprocess, eval_transform
 
@@ -63,4 +66,6 @@ __all__ = [
     "timm_arch",
     "timm_keys",
     "torchvision_info",
+    "torchvision_init",
+    "weights_record",
 ]

@@ -1,11 +1,14 @@
 """Reading, downloading and caching torchvision checkpoints: :func:`load_torchvision`.
 
-Files are torchvision's IMAGENET1K_V1 checkpoints (``torch.save``-d state dicts; URLs from the architectures'
-:class:`~cnnjax.models.WeightsRecord`). The cache directory is ``cache_dir`` if given, else
-``$CNNJAX_CACHE/torchvision`` if that variable is set, else ``~/.cache/cnnjax/torchvision``. Downloads go to a
-``<name>.*.part`` temporary file in the cache directory and are renamed into place only after the SHA-256 check:
-the file name carries a prefix of the file's SHA-256 (the hex digits after the last ``-``, torch.hub's
-convention, e.g. ``resnet18-f37072fd.pth``), so a corrupted or truncated download never enters the cache.
+Files are torchvision's checkpoints (``torch.save``-d state dicts; URLs from the architectures'
+:class:`~cnnjax.models.WeightsRecord`: ``IMAGENET1K_V1`` unless ``weights=`` names another enum, e.g.
+``IMAGENET1K_V2`` or ``DEFAULT``). Each enum has its own file name (``resnet50-0676ba61.pth`` for V1,
+``resnet50-11ad3fa6.pth`` for V2), so the enums of one architecture never share a cache file. The cache directory is
+``cache_dir`` if given, else ``$CNNJAX_CACHE/torchvision`` if that variable is set, else
+``~/.cache/cnnjax/torchvision``. Downloads go to a ``<name>.*.part`` temporary file in the cache directory and are
+renamed into place only after the SHA-256 check: the file name carries a prefix of the file's SHA-256 (the hex
+digits after the last ``-``, torch.hub's convention, e.g. ``resnet18-f37072fd.pth``), so a corrupted or truncated
+download never enters the cache.
 
 Reading a ``.pth`` needs torch (``torch.load(..., weights_only=True)``); without torch, convert it once
 elsewhere with :func:`export_npz` and use the ``.npz`` (placed next to where the ``.pth`` would be in the cache,
@@ -29,21 +32,24 @@ import numpy as np
 
 from cnnjax.weights.torchvision import TORCHVISION_ARCHS, _to_numpy, check_arch, from_torchvision, weights_record
 
+V1 = "IMAGENET1K_V1"
 
-def _entry(arch: str) -> dict[str, Any]:
-    """``{'url', 'resize', 'crop', 'interpolation', 'mean', 'std'}`` of ``arch``'s torchvision IMAGENET1K_V1
-    weights, from its record (:class:`cnnjax.models.WeightsRecord`)."""
-    w = weights_record(arch, "IMAGENET1K_V1")
+
+def _entry(arch: str, weights: str = V1) -> dict[str, Any]:
+    """``{'url', 'resize', 'crop', 'interpolation', 'mean', 'std'}`` of ``arch``'s torchvision ``weights``
+    (an enum name or ``DEFAULT``), from its record (:class:`cnnjax.models.WeightsRecord`)."""
+    w = weights_record(arch, weights)
     return dict(url=w.url, **w.transform.as_dict())
 
 
-# what load_torchvision downloads by default (tests redirect an entry)
+# what load_torchvision downloads by default, IMAGENET1K_V1 (tests redirect an entry)
 _INFO: dict[str, dict[str, Any]] = {arch: _entry(arch) for arch in TORCHVISION_ARCHS}
 
 
-def _info(arch: str) -> dict[str, Any]:
-    """``_INFO[arch]``, or the record's entry for an architecture registered after this module was imported."""
-    return _INFO[arch] if arch in _INFO else _entry(arch)
+def _info(arch: str, weights: str = V1) -> dict[str, Any]:
+    """``_INFO[arch]`` for IMAGENET1K_V1, else (another enum, or an architecture registered after this module
+    was imported) the record's entry."""
+    return _INFO[arch] if weights == V1 and arch in _INFO else _entry(arch, weights)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -54,11 +60,12 @@ class ChecksumError(ValueError):
     """A downloaded file's SHA-256 does not start with the prefix in its file name."""
 
 
-def torchvision_info(arch: str) -> dict[str, Any]:
+def torchvision_info(arch: str, weights: str = V1) -> dict[str, Any]:
     """``{'url', 'filename', 'sha256_prefix', 'resize', 'crop', 'interpolation', 'mean', 'std'}`` of
-    ``arch``'s torchvision IMAGENET1K_V1 weights (from its :class:`~cnnjax.models.WeightsRecord`)."""
+    ``arch``'s torchvision ``weights`` (enum name, default IMAGENET1K_V1; from its
+    :class:`~cnnjax.models.WeightsRecord`)."""
     check_arch(arch)
-    info = dict(_info(arch))
+    info = dict(_info(arch, weights))
     info["filename"] = _filename(info["url"])
     info["sha256_prefix"] = sha256_prefix(info["filename"])
     return info
@@ -191,12 +198,13 @@ def export_npz(state_dict_or_path: Mapping[str, Any] | str | os.PathLike,
 
 
 def load_torchvision(arch: str, path_or_url: str | os.PathLike | None = None,
-                     cache_dir: str | os.PathLike | None = None, *, drop_head: bool = False,
+                     cache_dir: str | os.PathLike | None = None, *, weights: str = V1, drop_head: bool = False,
                      progress: bool = True, timeout: float = 60.0) -> dict[str, dict]:
     """torchvision weights for ``arch`` as cnnjax ``{'params': ..., 'batch_stats': ...}`` (NumPy float32).
 
     ``path_or_url``: a local ``.pth``/``.npz`` file (used as is), a URL (downloaded into the cache unless a file
-    of that name is already there), or None for torchvision's IMAGENET1K_V1 file (:func:`torchvision_info`).
+    of that name is already there), or None for the file of torchvision's ``weights`` (an enum name of the
+    architecture's record, e.g. ``IMAGENET1K_V2``, or ``DEFAULT``; :func:`torchvision_info`).
     A cached ``<name>.npz`` next to the expected ``<name>.pth`` is used when the ``.pth`` is absent. Downloads
     are SHA-256 checked (see the module docstring). ``drop_head`` as in :func:`from_torchvision`.
 
@@ -205,19 +213,18 @@ def load_torchvision(arch: str, path_or_url: str | os.PathLike | None = None,
     read a ``.pth`` without torch, ``FileNotFoundError`` for a missing local path.
     """
     check_arch(arch)
-    path = _resolve(arch, path_or_url, get_cache_dir(cache_dir), progress=progress, timeout=timeout)
+    path = _resolve(arch, path_or_url, get_cache_dir(cache_dir), weights, progress=progress, timeout=timeout)
     return from_torchvision(arch, read_state_dict(path), drop_head=drop_head)
 
 
-
-def _resolve(arch: str, path_or_url: str | os.PathLike | None, directory: Path, *, progress: bool,
-             timeout: float) -> Path:
+def _resolve(arch: str, path_or_url: str | os.PathLike | None, directory: Path, weights: str = V1, *,
+             progress: bool, timeout: float) -> Path:
     if path_or_url is not None and not _is_url(str(path_or_url)):
         path = Path(path_or_url).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint file at {path}")
         return path
-    url = str(path_or_url) if path_or_url is not None else _info(arch)["url"]
+    url = str(path_or_url) if path_or_url is not None else _info(arch, weights)["url"]
     dest = directory / _filename(url)
     if dest.is_file():
         return dest
@@ -227,9 +234,10 @@ def _resolve(arch: str, path_or_url: str | os.PathLike | None, directory: Path, 
 
 
 def init_from_torchvision(arch: str, variables: Mapping[str, Any], path_or_url: str | os.PathLike | None = None,
-                          cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> dict[str, dict]:
+                          cache_dir: str | os.PathLike | None = None, *, weights: str = V1,
+                          progress: bool = True) -> dict[str, dict]:
     """Fine-tuning start point: freshly initialised cnnjax ``variables`` of ``create(arch, num_classes=C)`` with
-    every leaf replaced by torchvision's pretrained weights (:func:`load_torchvision`), except the classifier
+    every leaf replaced by torchvision's pretrained ``weights`` (:func:`load_torchvision`), except the classifier
     modules (:func:`~cnnjax.weights.torchvision.head_modules`) whose shapes differ from the checkpoint's (C
     other than its 1000 classes): those keep their fresh initialisation. GoogLeNet's auxiliary heads in the
     checkpoint are ignored when the model has none. Leaves keep the dtype of ``variables``; the result is a new
@@ -243,7 +251,7 @@ def init_from_torchvision(arch: str, variables: Mapping[str, Any], path_or_url: 
     from cnnjax.weights.torchvision import WeightConversionError, head_modules
 
     fresh = unfreeze(dict(variables))
-    path = _resolve(arch, path_or_url, get_cache_dir(cache_dir), progress=progress, timeout=60.0)
+    path = _resolve(arch, path_or_url, get_cache_dir(cache_dir), weights, progress=progress, timeout=60.0)
     pretrained = from_torchvision(arch, read_state_dict(path))
     if "aux1" not in fresh.get("params", {}):  # the checkpoint's GoogLeNet auxiliary heads, unused by this model
         pretrained = {c: {k: v for k, v in tree.items() if k not in ("aux1", "aux2")} for c, tree in

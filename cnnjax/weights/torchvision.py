@@ -59,15 +59,50 @@ def _torchvision_archs() -> tuple[str, ...]:
 TORCHVISION_ARCHS: tuple[str, ...] = _torchvision_archs()
 
 
-def torchvision_arch(init: str, arch: str) -> str | None:
-    """ARCH of ``--init torchvision:ARCH`` (which must be ``--arch``: ``ValueError`` otherwise), or None for any
-    other ``--init`` (a cnnjax run directory or checkpoint)."""
+def parse_init(init: str) -> tuple[str, str]:
+    """``'torchvision:ARCH[.WEIGHTS]'`` -> ``(ARCH, WEIGHTS)``; WEIGHTS (a torchvision enum name such as
+    ``IMAGENET1K_V2``, or ``DEFAULT``) is ``IMAGENET1K_V1`` when left out. ``ValueError`` for another prefix."""
     if not init.startswith("torchvision:"):
+        raise ValueError(f"--init {init}: not torchvision:ARCH[.WEIGHTS]")
+    arch, _, name = init.split(":", 1)[1].partition(".")
+    return arch, name or "IMAGENET1K_V1"
+
+
+def torchvision_init(init: str | None, arch: str) -> models.WeightsRecord | None:
+    """The :class:`~cnnjax.models.WeightsRecord` that ``--init torchvision:ARCH[.WEIGHTS]`` names (bare
+    ``torchvision:ARCH``: ``IMAGENET1K_V1``; ``.DEFAULT``: torchvision's best, e.g. ``IMAGENET1K_V2`` for
+    resnet50), or None for any other ``--init`` (a cnnjax run directory or checkpoint). ``ValueError`` when ARCH
+    is not ``--arch``, has no torchvision counterpart, or has no such weights (the message lists the valid
+    ones)."""
+    if init is None or not init.startswith("torchvision:"):
         return None
-    source = init.split(":", 1)[1]
+    source, name = parse_init(init)
     if source != arch:
         raise ValueError(f"--init {init}: the weights are for {source} but --arch is {arch}")
-    return source
+    return weights_record(arch, name, flag=f"--init {init}")
+
+
+def torchvision_arch(init: str, arch: str) -> str | None:
+    """ARCH of ``--init torchvision:ARCH[.WEIGHTS]`` (checked as :func:`torchvision_init` does), or None for any
+    other ``--init`` (a cnnjax run directory or checkpoint)."""
+    return None if torchvision_init(init, arch) is None else arch
+
+
+def check_classifier(init: str, record: models.WeightsRecord, num_classes: int | None = None) -> None:
+    """``ValueError`` unless the torchvision weights ``record`` (of ``--init init``) can classify: they have
+    categories and, when ``num_classes`` is given, that many."""
+    if record.categories is None:
+        raise ValueError(f"--init {init}: these weights have no usable classifier (torchvision publishes them for "
+                         "feature extraction only); fine-tune them with train.main, or choose other weights")
+    if num_classes is not None and num_classes != record.num_categories:
+        raise ValueError(f"--init {init} has torchvision's {record.num_categories} ImageNet classes but "
+                         f"the dataset has {num_classes}; evaluate on ImageNet (tfds:imagenet2012 or folder:) or "
+                         "fine-tune with train.main")
+
+
+def init_string(arch: str, record: models.WeightsRecord) -> str:
+    """The canonical ``torchvision:ARCH.WEIGHTS`` of a record (``DEFAULT`` resolved)."""
+    return f"torchvision:{arch}.{record.name}"
 
 
 def check_arch(arch: str) -> None:
@@ -104,11 +139,15 @@ def head_modules(arch: str) -> tuple[Path, ...]:
     return models.record(arch).head_modules if arch in models.names() else (("head",),)
 
 
-def weights_record(arch: str, name: str = "IMAGENET1K_V1") -> models.WeightsRecord:
-    """The :class:`~cnnjax.models.WeightsRecord` ``name`` of ``arch`` (``ValueError`` for an architecture
-    without a torchvision counterpart)."""
+def weights_record(arch: str, name: str = "IMAGENET1K_V1", *, flag: str | None = None) -> models.WeightsRecord:
+    """The :class:`~cnnjax.models.WeightsRecord` ``name`` of ``arch`` (``DEFAULT``: torchvision's best).
+    ``ValueError`` for an architecture without a torchvision counterpart or without such weights (naming the
+    valid ones; prefixed with ``flag``, e.g. ``'--init torchvision:resnet50.V9'``, when given)."""
     check_arch(arch)
-    return models.record(arch).weights_for(name)
+    try:
+        return models.record(arch).weights_for(name)
+    except KeyError as err:
+        raise ValueError(f"{flag}: {err.args[0]}" if flag else err.args[0]) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
