@@ -73,6 +73,7 @@ def _stage1(downsample: str, x: jax.Array):
     return jax.nn.relu(st["conv0"]["__call__"][0]), st["pool"]["__call__"][0]
 
 
+@pytest.mark.slow  # ~6 s: two eager inits and forwards
 def test_max_and_avg_pool_equal_reduce_window_of_the_previous_activation():
     x = jax.random.normal(jax.random.key(3), (2, 12, 12, 3))
     win = ((1, 2, 2, 1), (1, 2, 2, 1), "VALID")
@@ -86,8 +87,8 @@ def test_max_and_avg_pool_equal_reduce_window_of_the_previous_activation():
 
 
 def _kernels(conv_init: str) -> dict:
-    model = models.create("vgg_small", depth=6, norm="none", conv_init=conv_init)
-    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    model = models.create("vgg_small", depth=4, norm="none", conv_init=conv_init)  # convs 3-16-16 | 32 | 64
+    return model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
 
 
 def _kurtosis(w: np.ndarray) -> float:
@@ -95,10 +96,12 @@ def _kurtosis(w: np.ndarray) -> float:
     return float(np.mean(w**4) / np.mean(w**2) ** 2)
 
 
+@pytest.mark.slow  # ~7 s: two eager inits
 def test_init_variances_match_their_closed_forms():
     kaiming, xavier = _kernels("kaiming"), _kernels("xavier")
-    # stage3/conv1: 64 -> 64 (36,864 weights); stage2/conv0: 16 -> 32 (4,608 weights)
-    for stage, conv, cin, cout in (("stage3", "conv1", 64, 64), ("stage2", "conv0", 16, 32)):
+    # stage3/conv0: 32 -> 64 (18,432 weights); stage2/conv0: 16 -> 32 (4,608); stage1/conv1: 16 -> 16 (2,304)
+    for stage, conv, cin, cout in (("stage3", "conv0", 32, 64), ("stage2", "conv0", 16, 32),
+                                   ("stage1", "conv1", 16, 16)):
         wk = np.asarray(kaiming[stage][conv]["kernel"], np.float64).ravel()
         wx = np.asarray(xavier[stage][conv]["kernel"], np.float64).ravel()
         var_k = 2.0 / (9 * cout)  # He: 2 / fan_out
@@ -109,5 +112,5 @@ def test_init_variances_match_their_closed_forms():
         # negative cases: each is far from the other's variance, and the shapes differ (normal vs uniform)
         assert abs(wx.var() / var_k - 1) > 3 * tol and abs(wk.var() / var_x - 1) > 3 * tol
         assert np.abs(wx).max() <= math.sqrt(3 * var_x) * (1 + 1e-6)
-        assert abs(_kurtosis(wk) - 3.0) < 0.3 and abs(_kurtosis(wx) - 1.8) < 0.15
+        assert abs(_kurtosis(wk) - 3.0) < 0.45 and abs(_kurtosis(wx) - 1.8) < 0.2
     assert np.all(np.asarray(kaiming["stage1"]["conv0"]["bias"]) == 0)
