@@ -493,7 +493,7 @@ def test_parameter_distance_is_relative_l2():
     assert distance(a, b) == pytest.approx(math.sqrt(26.0)) and distance(a, a) == 0.0
 
 
-@pytest.mark.slow  # ~15 s: 2 runs of 3 steps (depth 3 at 16x16)
+@pytest.mark.slow  # ~20 s: 2 runs of 3 steps (depth 3 at 16x16)
 def test_downsampling_smoke(tmp_path):
     from train.experiments.__main__ import main
 
