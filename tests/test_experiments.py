@@ -491,3 +491,29 @@ def test_parameter_distance_is_relative_l2():
     a = {"w": np.array([3.0, 4.0]), "b": {"c": np.array([0.0])}}
     b = {"w": np.array([0.0, 0.0]), "b": {"c": np.array([1.0])}}
     assert distance(a, b) == pytest.approx(math.sqrt(26.0)) and distance(a, a) == 0.0
+
+
+@pytest.mark.slow  # ~20 s: 2 runs of 3 steps (depth 3 at 16x16)
+def test_downsampling_smoke(tmp_path):
+    from train.experiments.__main__ import main
+
+    assert main(["downsampling", "--budget", "smoke", "--out", str(tmp_path)]) == 0
+    res, table = _check_outputs(tmp_path, "downsampling", "downsampling.png")
+    assert [r["config"]["model_opt"] for r in res["runs"]] == [["depth=3", "downsample='max'"],
+                                                                ["depth=3", "downsample='blur'"]]
+    for evals in res["evaluations"].values():
+        for e in evals:
+            assert 0 <= e["consistency"] <= 1 and e["val_top1"] == pytest.approx(
+                next(r for r in res["runs"] if r["run_id"] == e["run_id"])["final"]["val_top1"], abs=1e-6)
+    assert set(res["summary"]["max"]["params"]) == set(res["summary"]["blur"]["params"])
+    assert "`blur` (MaxBlurPool (Zhang))" in table and "consistency %" in table
+
+
+def test_downsampling_verdicts_follow_the_numbers():
+    from train.experiments.downsampling import make_verdicts
+
+    s = {"max": {"consistency": [0.80, 0.81, 0.79], "val_top1": [0.9, 0.91, 0.9]},
+         "blur": {"consistency": [0.90, 0.91, 0.89], "val_top1": [0.8, 0.81, 0.8]}}
+    by = {v.claim.split(" (")[0]: v.verdict for v in make_verdicts(s)}
+    assert by == {"BlurPool is more shift-consistent than max pooling": "supported",
+                  "BlurPool is more accurate than max pooling": "not supported"}

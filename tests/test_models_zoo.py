@@ -19,7 +19,7 @@ REFERENCE = pathlib.Path(__file__).parent / "data" / "torchvision-imagenet1k-v1.
 TORCHVISION_PARAMS = {row["arch"]: int(row["params"])
                       for row in csv.DictReader((ln for ln in REFERENCE.open() if not ln.startswith("#")),
                                                 delimiter="\t")}
-SMALL = {"lenet5", "lenet5_modern", "mlp", "mlp_10m"} | {f"resnet{d}{s}" for d in (20, 32, 44, 56, 110)
+SMALL = {"lenet5", "lenet5_modern", "mlp", "mlp_10m", "vgg_small"} | {f"resnet{d}{s}" for d in (20, 32, 44, 56, 110)
                                                         for s in ("", "_plain")}
 
 

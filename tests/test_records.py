@@ -36,7 +36,7 @@ TORCHVISION_ARCHS = (
     "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
     "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
 )
-SMALL = {"lenet5", "lenet5_modern", "mlp", "mlp_10m"} | {f"resnet{d}{s}" for d in (20, 32, 44, 56, 110)
+SMALL = {"lenet5", "lenet5_modern", "mlp", "mlp_10m", "vgg_small"} | {f"resnet{d}{s}" for d in (20, 32, 44, 56, 110)
                                                         for s in ("", "_plain")}
 
 

@@ -19,6 +19,7 @@ from cnnjax.models import (  # noqa: F401  (register the families)
     mobilenet,
     resnet,
     vgg,
+    vgg_small,
 )
 from cnnjax.models.base import (
     FeatureInfo,

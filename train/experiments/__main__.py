@@ -16,6 +16,7 @@ import sys
 from train.experiments import (
     augmentation,
     degradation,
+    downsampling,
     gradients,
     inductive_bias,
     landscape,
@@ -29,7 +30,8 @@ from train.experiments import runner as R
 
 EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion,
                "landscape": landscape, "shift": shift, "inductive-bias": inductive_bias, "param-audit": param_audit,
-               "augmentation": augmentation, "reproducibility": reproducibility}
+               "augmentation": augmentation, "reproducibility": reproducibility,
+               "downsampling": downsampling}
 
 
 def main(argv: list[str] | None = None) -> int:
