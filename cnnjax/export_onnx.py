@@ -297,19 +297,14 @@ def _structural(fn: Callable):
     return emit
 
 
-def _pad(g, eqn, x, shape):
+def _pad(g, eqn, ins, shape):
     config = eqn.params["padding_config"]
     if any(i != 0 for _, _, i in config) or any(lo < 0 or hi < 0 for lo, hi, _ in config):
         raise UnsupportedError("pad with interior or negative padding is not supported")
-    return g.node("Pad", [x, _i64([lo for lo, _, _ in config] + [hi for _, hi, _ in config])], shape,
-                  mode="constant")
-
-
-def _pad_emit(g, eqn, ins, shape):
-    x = _pad(g, eqn, _exact(g, ins[0], _aval_shape(eqn.invars[0])), shape)
-    node = g.nodes[-1]
-    node.input.append(g.const(np.asarray(ins[1]).reshape(())) if isinstance(ins[1], np.ndarray) else ins[1])
-    return x
+    x = _exact(g, ins[0], _aval_shape(eqn.invars[0]))
+    value = np.asarray(ins[1]).reshape(()) if isinstance(ins[1], np.ndarray) else ins[1]
+    pads = _i64([lo for lo, _, _ in config] + [hi for _, hi, _ in config])
+    return g.node("Pad", [x, pads, value], shape, mode="constant")
 
 
 def _slice(g, eqn, x, shape):
@@ -334,7 +329,7 @@ STRUCTURAL: dict[str, Callable] = {
     "broadcast_in_dim": _broadcast_in_dim, "reshape": _reshape,
     "squeeze": _structural(lambda g, e, x, s: g.node("Squeeze", [x, _i64(e.params["dimensions"])], s)),
     "transpose": _structural(lambda g, e, x, s: _nchw(g, x, tuple(e.params["permutation"]))),
-    "pad": _pad_emit, "slice": _structural(_slice), "concatenate": _concatenate,
+    "pad": _pad, "slice": _structural(_slice), "concatenate": _concatenate,
 }
 CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr",
          "remat", "checkpoint")
