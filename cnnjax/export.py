@@ -1,4 +1,5 @@
-"""``python -m cnnjax.export --arch A --init torchvision:A[.WEIGHTS]|RUN_DIR --format stablehlo|savedmodel --out P``.
+"""``python -m cnnjax.export --arch A --init torchvision:A[.WEIGHTS]|RUN_DIR --format stablehlo|savedmodel|onnx
+--out PATH``.
 
 Writes a trained model as a self-contained artifact that runs without cnnjax (issue #15):
 
@@ -14,8 +15,11 @@ Writes a trained model as a self-contained artifact that runs without cnnjax (is
   (``tf.saved_model.load(PATH).signatures["serving_default"](images=x)["logits"]``, or ``.serve(x)``; TensorFlow
   only, no jax or cnnjax). ``PATH.json``: the same sidecar, plus the signature's names.
 
-ONNX is not written: jax2tf (the only mode jax 0.10 keeps) puts the whole model into one ``XlaCallModule`` op,
-which tf2onnx cannot convert, and jax2onnx 0.17.1 requires orbax-checkpoint 0.11 (the core needs 0.12).
+* ``onnx``: an ONNX model file at ``PATH`` (opset 18; needs the ``export`` extra's ``onnx``, imported only for this
+  format) written by cnnjax's own jaxpr converter :mod:`cnnjax.export_onnx` (jax2tf's SavedModel is one
+  ``XlaCallModule`` op that tf2onnx cannot convert, and jax2onnx 0.17.1 requires orbax-checkpoint 0.11): input
+  ``images`` ``(N, S, S, C)`` NHWC with a dynamic batch ``N``, output ``logits`` ``(N, K)``, the weights as
+  initializers (``onnxruntime.InferenceSession(PATH).run(None, {"images": x})[0]``; no jax or cnnjax).
 
 The sidecar JSON says how to feed it: ``input`` (layout, shape with ``"b"``, dtype), the eval transform
 (``resize`` shorter side, ``crop``, ``interpolation``: torchvision's PIL ``Resize`` + ``CenterCrop``; ``resize``
@@ -26,7 +30,7 @@ names, the architecture and the weights' origin.
 
 Exported graphs use ``conv_impl='xla'`` (``lax.conv_general_dilated``) unless ``--conv-impl`` asks for another
 algorithm, so they stay portable to any backend; ``--platforms cpu,cuda,tpu`` lowers for several at once
-(default: this machine's backend).
+(default: this machine's backend; not used by onnx).
 """
 
 from __future__ import annotations
@@ -40,9 +44,7 @@ from typing import Any
 
 from cnnjax.data.base import MissingDependencyError
 
-FORMATS = ("stablehlo", "savedmodel")
-NO_ONNX = ("--format onnx is not available: jax2tf SavedModels are one XlaCallModule (StableHLO) op that tf2onnx "
-           "cannot convert, and jax2onnx needs orbax-checkpoint<0.12; export stablehlo or savedmodel")
+FORMATS = ("stablehlo", "savedmodel", "onnx")
 SIGNATURE = {"name": "serving_default", "input": "images", "output": "logits"}
 
 
@@ -156,6 +158,28 @@ def export_savedmodel(predictor, out: pathlib.Path, *, include_preprocess: bool 
     return sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
 
 
+def export_onnx(predictor, out: pathlib.Path, *, include_preprocess: bool = False) -> int:
+    """Write the ONNX model of the forward pass to ``out`` (see the module docstring); returns its size in bytes."""
+    import numpy as np
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("--format onnx needs onnx: pip install 'cnnjax[export]'") from None
+    from cnnjax.export_onnx import to_onnx
+
+    s, c = predictor.size, predictor.channels
+    model = to_onnx(forward(predictor, include_preprocess), (1, s, s, c),
+                    np.uint8 if include_preprocess else np.float32,
+                    input_name=SIGNATURE["input"], output_name=SIGNATURE["output"])
+    blob = model.SerializeToString()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(out)
+    return len(blob)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cnnjax.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", required=True)
@@ -177,9 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cnnjax import predict
 
     args = build_parser().parse_args(argv)
-    if args.format == "onnx":
-        print(f"error: {NO_ONNX}", file=sys.stderr)
-        return 2
     if args.format not in FORMATS:
         print(f"error: unknown --format {args.format!r}; valid choices: {', '.join(FORMATS)}", file=sys.stderr)
         return 2
@@ -190,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         platforms = [p.strip() for p in args.platforms.split(",")] if args.platforms else None
         if args.format == "savedmodel":
             size = export_savedmodel(predictor, out, include_preprocess=args.include_preprocess, platforms=platforms)
+        elif args.format == "onnx":
+            size = export_onnx(predictor, out, include_preprocess=args.include_preprocess)
         else:
             size = len(export_stablehlo(predictor, out, include_preprocess=args.include_preprocess,
                                         platforms=platforms))
@@ -197,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     meta = sidecar(predictor, args.arch, args.init, args.include_preprocess, args.format)
-    if args.format == "savedmodel":
+    if args.format in ("savedmodel", "onnx"):
         meta["signature"] = dict(SIGNATURE)
     out.with_name(out.name + ".json").write_text(json.dumps(meta, indent=2))
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {args.format}, input {meta['input']['dtype']} "

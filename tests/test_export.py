@@ -1,4 +1,4 @@
-"""``python -m cnnjax.export --format stablehlo|savedmodel`` (issue #15): the artifact, reloaded in a fresh process
+"""``python -m cnnjax.export --format stablehlo|savedmodel|onnx`` (issue #15): the artifact, reloaded in a fresh process
 that does not import cnnjax (nor flax or jax2tf, for the SavedModel), gives the JAX model's logits on real images at
 any batch size."""
 
@@ -46,11 +46,24 @@ print(json.dumps(out))
 """
 
 
+RELOAD_ORT = """
+import json, sys
+import numpy as np
+import onnxruntime as ort
+sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+x = np.load(sys.argv[2])
+out = {str(n): sess.run(["logits"], {"images": x[:n]})[0].tolist() for n in (1, len(x))}
+bad = [m for m in sys.modules if m.split(".")[0] in ("cnnjax", "flax", "jax", "jaxlib")]
+assert not bad, f"imported {bad[:3]}"
+print(json.dumps(out))
+"""
+
+
 def _reload(artifact: pathlib.Path, x: np.ndarray, tmp_path: pathlib.Path, fmt: str = "stablehlo"
             ) -> dict[str, np.ndarray]:
     np.save(tmp_path / "x.npy", x)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    script = RELOAD_TF if fmt == "savedmodel" else RELOAD
+    script = {"savedmodel": RELOAD_TF, "onnx": RELOAD_ORT}.get(fmt, RELOAD)
     proc = subprocess.run([sys.executable, "-c", script, str(artifact), str(tmp_path / "x.npy")], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -133,6 +146,29 @@ def test_savedmodel_of_a_run_runs_in_tensorflow(digits_run, tmp_path):
                         "--format", "savedmodel"]) == 2
 
 
+def test_onnx_of_a_run_runs_in_onnxruntime(digits_run, tmp_path):
+    """``--format onnx``: the ONNX file, run by onnxruntime in a process without jax or cnnjax, gives
+    ``model.apply``'s logits on real digits at batch 1 and 6 (a dynamic batch ``N``), rel. error <= 1e-4."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "lenet5.onnx"
+    assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(out), "--format", "onnx"]) == 0
+    meta = json.loads(out.with_name(out.name + ".json").read_text())
+    assert meta["format"] == "onnx" and meta["signature"]["input"] == "images"
+    _, x = _digits_inputs(meta, 6)
+    model = models.create("lenet5", num_classes=10, in_channels=1, conv_impl="xla")
+    want = np.asarray(model.apply(checkpoint.restore(digits_run), x, False))
+    got = _reload(out, x, tmp_path, "onnx")
+    assert _rel(got["6"], want) <= 1e-4 and _rel(got["1"], want[:1]) <= 1e-4
+
+
+def test_onnx_without_onnx_names_the_extra(digits_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(tmp_path / "m.onnx"),
+                        "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "cnnjax[export]" in err and len(err.strip().splitlines()) == 1
+
+
 def test_savedmodel_without_tensorflow_names_the_extra(digits_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
     assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(tmp_path / "m"),
@@ -144,10 +180,7 @@ def test_savedmodel_without_tensorflow_names_the_extra(digits_run, tmp_path, mon
 def test_bad_export_arguments_exit_2(tmp_path, capsys):
     assert export.main(["--arch", "lenet5", "--init", str(tmp_path), "--out", str(tmp_path / "m"),
                         "--format", "tflite"]) == 2
-    assert "valid choices: stablehlo, savedmodel" in capsys.readouterr().err
-    assert export.main(["--arch", "lenet5", "--init", str(tmp_path), "--out", str(tmp_path / "m"),
-                        "--format", "onnx"]) == 2
-    assert "XlaCallModule" in capsys.readouterr().err
+    assert "valid choices: stablehlo, savedmodel, onnx" in capsys.readouterr().err
     assert export.main(["--arch", "lenet5", "--init", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
     assert "no config.json" in capsys.readouterr().err
 
@@ -181,7 +214,7 @@ def test_export_of_torchvision_weights_matches_on_photos(arch, tmp_path, monkeyp
     """``--init torchvision:ARCH`` (random weights in torchvision's format in the cache), 224x224, every format:
     the reloaded artifact's logits on two real photos (uint8, ``--include-preprocess``) equal the JAX model's at
     batch 1 and 2, rel. error <= 1e-4 (fp32). One test per architecture: the reference logits are computed once
-    for every format (SavedModel only where TensorFlow is installed)."""
+    for every format (SavedModel only where TensorFlow is installed, ONNX where onnxruntime is)."""
     from cnnjax import weights
 
     model = models.create(arch, conv_impl="xla")
@@ -192,7 +225,7 @@ def test_export_of_torchvision_weights_matches_on_photos(arch, tmp_path, monkeyp
     monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path))
     pixels, want = _photos(224), None
     for fmt in export.FORMATS:
-        if fmt == "savedmodel" and importlib.util.find_spec("tensorflow") is None:
+        if importlib.util.find_spec({"savedmodel": "tensorflow", "onnx": "onnxruntime"}.get(fmt, "jax")) is None:
             continue
         out = tmp_path / f"{arch}.{fmt}"
         assert export.main(["--arch", arch, "--init", f"torchvision:{arch}", "--out", str(out), "--format", fmt,
