@@ -146,7 +146,7 @@ def test_nonfinite_loss_stops_with_exit_code_and_keeps_good_checkpoint(tmp_path)
     (["--arch", "lenet5", "--precision", "fp8"], "invalid choice"),
     (["--arch", "alexnet"], "at least 63x63, got 32x32"),
     (["--arch", "lenet5", "--batch-size", "0"], "must be >= 1"),
-    (["--arch", "lenet5", "--model-opt", "dropout=0.1"], "lenet5 has no option 'dropout'; its options: modern"),
+    (["--arch", "lenet5", "--model-opt", "dropout=0.1"], "lenet5 has no option 'dropout'; its options: act, modern"),
 ])
 def test_bad_input_fails_early_with_the_valid_choices(args, expected, tmp_path):
     t0 = time.time()
