@@ -23,6 +23,7 @@ def _params(seed: int, cin: int, cout: int, hidden: int) -> dict:
 
 
 # few distinct shapes (each new shape compiles the eager ops once); the values vary freely
+@pytest.mark.slow  # > 5 s (CI durations)
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), cin=st.sampled_from([1, 3]), cout=st.sampled_from([1, 4]),
        hidden=st.sampled_from([1, 5]))

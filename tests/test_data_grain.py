@@ -172,6 +172,7 @@ def test_small_images_pad_and_crop_without_flip(gray28):
 # ----------------------------------------------------------------------------- workers, shards and resume
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 def test_worker_processes_threads_and_shards_give_the_same_batches(gray28):
     """The batches of one epoch are identical with 0 or 2 decoding processes; process p of 2 gets rows
     [p * B/2, (p + 1) * B/2) of every global batch, so the union of the shards is the global batch (train and

@@ -120,6 +120,7 @@ def _digits_inputs(meta: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
     return pixels, ((pixels / np.float32(255) - np.float32(meta["mean"])) / np.float32(meta["std"])).astype(np.float32)
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 def test_savedmodel_of_a_run_runs_in_tensorflow(digits_run, tmp_path):
     """``--format savedmodel``: the SavedModel directory, loaded in a process with TensorFlow only (no cnnjax,
     flax or jax2tf; TF itself imports parts of jax where jax is installed), gives ``model.apply``'s logits on real

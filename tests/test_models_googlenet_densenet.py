@@ -84,6 +84,7 @@ def test_googlenet_outputs_and_features_abstract():
     assert jax.tree.structure(_abstract_init(model, train=True)) == jax.tree.structure(variables)
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 def test_googlenet_train_forward_returns_aux_outputs():
     model = create("googlenet", num_classes=5)
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))

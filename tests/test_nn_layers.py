@@ -190,6 +190,7 @@ def ref_conv(x, w, stride, pad, dil, groups):
     return y
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 @settings(max_examples=12)  # the module's forwarding of each argument: a wrong one fails most examples
 @given(st.integers(1, 3), st.integers(1, 2), st.integers(0, 2), st.integers(1, 2), st.sampled_from([1, 2]),
        st.integers(5, 10))
@@ -220,6 +221,7 @@ def test_conv_rejects_bad_groups_and_sizes():
         cnn.Conv(6, 5).init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 def test_bf16_compute_keeps_fp32_params():
     conv = cnn.Conv(8, 3, padding=1, dtype=jnp.bfloat16)
     bn = cnn.BatchNorm(use_running_average=False, dtype=jnp.bfloat16)

@@ -184,6 +184,7 @@ def test_winograd_float32_error_against_float64_reference():
 # --- FFT ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 @settings(max_examples=8, deadline=None)
 @given(conv_cases())
 def test_fft_equals_lax_conv_with_gradients(case):

@@ -47,6 +47,7 @@ SPECS = {  # spec -> operand shapes from sizes (m, k, n, p)
 }
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 @settings(max_examples=8)  # each example compiles one program (~0.4 s); a wrong accumulation fails any
 @given(spec=st.sampled_from(sorted(SPECS)), m=st.integers(1, 40), k=st.integers(1, 300), n=st.integers(1, 24),
        p=st.integers(1, 3), out=st.sampled_from(["bf16", "f32"]), seed=st.integers(0, 2**16))

@@ -59,6 +59,7 @@ def test_torchvision_weights_give_torchvision_s_probabilities(tmp_path, monkeypa
     assert predict.imagenet_classes() == tv.meta["categories"]
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 def test_a_run_directory_predicts_with_its_own_classes_and_transform(tmp_path, capsys):
     """A ``train.main`` run: its class names, size, channels and normalisation from ``config.json``; the
     probabilities equal the restored model on the PNG resized with PIL and normalised by hand."""

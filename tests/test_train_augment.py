@@ -92,6 +92,7 @@ def _np_soft_ce(logits, targets, eps):
     return float(-(t * logp).sum(-1).mean())
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 def test_step_loss_is_the_soft_cross_entropy_of_the_augmented_batch():
     """With ``augment``, the step's loss is the smoothed soft-target cross entropy (float64 NumPy) of the
     model on the AUGMENTED images against the augmenter's targets, and top-1 counts the original labels;
@@ -120,6 +121,7 @@ def test_step_loss_is_the_soft_cross_entropy_of_the_augmented_batch():
     assert abs(float(metrics["loss"]) - plain) > 1e-3
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 def test_augmented_batches_depend_on_seed_and_step_only():
     """The real augmenter (flip, MixUp/CutMix, erasing; the op policies are as cheap to key but slow to compile)
     keyed as the step keys it: the same (seed, step) gives the same batch twice, the next step another."""

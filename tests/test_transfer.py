@@ -48,6 +48,7 @@ def frozen_unchanged(before, after, keep):
     return all(np.array_equal(flat_b[p], flat_a[p]) for p in flat_b if not keep(p))
 
 
+@pytest.mark.slow  # > 5 s (CI durations)
 @settings(max_examples=10)  # a leaf that moves or keeps state shows in any mask; 25 examples: ~6 s
 @given(st.sets(st.sampled_from(NAMES), min_size=1, max_size=5), st.sampled_from(sorted(OPTIMIZERS)))
 def test_freeze_keeps_frozen_leaves_bit_identical_and_stateless(trainable_names, opt_name):
