@@ -72,21 +72,10 @@ def forward(predictor, include_preprocess: bool = False):
 
 
 def import_tf():
-    """TensorFlow for ``--format savedmodel`` only: no GPU for TF (the accelerator belongs to JAX), quiet import."""
-    import contextlib
-    import os
+    """TensorFlow for ``--format savedmodel`` (:func:`cnnjax.data.tfpipe.import_tf`: no GPU for TF, quiet)."""
+    from cnnjax.data.tfpipe import import_tf as _import_tf
 
-    os.environ.setdefault("NO_GCE_CHECK", "true")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise MissingDependencyError("--format savedmodel needs TensorFlow: pip install 'cnnjax[data]' "
-                                     "(tensorflow-cpu)") from None
-    with contextlib.suppress(RuntimeError, ValueError):  # raises once TF has initialised its devices
-        tf.config.set_visible_devices([], "GPU")
-    return tf
+    return _import_tf("--format savedmodel needs TensorFlow", "tensorflow-cpu")
 
 
 def sidecar(predictor, arch: str, init: str, include_preprocess: bool, fmt: str) -> dict[str, Any]:

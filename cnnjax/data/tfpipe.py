@@ -39,16 +39,17 @@ SMALL = 64  # image sizes up to this use pad-and-crop instead of random-resized-
 EVAL_CROP_FRACTION = 0.875
 
 
-def import_tf() -> Any:
-    """Import TensorFlow for tf.data only: no GPU for TF (the accelerator belongs to JAX), no GCE metadata probe."""
+def import_tf(needed_by: str = "the tfds: datasets need TensorFlow for tf.data",
+              packages: str = "tensorflow-cpu, tensorflow-datasets") -> Any:
+    """Import TensorFlow without a GPU (the accelerator belongs to JAX), without the GCE metadata probe and
+    quietly; ``MissingDependencyError`` ("``needed_by``: pip install 'cnnjax[data]' (``packages``)") if absent."""
     os.environ.setdefault("NO_GCE_CHECK", "true")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no CPU-feature info lines at import
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # nor the oneDNN notice (tf.data image ops do not use it)
     try:
         import tensorflow as tf
     except ImportError:
-        raise MissingDependencyError("the tfds: datasets need TensorFlow for tf.data: pip install 'cnnjax[data]' "
-                                     "(tensorflow-cpu, tensorflow-datasets)") from None
+        raise MissingDependencyError(f"{needed_by}: pip install 'cnnjax[data]' ({packages})") from None
 
     with contextlib.suppress(RuntimeError, ValueError):  # raises once TF has initialised its devices
         tf.config.set_visible_devices([], "GPU")
