@@ -162,20 +162,15 @@ def test_onnx_of_a_run_runs_in_onnxruntime(digits_run, tmp_path):
     assert _rel(got["6"], want) <= 1e-4 and _rel(got["1"], want[:1]) <= 1e-4
 
 
-def test_onnx_without_onnx_names_the_extra(digits_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
-    assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(tmp_path / "m.onnx"),
-                        "--format", "onnx"]) == 2
+@pytest.mark.parametrize("module, fmt, out, extra", [("onnx", "onnx", "m.onnx", "cnnjax[export]"),
+                                                     ("tensorflow", "savedmodel", "m", "cnnjax[data]")])
+def test_a_format_without_its_package_names_the_extra(digits_run, tmp_path, monkeypatch, capsys, module, fmt, out,
+                                                      extra):
+    monkeypatch.setitem(sys.modules, module, None)  # import MODULE -> ImportError
+    assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(tmp_path / out),
+                        "--format", fmt]) == 2
     err = capsys.readouterr().err
-    assert "cnnjax[export]" in err and len(err.strip().splitlines()) == 1
-
-
-def test_savedmodel_without_tensorflow_names_the_extra(digits_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
-    assert export.main(["--arch", "lenet5", "--init", str(digits_run), "--out", str(tmp_path / "m"),
-                        "--format", "savedmodel"]) == 2
-    err = capsys.readouterr().err
-    assert "cnnjax[data]" in err and len(err.strip().splitlines()) == 1
+    assert extra in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_export_arguments_exit_2(tmp_path, capsys):
