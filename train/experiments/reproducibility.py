@@ -85,11 +85,10 @@ def trajectory(workdir: pathlib.Path) -> dict[int, dict]:
     from cnnjax import checkpoint
 
     store = checkpoint.CheckpointStore(checkpoint.checkpoint_dir(workdir), read_only=True, async_save=False)
-    try:
-        steps = store.steps()
+    try:  # one store for every step (checkpoint.restore would open one per step)
+        return {s: jax.device_get(store.restore(step=s)[0]["params"]) for s in store.steps()}
     finally:
         store.close()
-    return {s: jax.device_get(checkpoint.restore(workdir, step=s)["params"]) for s in steps}
 
 
 def distance(a, b) -> float:
