@@ -34,6 +34,14 @@ ALL = tuple(n for n in models.names() if "zero_init_last_bn" in models.registry.
 ALL_IMAGENET = tuple(n for n in ALL if models.record(n).input_size == 224)
 CIFAR = ("resnet20", "resnet20_plain")
 IMAGENET = ("resnet18", "resnet50", "resnext50_32x4d")  # BasicBlock, Bottleneck, grouped Bottleneck
+# The built cases' depth, as ``--model-opt`` items (the CLI's own path): the plain CIFAR net at depth 8 (one block
+# per stage: the blocks of depth 20, fewer of them; resnet20 itself, with shortcuts, runs at depth 20); the
+# bottleneck ResNets with stages of 2, 1, 1, 1 blocks instead of 3, 4, 6, 3: every kind of block the full nets
+# have (stage 1's stride-1 projection from 64 to 256 channels, an identity shortcut, the strided projections of
+# stages 2-4), built by the same ``ResNet.forward`` loop, and the same zero-init code; the other 11 blocks repeat
+# them and cost ~15 s of compile each net. resnet18 keeps its own (2, 2, 2, 2).
+DEPTH_OPTS = {"resnet20_plain": ("depth=8",), "resnet50": ("stage_sizes=(2,1,1,1)",),
+              "resnext50_32x4d": ("stage_sizes=(2,1,1,1)",)}
 
 def _batch(channels: int = 3) -> tuple[jax.Array, jax.Array]:
     return jax.random.normal(jax.random.key(1), (4, 32, 32, channels)), jnp.arange(4) % 10
@@ -85,11 +93,10 @@ def test_every_conv_of_the_body_learns_under_auto(arch):
     every conv kernel has a gradient and every channel of every last BN scale has moved or is about to (at
     32x32 a few channels only get a gradient at the second step: a 1x1 stride-2 projection of a 2x2 map passes
     the gradient to one position of four)."""
-    # the plain CIFAR net at depth 8 (one block per stage: the blocks of depth 20, fewer of them; resnet20 itself,
-    # with shortcuts, runs at depth 20)
-    opt = ("depth=8",) if arch == "resnet20_plain" else ()
+    opt = DEPTH_OPTS.get(arch, ())
     model = build_model(C.TrainConfig(arch=arch, image_size=32, model_opt=opt), INFO)
-    assert not opt or model.depth == 8
+    if opt:
+        assert (model.depth == 8) if arch == "resnet20_plain" else (tuple(model.stage_sizes) == (2, 1, 1, 1))
     zero = C.zero_init_last_bn(arch, "auto")
     assert zero == (arch in IMAGENET) and model.zero_init_last_bn == zero
     init, params, g = _grads(model, steps=1 if zero else 0)
