@@ -1,7 +1,8 @@
 """Parity with torchvision: a torchvision model at random init (with non-trivial BatchNorm statistics, LayerNorm
 affines and ConvNeXt layer scales), converted with ``cnnjax.weights.from_torchvision``, gives the same eval-mode
 logits and last feature map in cnnjax (max error <= 1e-4 of the largest |value|), for every architecture of
-tests/data/torchvision-imagenet1k-v1.tsv.
+tests/data/torchvision-imagenet1k-v1.tsv; and every level of ``feature_maps`` equals torchvision's
+``create_feature_extractor`` at the corresponding nodes (tests/test_features.py has the architectures not here).
 
 One input (batch 1) per model, the odd, non-square 67x83 (AlexNet needs 63x63; every other model is smaller):
 odd sides exercise the padding, ceil-mode pools and adaptive average pools (which pool overlapping bins here, not
@@ -22,7 +23,7 @@ torchvision = pytest.importorskip("torchvision", reason="torchvision is not inst
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from _torch_models import randomize_norms  # noqa: E402
+from _torch_models import check_feature_maps, randomize_norms, rel_err  # noqa: E402
 
 from cnnjax import models  # noqa: E402
 from cnnjax.weights import from_torchvision  # noqa: E402
@@ -63,10 +64,6 @@ def _feature_hook(arch: str, tm):
     return tm.features, lambda y: y
 
 
-def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
-
-
 @pytest.mark.parametrize("arch", CASES)
 def test_logits_and_features_match_torchvision(arch):
     tm = _torch_model(arch)
@@ -74,22 +71,26 @@ def test_logits_and_features_match_torchvision(arch):
     model = models.create(arch, transform_input=True) if arch == "googlenet" else models.create(arch)
 
     @jax.jit
-    def run(variables, x):
-        return model.apply(variables, x), model.apply(variables, x, method="features")
+    def run(variables, x):  # one forward for XLA (common subexpressions): each output is a prefix of it
+        return (model.apply(variables, x), model.apply(variables, x, method="features"),
+                model.apply(variables, x, method="feature_maps"))
 
     module, post = _feature_hook(arch, tm)
     captured = {}
-    module.register_forward_hook(lambda mod, inp, out: captured.update(features=post(out)))
+    hook = module.register_forward_hook(lambda mod, inp, out: captured.update(features=post(out)))
     h, w = SIZE
     x = np.random.RandomState(0).randn(1, h, w, 3).astype(np.float32)
     with torch.no_grad():
         want_logits = tm(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    hook.remove()
     want_features = captured.pop("features").numpy().transpose(0, 2, 3, 1)
     with jax.default_matmul_precision("float32"):
-        logits, features = (np.asarray(a) for a in run(variables, jnp.asarray(x)))
+        logits, features, maps = run(variables, jnp.asarray(x))
+    logits, features = np.asarray(logits), np.asarray(features)
     assert features.shape == want_features.shape
     assert logits.shape == want_logits.shape == (1, 1000)
-    ef, el = _rel_err(features, want_features), _rel_err(logits, want_logits)
+    ef, el = rel_err(features, want_features), rel_err(logits, want_logits)
     print(f"\n{arch}: {h}x{w} features {ef:.1e} logits {el:.1e}")
     assert ef < TOL, f"{arch} {h}x{w}: features differ (max rel err {ef:.2e})"
     assert el < TOL, f"{arch} {h}x{w}: logits differ (max rel err {el:.2e})"
+    check_feature_maps(arch, tm, x, maps, TOL)  # every feature level vs create_feature_extractor's
