@@ -205,7 +205,7 @@ def _photos(size: int) -> np.ndarray:
 
 # Each architecture of issue #15 in one format, each format for one architecture: the same export code serves
 # every architecture (``export.forward`` of the restored model), and every format is also checked on the digits
-# run above; the photo check at 224 costs 15-25 s per (architecture, format) on a 2-core CPU.
+# run above; each photo check at 224 exports, reloads in a fresh process and compiles the model.
 PHOTO_CASES = [("resnet50", "stablehlo"), ("mobilenet_v2", "savedmodel"), ("convnext_tiny", "onnx")]
 
 

@@ -39,7 +39,7 @@ IMAGENET = ("resnet18", "resnet50", "resnext50_32x4d")  # BasicBlock, Bottleneck
 # bottleneck ResNets with stages of 2, 1, 1, 1 blocks instead of 3, 4, 6, 3: every kind of block the full nets
 # have (stage 1's stride-1 projection from 64 to 256 channels, an identity shortcut, the strided projections of
 # stages 2-4), built by the same ``ResNet.forward`` loop, and the same zero-init code; the other 11 blocks repeat
-# them and cost ~15 s of compile each net. resnet18 keeps its own (2, 2, 2, 2).
+# them and add compile time, no new case. resnet18 keeps its own (2, 2, 2, 2).
 DEPTH_OPTS = {"resnet20_plain": ("depth=8",), "resnet50": ("stage_sizes=(2,1,1,1)",),
               "resnext50_32x4d": ("stage_sizes=(2,1,1,1)",)}
 
