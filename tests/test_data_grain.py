@@ -4,6 +4,7 @@ iterator's saved state, image size/channel defaults, and training with TensorFlo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -328,40 +329,55 @@ BLOCK = textwrap.dedent("""
     for name in {blocked!r}:
         sys.modules[name] = None  # `import name` now raises ImportError, as where it is not installed
     from train.main import main
-    code = main({argv!r})
+    codes = []
+    for argv in {argvs!r}:  # one interpreter start for several runs
+        try:
+            codes.append(main(argv))
+        except SystemExit as exit_:
+            codes.append(exit_.code)
     assert not any(m.split('.')[0] in {blocked!r} for m in sys.modules if sys.modules[m] is not None), \\
         'a blocked package was imported'
-    sys.exit(code)
+    print('exit codes:', codes)
 """)
 
 
-def _run_blocked(blocked: list[str], argv: list[str], tmp_path) -> subprocess.CompletedProcess:
+def _run_blocked(blocked: list[str], *argvs: list[str]) -> tuple[subprocess.CompletedProcess, list]:
+    """Run ``train.main.main`` on each of ``argvs`` in one subprocess where importing any of ``blocked``
+    fails; the process and the exit code of each run (the process itself fails if a blocked package got
+    imported)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-c", BLOCK.format(blocked=blocked, argv=argv)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", BLOCK.format(blocked=blocked, argvs=list(argvs))], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("exit codes: "), out.stdout[-3000:]
+    return out, json.loads(line[len("exit codes: "):])
 
 
 @pytest.mark.slow  # ~11 s: a subprocess training run
 def test_folder_trains_with_tensorflow_blocked(gray28, tmp_path):
-    out = _run_blocked(["tensorflow", "tensorflow_datasets"],
-                       ["--arch", "lenet5", "--dataset", f"folder:{gray28}", "--max-steps", "1", "--batch-size", "4",
-                        "--no-progress", "--workdir", str(tmp_path / "run")], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out, codes = _run_blocked(["tensorflow", "tensorflow_datasets"],
+                              ["--arch", "lenet5", "--dataset", f"folder:{gray28}", "--max-steps", "1", "--batch-size",
+                               "4", "--no-progress", "--workdir", str(tmp_path / "run")])
+    assert codes == [0], out.stderr[-3000:]
     assert "training at 32x32x1" in out.stdout and "val loss" in out.stdout
     assert "Traceback" not in out.stderr
 
 
 @pytest.mark.slow
-def test_without_grain_folder_is_one_line_and_synthetic_still_trains(gray28, tmp_path):
-    out = _run_blocked(["grain"], ["--arch", "lenet5", "--dataset", f"folder:{gray28}", "--max-steps", "1",
-                                   "--no-progress", "--workdir", str(tmp_path / "a")], tmp_path)
-    assert out.returncode == 2, out.stderr[-3000:]
+def test_without_tensorflow_and_grain_synthetic_trains_and_folder_is_one_line(gray28, tmp_path):
+    """The GPU image has no TensorFlow (and may lack Grain): importing cnnjax and training on synthetic data
+    must need neither; a ``folder:`` dataset without Grain fails with one line naming the package."""
+    out, codes = _run_blocked(
+        ["tensorflow", "tensorflow_datasets", "grain"],
+        ["--arch", "lenet5", "--dataset", "synthetic:image_size=32,num_classes=4,num_train=64,num_val=16",
+         "--batch-size", "16", "--max-steps", "2", "--no-progress", "--workdir", str(tmp_path / "syn")],
+        ["--arch", "lenet5", "--dataset", f"folder:{gray28}", "--max-steps", "1", "--no-progress", "--workdir",
+         str(tmp_path / "a")])
+    assert codes == [0, 2], out.stderr[-3000:]
+    assert "epoch 1:" in out.stdout
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and "pip install grain" in lines[-1] and "Traceback" not in out.stderr
-    out = _run_blocked(["grain"], ["--arch", "lenet5", "--dataset", "synthetic:num_classes=3", "--image-size",
-                                   "32", "--max-steps", "2", "--batch-size", "4", "--no-progress", "--workdir",
-                                   str(tmp_path / "b")], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
 
 
 TWO_PROCESS = textwrap.dedent("""
@@ -408,20 +424,25 @@ def test_grain_import_error_is_one_line(monkeypatch):
     assert "\n" not in str(err.value)
 
 
-def _start_with_workers(folder: pathlib.Path, workdir: pathlib.Path) -> tuple[subprocess.Popen, list]:
-    """A CLI run with 2 Grain worker processes in its own session, once its first epoch is done; returns the
-    process and its worker processes (psutil)."""
-    psutil = pytest.importorskip("psutil")
+def _start_with_workers(folder: pathlib.Path, workdir: pathlib.Path) -> subprocess.Popen:
+    """A CLI run with 2 Grain worker processes, in its own session."""
+    pytest.importorskip("psutil")
     argv = [sys.executable, "-m", "train.main", "--arch", "lenet5", "--dataset", f"folder:{folder}", "--epochs",
             "500", "--batch-size", "4", "--no-progress", "--data-workers", "2", "--workdir", str(workdir)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+    return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _workers_after_first_epoch(proc: subprocess.Popen) -> list:
+    """The worker processes (psutil) of a run of :func:`_start_with_workers`, once its first epoch is done."""
+    import psutil
+
     for line in proc.stdout:
         if line.startswith("epoch 1:"):
             break
     workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
     assert len(workers) >= 2
-    return proc, workers
+    return workers
 
 
 @pytest.mark.slow
@@ -433,17 +454,23 @@ def test_signals_with_worker_processes_leave_nothing_behind(gray28, tmp_path):
 
     import psutil
 
-    proc, workers = _start_with_workers(gray28, tmp_path / "term")
-    os.killpg(proc.pid, signal.SIGTERM)
-    rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == 143, rest
-    assert "Traceback" not in rest and "leaked" not in rest and "stopped by signal 15" in rest, rest
-    gone, alive = psutil.wait_procs(workers, timeout=10)
-    assert not alive
-    proc, workers = _start_with_workers(gray28, tmp_path / "kill")
-    proc.kill()
-    proc.wait(timeout=30)
-    gone, alive = psutil.wait_procs(workers, timeout=15)
-    for p in alive:
-        p.kill()
-    assert not alive, "worker processes outlived the killed training process"
+    # both runs start at once (their imports and compiles overlap on the 2 cores); each has its own workdir
+    term, killed = _start_with_workers(gray28, tmp_path / "term"), _start_with_workers(gray28, tmp_path / "kill")
+    try:
+        workers = _workers_after_first_epoch(term)
+        os.killpg(term.pid, signal.SIGTERM)
+        rest = term.stdout.read()
+        assert term.wait(timeout=60) == 143, rest
+        assert "Traceback" not in rest and "leaked" not in rest and "stopped by signal 15" in rest, rest
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive
+        workers = _workers_after_first_epoch(killed)
+        killed.kill()  # the training process alone: its workers are orphaned
+        killed.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, "worker processes outlived the killed training process"
+    finally:  # whatever failed above, no run or worker of this test outlives it
+        for proc in (term, killed):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

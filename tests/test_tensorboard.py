@@ -174,10 +174,11 @@ def test_loop_metrics_and_records_reach_tensorboard_as_in_metrics_jsonl(tmp_path
 
 @pytest.mark.slow
 def test_cli_event_file_holds_metrics_jsonl_and_every_step_loss(tmp_path):
-    from tests.test_train import TINY, run_cli
+    from tests.test_train import TINY, run_main
 
-    workdir = tmp_path / "run"
-    run_cli([*TINY, "--max-steps", "30", "--ema-decay", "0.9", "--ema-every", "2", "--workdir", str(workdir)])
+    workdir = tmp_path / "run"  # in-process: what is tested is the event file, not the process
+    assert run_main([*TINY, "--max-steps", "30", "--ema-decay", "0.9", "--ema-every", "2", "--workdir",
+                     str(workdir)]) == 0
     (path,) = workdir.glob("events.out.tfevents.*")
     got = scalars(read_events(path))
     rows = report.read_jsonl(workdir / "metrics.jsonl")

@@ -328,16 +328,18 @@ def test_train_size_needs_a_size_independent_model_and_decoded_files(photos, tmp
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_with_repeats_and_layer_decay_is_exact(tmp_path):
+def test_resume_after_sigkill_with_repeats_and_layer_decay_is_exact(tmp_path, capsys):
     """A lenet5 run with --ra-reps 2 --layer-decay 0.7 killed mid-epoch and resumed ends bit-identical to the
     uninterrupted run (the repeated order and the layer scales are pure functions of the run's settings)."""
     import signal
 
-    from test_train import TINY, _run_until_checkpoint_then_signal, assert_trees_equal, final_params, run_cli
+    from test_train import TINY, _run_until_checkpoint_then_signal, assert_trees_equal, final_params, run_cli, run_main
 
     args = [*TINY, "--epochs", "2", "--checkpoint-every", "5", "--ra-reps", "2", "--layer-decay", "0.7"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    out = run_cli([*args, "--workdir", str(ref)]).stdout
+    capsys.readouterr()
+    assert run_main([*args, "--workdir", str(ref)]) == 0  # in-process; the killed run is a subprocess
+    out = capsys.readouterr().out
     assert "layer decay 0.7: 5 layer groups" in out and "each train image 2 times per epoch" in out
     code, _ = _run_until_checkpoint_then_signal([*args, "--workdir", str(killed)], killed, signal.SIGKILL,
                                                 min_steps=10)

@@ -12,7 +12,14 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_train import ROOT, _run_until_checkpoint_then_signal, assert_trees_equal, final_params, run_cli  # noqa: F401
+from test_train import (  # noqa: F401
+    ROOT,
+    _run_until_checkpoint_then_signal,
+    assert_trees_equal,
+    final_params,
+    run_cli,
+    run_main,
+)
 
 from cnnjax import checkpoint, models, transfer
 from cnnjax.training import TrainState, make_train_step
@@ -162,17 +169,17 @@ def test_load_pretrained_is_strict_and_reinitialises_a_different_head():
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pre") / "shapes"
-    run_cli(["--arch", "lenet5_modern", "--dataset", "shapes:num_train=256,num_val=64", "--batch-size", "32",
-             "--max-steps", "8", "--no-progress", "--workdir", str(workdir)])
+    assert run_main(["--arch", "lenet5_modern", "--dataset", "shapes:num_train=256,num_val=64", "--batch-size",
+                     "32", "--max-steps", "8", "--no-progress", "--workdir", str(workdir)]) == 0  # in-process
     return workdir
 
 
 @pytest.mark.slow
-def test_cli_linear_probe_from_checkpoint_keeps_backbone(pretrained_run, tmp_path):
+def test_cli_linear_probe_from_checkpoint_keeps_backbone(pretrained_run, tmp_path, capsys):
     args = ["--arch", "lenet5_modern", "--dataset", "digits:channels=3", "--batch-size", "32", "--max-steps", "6",
             "--no-progress", "--init", str(pretrained_run), "--transfer", "linear-probe"]
-    proc = run_cli([*args, "--workdir", str(tmp_path / "probe")])
-    assert "head re-initialised" in proc.stdout
+    assert run_main([*args, "--workdir", str(tmp_path / "probe")]) == 0  # in-process: the resume test below is not
+    assert "head re-initialised" in capsys.readouterr().out
     src = transfer.paths(checkpoint.restore(pretrained_run)["params"])
     dst = transfer.paths(checkpoint.restore(tmp_path / "probe")["params"])
     assert all(np.array_equal(np.asarray(src[p]), np.asarray(dst[p])) for p in src if not p.startswith("head/"))
@@ -186,9 +193,10 @@ def test_cli_transfer_resume_is_exact(pretrained_run, tmp_path):
     args = ["--arch", "lenet5_modern", "--dataset", "digits:channels=3", "--batch-size", "32", "--max-steps",
             "24", "--checkpoint-every", "4", "--no-progress", "--log-every", "1", "--init", str(pretrained_run),
             "--transfer", "freeze:^c1"]
-    run_cli([*args, "--workdir", str(tmp_path / "ref")])
+    assert run_main([*args, "--workdir", str(tmp_path / "ref")]) == 0  # in-process; the killed run is a subprocess
     code, out = _run_until_checkpoint_then_signal([*args, "--workdir", str(tmp_path / "cut")], tmp_path / "cut",
                                                   signal.SIGKILL, min_steps=8)
+    assert code == -signal.SIGKILL, out  # killed before the end
     run_cli([*args, "--workdir", str(tmp_path / "cut"), "--resume"])
     assert_trees_equal(final_params(tmp_path / "ref"), final_params(tmp_path / "cut"))
 
