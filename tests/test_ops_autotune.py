@@ -99,22 +99,19 @@ def test_deterministic_mode_uses_the_fixed_rule_and_writes_nothing(tmp_path, mon
 
 @pytest.mark.slow
 def test_a_model_trains_with_every_algorithm(cache):
-    """One SGD step of a small BatchNorm net (``vgg_small`` of depth 4 with stride-2 downsampling: a 3x3 stride-1
-    conv, where Winograd applies, and strided ones, where it falls back; half the convolutions of a ResNet-8, so
-    each algorithm's train step compiles in about half the time) gives the same parameters with every
-    ``conv_impl`` as with ``lax.conv``."""
+    """One SGD step of a CIFAR ResNet of depth 8 (one block per stage; 3x3 convs, where Winograd applies, strided
+    ones, where it falls back) gives the same parameters with every ``conv_impl`` as with ``lax.conv``."""
     rng = np.random.default_rng(1)
     batch = {"image": jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32),
              "label": jnp.asarray(rng.integers(0, 10, 4), jnp.int32), "mask": jnp.ones(4, bool)}
     tx = optax.sgd(0.5)
     results = {}
     # the parameters do not depend on the algorithm: initialise once (jitted; eager init compiles op by op)
-    net = {"num_classes": 10, "depth": 4, "downsample": "stride"}  # BatchNorm by default
-    variables = jax.jit(models.create("vgg_small", **net).init)(jax.random.key(0), batch["image"])
+    variables = jax.jit(models.create("resnet20", num_classes=10, depth=8).init)(jax.random.key(0), batch["image"])
     # 'auto' and 'fast' run one of the others per layer ('auto': a timing outcome; measuring all of them per layer
     # here would double this test's time, and auto under jit is tested above; 'fast': gemm or xla by shape)
     for impl in [i for i in CONV_IMPLS if i not in ("auto", "fast")]:
-        model = models.create("vgg_small", **net, conv_impl=impl)
+        model = models.create("resnet20", num_classes=10, depth=8, conv_impl=impl)
         state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                            batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
                            rng=jax.random.key_data(jax.random.key(1)))
