@@ -11,6 +11,7 @@ scale). The measure of vanishing is log10(RMS gradient of the first block / that
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -37,29 +38,41 @@ CLAIM = R.Claim(
 )
 
 
-def block_stats(arch: str, variables: dict, images, labels) -> dict:
-    """Per block (network order): RMS of the loss gradient over its parameters and RMS of its output, for the
-    batch ``images``/``labels`` with BatchNorm in training mode."""
+@functools.lru_cache(maxsize=8)
+def _loss_and_grads(arch: str, channels: int):
+    """The jitted ``(params, batch_stats, images, labels) -> ((loss, intermediates), grads)`` of ``arch``
+    (BatchNorm in training mode, each block's output captured): the variables and the batch are arguments, not
+    constants of the program, so one compile serves the initialisation and the checkpoint of every seed."""
     import jax
-    import jax.numpy as jnp
     import optax
 
     from cnnjax import models
-    from cnnjax.models.cifar_resnet import CifarBasicBlock, block_names
+    from cnnjax.models.cifar_resnet import CifarBasicBlock
 
-    model = models.create(arch, num_classes=10, in_channels=images.shape[-1])
-    depth = int(arch.removeprefix("resnet").split("_")[0])
-    names = block_names(depth)
+    model = models.create(arch, num_classes=10, in_channels=channels)
 
-    def loss_fn(params):
-        logits, upd = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images, train=True,
+    def loss_fn(params, batch_stats, images, labels):
+        logits, upd = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
                                   mutable=["batch_stats", "intermediates"],
                                   capture_intermediates=lambda m, method: isinstance(m, CifarBasicBlock)
                                   and method == "__call__")
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, upd["intermediates"]
 
-    (loss, inter), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
+def block_stats(arch: str, variables: dict, images, labels) -> dict:
+    """Per block (network order): RMS of the loss gradient over its parameters and RMS of its output, for the
+    batch ``images``/``labels`` with BatchNorm in training mode."""
+    import jax
+    import jax.numpy as jnp
+
+    from cnnjax.models.cifar_resnet import block_names
+
+    names = block_names(int(arch.removeprefix("resnet").split("_")[0]))
+    (loss, inter), grads = _loss_and_grads(arch, images.shape[-1])(variables["params"], variables["batch_stats"],
+                                                                  jnp.asarray(images), jnp.asarray(labels))
 
     def rms(tree):
         leaves = jax.tree.leaves(tree)
