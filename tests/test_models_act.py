@@ -66,10 +66,12 @@ def test_cifar_block_variants_use_act(kw):
     assert _count_tanh(jax.make_jaxpr(model.apply)(variables, x).jaxpr) == 1 + 9 * 2
 
 
-@pytest.mark.parametrize("arch,size,n_acts", [("resnet20", 32, 1 + 9 * 2), ("lenet5", 32, 4)])
+@pytest.mark.parametrize("arch,size,n_acts", [("resnet20", 32, 1 + 9 * 2), ("lenet5", 32, 4), ("vgg_small", 32, 8),
+                                             ("alexnet", 64, 7)])
 def test_act_by_name_from_the_command_line(arch, size, n_acts):
-    """``--model-opt act=tanh``: the name reaches every activation (LeNet-5: C1, C3, C5, F6), as the function
-    does; an unknown name is refused by ``create`` (before any trace) naming the valid ones."""
+    """``--model-opt act=tanh``: the name reaches every activation (LeNet-5: C1, C3, C5, F6; vgg_small: its 8
+    convs; AlexNet: 5 convs, fc6, fc7), as the function does; an unknown name is refused by ``create`` (before
+    any trace) naming the valid ones."""
     from train.config import model_options
 
     model = models.create(arch, **model_options(arch, ["act=tanh"]))
@@ -93,3 +95,22 @@ def test_named_activations_match_torch():
     for name, fn in ACTIVATIONS.items():
         np.testing.assert_allclose(np.asarray(fn(jnp.asarray(x))), ref[name](torch.from_numpy(x)).numpy(),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_vgg_small_with_identity_act_is_affine():
+    """``vgg_small`` without BN, with average pooling and ``act`` the identity is an affine map of its input, so
+    f(x) + f(y) - f(0) = f(x + y) (float64 NumPy check); with ReLU (the default) it is not: the law fails."""
+    rng = np.random.default_rng(0)
+    x, y = (jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32) for _ in range(2))
+    zero = jnp.zeros_like(x)
+
+    def residual(act) -> float:
+        model = models.create("vgg_small", depth=3, norm="none", downsample="avg", act=act)
+        variables = model.init(jax.random.key(0), x)
+        variables = jax.tree.map(lambda v: v + 0.05, variables)  # non-zero biases too
+        f = jax.jit(lambda v: model.apply(variables, v))
+        fx, fy, f0, fxy = (np.asarray(f(v), np.float64) for v in (x, y, zero, x + y))
+        return float(np.max(np.abs(fx + fy - f0 - fxy)) / np.max(np.abs(fxy)))
+
+    assert residual(lambda v: v) < 1e-4
+    assert residual("relu") > 1e-2

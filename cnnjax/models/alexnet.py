@@ -10,6 +10,8 @@ then ``pool5`` (256, 32): torchvision's ``features.1/4/11/12``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 
@@ -23,26 +25,28 @@ class AlexNet(ImageClassifier):
     """torchvision ``alexnet``: 5 convs, 3 max-pools, adaptive average pool to 6x6, 3 linear layers."""
 
     dropout: float = 0.5
+    act: str | Callable[[jax.Array], jax.Array] = "relu"  # a name of cnnjax.nn.ACTIVATIONS or a function
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool) -> jax.Array:
         conv = self.conv_def()
         dense = self.linear_def()
-        x = stage_end(nn.relu(conv(64, 11, 4, 2, name="conv1")(x)), "conv1", 4)
+        act = cnn.activation(self.act)
+        x = stage_end(act(conv(64, 11, 4, 2, name="conv1")(x)), "conv1", 4)
         x = cnn.MaxPool2d(3, 2, name="pool1")(x)
-        x = stage_end(nn.relu(conv(192, 5, 1, 2, name="conv2")(x)), "conv2", 8)
+        x = stage_end(act(conv(192, 5, 1, 2, name="conv2")(x)), "conv2", 8)
         x = cnn.MaxPool2d(3, 2, name="pool2")(x)
-        x = nn.relu(conv(384, 3, 1, 1, name="conv3")(x))
-        x = nn.relu(conv(256, 3, 1, 1, name="conv4")(x))
-        x = stage_end(nn.relu(conv(256, 3, 1, 1, name="conv5")(x)), "conv5", 16)
+        x = act(conv(384, 3, 1, 1, name="conv3")(x))
+        x = act(conv(256, 3, 1, 1, name="conv4")(x))
+        x = stage_end(act(conv(256, 3, 1, 1, name="conv5")(x)), "conv5", 16)
         x = stage_end(cnn.MaxPool2d(3, 2, name="pool5")(x), "pool5", 32)
         if features_only:
             return x
         x = flatten_nchw(cnn.AdaptiveAvgPool2d((6, 6), name="avgpool")(x))
         x = cnn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.relu(dense(4096, name="fc6")(x))
+        x = act(dense(4096, name="fc6")(x))
         x = cnn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.relu(dense(4096, name="fc7")(x))
+        x = act(dense(4096, name="fc7")(x))
         return dense(self.num_classes, name="head")(x)
 
 

@@ -4,7 +4,8 @@
 Three stages of 16, 32 and 64 channels; ``depth`` 3x3 convs (padding 1) spread over them as evenly as possible,
 the earlier stages taking the remainder (8 -> 3, 3, 2; 11 -> 4, 4, 3; 30 -> 10, 10, 10); each conv is followed by
 BatchNorm (``norm="batch"``; the conv then has no bias) or nothing (``norm="none"``; a zero-initialised bias),
-then ReLU. Each stage ends with a 2x downsampling, ``downsample``:
+then the activation ``act`` (default ReLU; a name of :data:`cnnjax.nn.ACTIVATIONS` such as ``"tanh"`` or
+``"sigmoid"``, or a function: the ``activations`` experiment). Each stage ends with a 2x downsampling, ``downsample``:
 
 * ``"max"``: 2x2 max pool, stride 2 (VGG's);
 * ``"avg"``: 2x2 average pool, stride 2;
@@ -27,6 +28,8 @@ K classes, c_i the convs' widths in order, c_0 = C): sum_i 9 c_{i-1} c_i + 2 c_i
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -57,7 +60,7 @@ def _check(name: str, value: str, valid: tuple[str, ...]) -> None:
 
 
 class VGGSmallStage(nn.Module):
-    """``n`` 3x3 convs [+ BN] + ReLU at ``width`` channels, then the 2x ``downsample``:
+    """``n`` 3x3 convs [+ BN] + ``act`` at ``width`` channels, then the 2x ``downsample``:
     (N, H, W, C) -> (N, H / 2, W / 2, width) (floor for max/avg/blur, ceil for stride)."""
 
     width: int
@@ -65,6 +68,7 @@ class VGGSmallStage(nn.Module):
     conv: ModuleDef
     norm: ModuleDef | None
     downsample: str
+    act: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -73,7 +77,7 @@ class VGGSmallStage(nn.Module):
             x = self.conv(self.width, 3, stride, 1, use_bias=self.norm is None, name=f"conv{j}")(x)
             if self.norm is not None:
                 x = self.norm(name=f"bn{j}")(x)
-            x = nn.relu(x)
+            x = self.act(x)
         if self.downsample == "max":
             return cnn.MaxPool2d(2, 2, name="pool")(x)
         if self.downsample == "avg":
@@ -91,6 +95,7 @@ class VGGSmall(ImageClassifier):
     norm: str = "batch"
     conv_init: str = "kaiming"  # not ``init``: that name is flax.linen.Module.init
     downsample: str = "max"
+    act: str | Callable[[jax.Array], jax.Array] = "relu"
 
     def __post_init__(self):
         _check("downsample", self.downsample, DOWNSAMPLES)
@@ -105,7 +110,7 @@ class VGGSmall(ImageClassifier):
         conv = self.conv_def(kernel_init=INITS[self.conv_init], bias_init=cnn.init.zeros)
         norm = self.norm_def(train) if self.norm == "batch" else None
         for s, (width, n) in enumerate(zip(WIDTHS, stage_depths(self.depth), strict=True)):
-            x = VGGSmallStage(width, n, conv, norm, self.downsample, name=f"stage{s + 1}")(x)
+            x = VGGSmallStage(width, n, conv, norm, self.downsample, cnn.activation(self.act), name=f"stage{s + 1}")(x)
             x = stage_end(x, f"stage{s + 1}", 2 ** (s + 1))
         if features_only:
             return x

@@ -14,6 +14,7 @@ import pathlib
 import sys
 
 from train.experiments import (
+    activations,
     augmentation,
     degradation,
     downsampling,
@@ -31,7 +32,7 @@ from train.experiments import runner as R
 EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion,
                "landscape": landscape, "shift": shift, "inductive-bias": inductive_bias, "param-audit": param_audit,
                "augmentation": augmentation, "reproducibility": reproducibility,
-               "downsampling": downsampling}
+               "downsampling": downsampling, "activations": activations}
 
 
 def main(argv: list[str] | None = None) -> int:
