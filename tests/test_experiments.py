@@ -518,3 +518,16 @@ def test_downsampling_verdicts_follow_the_numbers():
     by = {v.claim.split(" (")[0]: v.verdict for v in make_verdicts(s)}
     assert by == {"BlurPool is more shift-consistent than max pooling": "supported",
                   "BlurPool is more accurate than max pooling": "not supported"}
+
+
+@pytest.mark.slow  # ~15 s: 2 runs of 2 epochs on 50 digits
+def test_activations_smoke(tmp_path):
+    from train.experiments import activations as A
+
+    res = A.run(tmp_path, "smoke", log=lambda s: None)
+    res2, table = _check_outputs(tmp_path, "activations", "activations.png")
+    assert set(res["summary"]["lenet5"]) == {"relu", "tanh"}
+    assert {r["config"]["model_opt"][-1] for r in res2["runs"]} == {"act='relu'", "act='tanh'"}
+    assert A.epochs_to([{"epoch": 1, "train_top1": 0.5}, {"epoch": 2, "train_top1": 0.8}], 0.25) == 2.0
+    assert A.epochs_to([{"epoch": 1, "train_top1": 0.5}], 0.25) == math.inf
+    assert "epochs to 25% train error" in table
