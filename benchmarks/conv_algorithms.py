@@ -87,7 +87,9 @@ def main() -> None:
         for a in algos:
             totals[a] += n * (ms[a] if ms.get(a) is not None else ms["gemm"])  # not applicable: gemm fallback
         totals["best"] += n * ms[r["impl"]]
-        totals["fast"] += n * ms[autotune.fixed_choice(r["x"], r["w"], r["groups"])]
+        fast = autotune.fixed_choice(r["x"], r["w"], r["groups"], stride=tuple(r["stride"]),
+                                     dilation=tuple(r["dilation"]), dtype=r["dtype"])
+        totals["fast"] += n * (ms.get(fast) if ms.get(fast) is not None else ms["gemm"])
     print("\nwhole network, sum over conv layers (ms, forward + backward; where an algorithm does not apply, "
           "gemm's time is counted): " + ", ".join(f"{k} {v:.0f}" for k, v in totals.items()))
     if args.json:

@@ -172,3 +172,55 @@ def test_candidates_are_given_not_imported(cache):
     assert calls and calls[0] == ((1, 1), ((1, 1), (1, 1)), (1, 1), 1, None, None)
     with pytest.raises(ValueError, match="candidates"):  # nothing cached, nothing to time
         autotune.tune((1, 7, 7, 2), (3, 3, 2, 2), jnp.float32, (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+
+
+@pytest.mark.parametrize(("x", "w", "groups", "kw", "want"), [
+    ((16, 56, 56, 64), (3, 3, 64, 64), 1, {}, "winograd"),                       # 3x3 s1, map >= 14, fp32
+    ((16, 14, 20, 64), (3, 3, 64, 64), 1, {}, "winograd"),
+    ((16, 7, 7, 512), (3, 3, 512, 512), 1, {}, "gemm"),                          # map < 14
+    ((16, 56, 56, 128), (3, 3, 128, 128), 1, {"stride": (2, 2)}, "gemm"),         # strided
+    ((16, 56, 56, 64), (3, 3, 64, 64), 1, {"dilation": (2, 2)}, "gemm"),          # dilated
+    ((16, 56, 56, 32), (3, 3, 32, 64), 1, {}, "xla"),                            # < 64 channels
+    ((16, 8, 8, 32), (3, 3, 32, 32), 1, {"stride": (2, 2)}, "xla"),
+    ((16, 32, 32, 3), (3, 3, 3, 16), 1, {}, "gemm"),                             # a stem on RGB
+    ((16, 224, 224, 3), (7, 7, 3, 64), 1, {"stride": (2, 2)}, "gemm"),           # the 7x7 stem
+    ((16, 224, 224, 3), (7, 7, 3, 64), 1, {"stride": (2, 2), "dtype": jnp.bfloat16}, "gemm"),
+    ((16, 56, 56, 64), (1, 1, 64, 256), 1, {}, "gemm"),                          # 1x1
+    ((8, 56, 56, 32), (3, 3, 1, 32), 32, {}, "gemm"),                            # depthwise
+    ((8, 56, 56, 32), (3, 3, 4, 32), 8, {}, "xla"),                              # grouped
+    ((16, 56, 56, 64), (3, 3, 64, 64), 1, {"dtype": jnp.bfloat16}, "xla"),       # bf16: XLA won these
+    ((16, 4, 4, 64), (3, 3, 64, 64), 1, {"dtype": jnp.bfloat16}, "gemm"),        # tiny map, any dtype
+    ((16, 56, 56, 64), (3, 3, 64, 64), 1, {"backend": "gpu"}, "xla"),
+    ((16, 56, 56, 64), (1, 1, 64, 256), 1, {"backend": "tpu"}, "xla"),
+])
+def test_fixed_choice_is_the_documented_cpu_rule(x, w, groups, kw, want):
+    assert autotune.fixed_choice(x, w, groups, **{"backend": "cpu", **kw}) == want
+
+
+def test_fast_equals_lax_conv_on_every_branch_of_the_rule():
+    """``impl='fast'`` through each algorithm the rule picks (winograd, gemm stem, gemm 1x1, xla grouped):
+    the same output as ``lax.conv`` in float32 (one jit)."""
+    rng = np.random.default_rng(1)
+    c = autotune.WIDE_CHANNELS
+    cases = [((1, 14, 15, c), (3, 3, c, c), 1, 1), ((1, 14, 15, 3), (3, 3, 3, 4), 1, 2),
+             ((1, 14, 15, 8), (1, 1, 8, 4), 1, 1), ((1, 14, 15, 8), (3, 3, 2, 4), 4, 1)]
+    data = [(jnp.asarray(rng.normal(size=xs), jnp.float32), jnp.asarray(rng.normal(size=ws), jnp.float32), g, s)
+            for xs, ws, g, s in cases]
+    picked = {autotune.fixed_choice(x.shape, w.shape, g, "cpu", stride=(s, s)) for x, w, g, s in data}
+    assert picked == {"winograd", "gemm", "xla"}
+
+    conf = [(g, s, w.shape[0] // 2) for _, w, g, s in data]
+
+    @jax.jit
+    def both(xs, ws):
+        ours = [conv2d(x, w, stride=s, padding=p, groups=g, impl="fast") for x, w, (g, s, p) in zip(xs, ws, conf)]
+        ref = [lax.conv_general_dilated(x, w, (s, s), ((p, p),) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=g, precision=lax.Precision.HIGHEST)
+               for x, w, (g, s, p) in zip(xs, ws, conf)]
+        return ours, ref
+
+    with jax.default_matmul_precision("float32"):
+        ours, ref = both([d[0] for d in data], [d[1] for d in data])
+    for a, b in zip(ours, ref, strict=True):  # error relative to the output's scale (Winograd: ~1e-6 in fp32)
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape and np.abs(a - b).max() / np.abs(b).max() < 2e-5

@@ -204,15 +204,6 @@ def test_two_processes_on_localhost_train_and_agree(tmp_path):
     assert config["processes"] == 2 and config["devices"] == 2
 
 
-def test_benchmark_prints_one_json_line(capsys):
-    assert run_main(["--arch", "lenet5", "--benchmark", "--image-size", "32", "--batch-size", "8",
-                     "--benchmark-steps", "2"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("images_per_sec", "arch", "batch_size", "image_size", "precision", "devices"):
-        assert key in result
-    assert result["images_per_sec"] > 0 and result["arch"] == "lenet5"
-
-
 def test_evaluate_cli_reproduces_the_final_validation(reference_run):
     proc = run_cli(["--arch", "lenet5", "--init", str(reference_run), "--no-progress"], module="train.evaluate")
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -66,6 +66,7 @@ def benchmark(cfg: TrainConfig, warmup: int = 3, steps: int = 10, log: Callable[
               "batch_size": cfg.batch_size, "image_size": bench.size, "precision": cfg.precision,
               "conv_impl": cfg.conv_impl, "devices": jax.device_count(), "backend": jax.default_backend(),
               "first_step_s": bench.first_step_s, "steps_timed": steps,
+              "compile_cache": jax.config.jax_compilation_cache_dir,
               "augment": C.augmentation_of(cfg, False).describe()}
     log(json.dumps(result))
     return result

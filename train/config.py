@@ -188,6 +188,11 @@ class TrainConfig:
                             choices=CONV_IMPLS)
     autotune: str | None = option(None, "--conv-impl auto: measure and cache (default; $CNNJAX_AUTOTUNE) or a "
                                         "fixed rule", choices=AUTOTUNE_MODES)
+    compile_cache: str = option("auto", "JAX's persistent compilation cache folder: the same model, shapes and "
+                                        "flags compile once, later runs load the program (auto: "
+                                        "$JAX_COMPILATION_CACHE_DIR, else $CNNJAX_CACHE/jax or ~/.cache/cnnjax/jax; "
+                                        "off: none)", aliases={"--no-compile-cache": "off"}, metavar="DIR",
+                                saved=False)
     model_opt: tuple[str, ...] = option((), "an architecture option KEY=VALUE, repeatable; VALUE is a Python "
                                         "literal (0.2, True, (64, 32), 'relu'; a bare word is a string): e.g. "
                                         "--model-opt dropout=0.2 --model-opt antialias=True; a wrong KEY lists the "

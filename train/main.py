@@ -29,8 +29,8 @@ from cnnjax import data as cdata
 from cnnjax.checkpoint import CheckpointStore, StorageError, abstract_like
 from cnnjax.data.preprocess import Preprocess
 from cnnjax.nn import InputTooSmallError
+from cnnjax.training import compile_cache, optim, parallel
 from cnnjax.training import hooks as H
-from cnnjax.training import optim, parallel
 from cnnjax.training.loop import Hook, Loop, NonFiniteLossError, evaluate, source_batches
 from cnnjax.training.state import TrainState, init_state
 from cnnjax.training.step import EMA, adjusted_decay, jit_steps
@@ -511,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = recipes.compose(args, recipes.given_flags(parser, argv))
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
+    compile_cache.configure(cfg.compile_cache)
     if cfg.benchmark:
         from train.benchmark import benchmark
 

@@ -118,7 +118,7 @@ class ImageClassifier(nn.Module):
     in_channels: int = 3
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    conv_impl: str = "xla"
+    conv_impl: str = "fast"
 
     def __call__(self, x: jax.Array, train: bool = False) -> Any:
         with self._explain_too_small(x):

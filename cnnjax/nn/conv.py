@@ -36,7 +36,7 @@ class Conv(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = inits.torch_default
     bias_init: Initializer | None = None
-    impl: str = "xla"
+    impl: str = "fast"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -124,14 +124,40 @@ def applicable(impl: str, kernel_hw: tuple[int, int], stride: tuple[int, int], d
     raise ValueError(f"unknown algorithm {impl!r}; valid choices: {', '.join(ALGORITHMS)}")
 
 
-def fixed_choice(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int, backend: str | None = None) -> str:
-    """The deterministic rule (also ``impl='fast'``): on CPU, ``gemm`` for 1x1 convolutions, for depthwise ones
-    (a shifted multiply-add) and for feature maps of at most 4x4 (where XLA's CPU convolution is pathologically
-    slow), ``xla`` otherwise and on GPU/TPU."""
+#: ``fast`` uses Winograd and im2col products for k x k convolutions only from this many input and output
+#: channels: their saving grows with C_in * C_out while their extra operations (slices per tile, forward and
+#: backward) add compile time (a CIFAR ResNet-20 train step at 16-64 channels compiled 2-3x longer with
+#: Winograd and products on every 3x3 layer).
+WIDE_CHANNELS = 64
+#: ``fast`` computes convolutions with fewer input channels than this (stems) as one im2col product.
+GEMM_MAX_STEM_CHANNELS = 8
+
+
+def fixed_choice(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int, backend: str | None = None,
+                 *, stride: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1),
+                 dtype: Any = jnp.float32) -> str:
+    """The deterministic rule (also ``impl='fast'``, the default of every layer and model): close to what ``auto``
+    measured on a CPU (BENCHMARKS.md, per-layer table of ResNet-50) without measuring, and without the compile
+    time of an algorithm where it gains little.
+
+    On CPU: ``gemm`` (matrix products) for 1x1 convolutions, depthwise ones (a shifted multiply-add), feature
+    maps of at most 4x4 (where XLA's CPU convolution is pathologically slow) and convolutions of fewer than
+    :data:`GEMM_MAX_STEM_CHANNELS` input channels (stems on RGB or grey images: 1.5-3x faster); in float32,
+    for ungrouped convolutions with at least :data:`WIDE_CHANNELS` input and output channels, ``winograd``
+    F(4x4, 3x3) for 3x3 stride-1 undilated ones on maps of at least 14x14 (1.7-2x faster than ``lax.conv``)
+    and ``gemm`` for the others (strided, small maps: 1.1-1.6x); ``xla`` otherwise (also grouped convolutions
+    and bf16/fp16 3x3 layers, where XLA won). On GPU/TPU always ``xla`` (cuDNN / the TPU convolution units)."""
     backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return "xla"
     depthwise = groups > 1 and w_shape[2] == 1 and w_shape[3] == groups
-    small = (w_shape[0] == w_shape[1] == 1 and groups == 1) or depthwise or max(x_shape[1:3]) <= 4
-    return "gemm" if small and backend == "cpu" else "xla"
+    if ((w_shape[0] == w_shape[1] == 1 or w_shape[2] < GEMM_MAX_STEM_CHANNELS) and groups == 1) or depthwise \
+            or max(x_shape[1:3]) <= 4:
+        return "gemm"
+    if groups == 1 and jnp.dtype(dtype) == jnp.float32 and min(w_shape[2:]) >= WIDE_CHANNELS:
+        winograd = supports_winograd(tuple(w_shape[:2]), stride, dilation, groups) and min(x_shape[1:3]) >= 14
+        return "winograd" if winograd else "gemm"
+    return "xla"
 
 
 def config_key(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred) -> str:
@@ -259,11 +285,11 @@ def choose(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision
     """The algorithm for this configuration: cached, measured now among ``candidates`` (``{name: algorithm}``,
     see :func:`measure`), or (deterministic mode, :func:`shape_only` traces, several processes) the fixed rule."""
     if mode() == "deterministic" or in_shape_only():
-        return fixed_choice(x_shape, w_shape, groups)
+        return fixed_choice(x_shape, w_shape, groups, stride=stride, dilation=dilation, dtype=dtype)
     if jax.process_count() > 1:  # processes timing on their own could pick different programs: stay consistent
         if not _warned_multiprocess:
             _warn_multiprocess()
-        return fixed_choice(x_shape, w_shape, groups)
+        return fixed_choice(x_shape, w_shape, groups, stride=stride, dilation=dilation, dtype=dtype)
     return tune(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred,
                 candidates=candidates)["impl"]
 

@@ -75,8 +75,9 @@ CONV_ALGORITHMS: dict[str, Algorithm] = {
 }
 
 #: Convolution algorithms ``conv2d`` accepts: those of :data:`CONV_ALGORITHMS`, and
-#: ``fast``: the fixed per-shape CPU rule of :func:`cnnjax.ops.autotune.fixed_choice` (``gemm`` for 1x1
-#: convolutions and maps of at most 4x4, ``xla`` otherwise and on GPU/TPU);
+#: ``fast``: the fixed per-shape rule of :func:`cnnjax.ops.autotune.fixed_choice` (on CPU ``gemm`` for 1x1,
+#: depthwise and small-map convolutions, fp32 ``winograd`` for 3x3 stride-1 ones on maps >= 14x14, ``gemm`` for
+#: the other ungrouped fp32 ones, ``xla`` otherwise; ``xla`` on GPU/TPU): the default of every layer and model;
 #: ``auto``: the fastest per configuration, measured once and cached (:mod:`cnnjax.ops.autotune`).
 CONV_IMPLS = (*CONV_ALGORITHMS, "fast", "auto")
 
@@ -103,7 +104,7 @@ def conv2d(
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {w.shape[2]} x {groups} groups")
     stride, dilation, padding = pair(stride, "stride"), pair(dilation, "dilation"), normalize_padding(padding)
     if impl == "fast":
-        impl = autotune.fixed_choice(x.shape, w.shape, groups)
+        impl = autotune.fixed_choice(x.shape, w.shape, groups, stride=stride, dilation=dilation, dtype=x.dtype)
     elif impl == "auto":
         impl = autotune.choose(x.shape, w.shape, x.dtype, stride, padding, dilation, groups, precision,
                                preferred_element_type, candidates=CONV_ALGORITHMS)

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from cnnjax.training import compile_cache as jax_compile_cache
 from cnnjax.training.loop import NonFiniteLossError
 from train.config import TrainConfig, canonical_model_opt
 from train.report import read_jsonl, write_atomic
@@ -151,20 +152,9 @@ def step_config(arch: str, spec: str, n_train: int, steps: int, batch_size: int,
 def compile_cache(path: pathlib.Path) -> Iterator[None]:
     """JAX's persistent compilation cache in ``path`` while the runs train: the seeds and data sizes of a model
     compile the same programs (same shapes, steps and learning rate), so only the first compiles. The previous
-    settings are restored afterwards."""
-    import jax
-
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: getattr(jax.config, k) for k in keys}
-    path.mkdir(parents=True, exist_ok=True)
-    for k, v in zip(keys, (str(path), 0, 0), strict=True):
-        jax.config.update(k, v)
-    try:
+    settings are restored afterwards (:func:`cnnjax.training.compile_cache.enabled`)."""
+    with jax_compile_cache.enabled(path):
         yield
-    finally:
-        for k, v in old.items():
-            jax.config.update(k, v)
 
 
 def sweep_lr(runner: Runner, base: TrainConfig, lrs: Sequence[float], seed: int = 0,
