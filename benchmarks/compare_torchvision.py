@@ -8,7 +8,8 @@ jitted step, SGD with Nesterov momentum and weight decay, BatchNorm in training 
 ``--conv-impl`` given), and
 torchvision in eager mode with ``channels_last`` and the same optimizer (bf16: ``torch.autocast`` on CPU/GPU;
 cnnjax: bf16 compute with float32 parameters). After ``--warmup`` steps each, ``--repeats`` rounds run one step of
-every trainer in turn, so all see the same machine load; medians are reported.
+every trainer in turn, so all see the same machine load, in an order rotated every round (PyTorch's OpenMP
+threads spin on after its step and slowed whichever trainer came next by up to 1.6x); medians are reported.
 Prints one JSON line per configuration and a markdown table at the end. Needs torch/torchvision
 (``pip install -e '.[torch]'``); no TensorFlow.
 """
@@ -78,9 +79,10 @@ def compare(arch: str, precision: str, args: argparse.Namespace) -> list[dict]:
         for step in steppers.values():
             step()
     times: dict[str, list[float]] = {k: [] for k in steppers}
-    for _ in range(args.repeats):
-        for name, step in steppers.items():
-            times[name].append(step())
+    names = list(steppers)
+    for r in range(args.repeats):  # rotate the order: torch's OpenMP threads keep spinning after its step and
+        for name in names[r % len(names):] + names[:r % len(names)]:  # slow whoever runs next
+            times[name].append(steppers[name]())
             time.sleep(args.pause)
     tv = statistics.median(times["torchvision"])
     return [{"arch": arch, "precision": precision, "batch_size": args.batch_size, "image_size": args.image_size,
@@ -97,7 +99,8 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--conv-impl", nargs="+", default=["fast"], help="one or more cnnjax algorithms to time")
+    p.add_argument("--conv-impl", nargs="+", default=[TrainConfig.conv_impl],
+                   help="one or more cnnjax algorithms to time (default: the CLI's default)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--pause", type=float, default=0.1, help="seconds between steps (lets idle threads settle)")
