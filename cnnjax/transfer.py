@@ -12,7 +12,8 @@ spec is ``None`` (everything), a regular expression searched in each path, or a 
 * :func:`frozen_module_predicate` tells :func:`cnnjax.nn.frozen_batchnorm` which BatchNorm layers belong to the
   frozen part, so their statistics stay bit-identical and they normalise with running averages.
 * :func:`load_pretrained` loads pretrained variables strictly, re-initialising the ``head`` when the class
-  count differs.
+  count differs; ``match="partial"`` copies only the leaves whose path and shape match and keeps the rest as
+  freshly initialised (VGG's staged training: a deep net started from a shallow one).
 * Linear-probe feature cache: :func:`head_inputs` runs the (frozen) model once in inference mode and returns what
   its ``head`` receives, (N, D); :class:`HeadOnFeatures` is a model made of that head alone, whose parameter tree is
   ``{'head': ...}``, so the full model's variables apply to it unchanged and a probe trained on cached features
@@ -106,14 +107,31 @@ def frozen_module_predicate(params: Any, trainable: Trainable) -> Callable[[str]
     return lambda module_path: modules.get(module_path, False)
 
 
-def load_pretrained(fresh: dict, pretrained: dict, heads: tuple[str, ...] = ("head",)) -> tuple[dict, list[str]]:
+#: ``match`` modes of :func:`load_pretrained` (``train.main --init-match``).
+MATCH_MODES = ("strict", "partial")
+
+
+def load_pretrained(fresh: dict, pretrained: dict, heads: tuple[str, ...] = ("head",),
+                    match: str = "strict") -> tuple[dict, list[str]]:
     """Fill ``fresh`` variables (``{'params', 'batch_stats'}`` of the target model) from ``pretrained``.
 
-    Every non-head leaf must exist in ``pretrained`` with the same shape and every pretrained non-head leaf must
-    be used (else ``ValueError`` listing the names). The head modules (``heads``: GoogLeNet also has
-    ``aux1/fc2``, ``aux2/fc2``) are taken from ``pretrained`` when their shapes match, and otherwise kept as
-    freshly initialised. Returns ``(variables, notes)``.
+    ``match="strict"``: every non-head leaf must exist in ``pretrained`` with the same shape and every pretrained
+    non-head leaf must be used (else ``ValueError`` listing the names). The head modules (``heads``: GoogLeNet
+    also has ``aux1/fc2``, ``aux2/fc2``) are taken from ``pretrained`` when their shapes match, and otherwise kept
+    as freshly initialised.
+
+    ``match="partial"``: each leaf of ``fresh`` (heads included) whose path exists in ``pretrained`` with the
+    same shape is copied; every other leaf keeps its fresh value; pretrained leaves the model lacks are ignored.
+    One note per collection counts the copied leaves, the fresh ones (and how many of those were shape
+    mismatches) and the unused pretrained ones. Raises ``ValueError`` if nothing at all matches (a wrong
+    checkpoint, most likely).
+
+    Returns ``(variables, notes)``.
     """
+    if match not in MATCH_MODES:
+        raise ValueError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
+    if match == "partial":
+        return _load_partial(fresh, pretrained)
     out, notes = {}, []
     for collection in ("params", "batch_stats"):
         target = paths(fresh.get(collection, {}))
@@ -132,7 +150,32 @@ def load_pretrained(fresh: dict, pretrained: dict, heads: tuple[str, ...] = ("he
         if head_paths and not head_ok:
             notes.append(f"{collection}: head re-initialised (class count differs from the pretrained model)")
         merged = {p: (source[p] if (not is_head(p) or head_ok) else v) for p, v in target.items()}
-        out[collection] = traverse_util.unflatten_dict({tuple(p.split("/")): v for p, v in merged.items()})
+        out[collection] = _unflatten(merged)
+    return out, notes
+
+
+def _unflatten(flat: dict[str, Any]) -> dict:
+    return traverse_util.unflatten_dict({tuple(p.split("/")): v for p, v in flat.items()})
+
+
+def _load_partial(fresh: dict, pretrained: dict) -> tuple[dict, list[str]]:
+    """``load_pretrained(..., match="partial")``: copy the leaves whose path and shape match, keep the rest."""
+    out, notes, copied_any = {}, [], False
+    for collection in ("params", "batch_stats"):
+        if collection not in fresh:
+            continue
+        target = paths(fresh[collection])
+        source = paths(pretrained.get(collection, {}))
+        same = {p for p, v in target.items() if p in source and tuple(source[p].shape) == tuple(v.shape)}
+        shape = sum(1 for p in target if p in source and p not in same)
+        unused = sum(1 for p in source if p not in target)
+        copied_any = copied_any or bool(same)
+        out[collection] = _unflatten({p: (source[p] if p in same else v) for p, v in target.items()})
+        notes.append(f"{collection}: partial init: {len(same)} of {len(target)} leaves copied from the pretrained "
+                     f"model, {len(target) - len(same)} kept fresh ({shape} of them shape mismatches), {unused} "
+                     "pretrained leaves unused")
+    if not copied_any:
+        raise ValueError("partial init: no leaf of the pretrained variables matches the model in path and shape")
     return out, notes
 
 

@@ -531,3 +531,36 @@ def test_activations_smoke(tmp_path):
     assert A.epochs_to([{"epoch": 1, "train_top1": 0.5}, {"epoch": 2, "train_top1": 0.8}], 0.25) == 2.0
     assert A.epochs_to([{"epoch": 1, "train_top1": 0.5}], 0.25) == math.inf
     assert "epochs to 25% train error" in table
+
+
+@pytest.mark.slow  # ~20 s: 4 runs of 2 steps (depths 3 and 4) on 20 digits
+def test_vgg_depth_smoke(tmp_path):
+    from train.experiments import vgg_depth as V
+
+    res = V.run(tmp_path, "smoke", log=lambda s: None)
+    _, table = _check_outputs(tmp_path, "vgg-depth", "vgg_depth.png")
+    assert set(res["summary"]["3"]) == {"kaiming"} and set(res["summary"]["4"]) == {"xavier", "bn", "staged"}
+    by_id = {r["run_id"]: r for r in res["runs"]}
+    staged = by_id[V.run_id("staged", 4, V.BUDGETS["smoke"], 0)]["config"]
+    source = tmp_path / "runs" / V.run_id("kaiming", 3, V.BUDGETS["smoke"], 0)
+    assert staged["init_match"] == "partial" and staged["init"] == str(source)
+    assert set(staged["model_opt"]) == {"depth=4", "norm='none'", "conv_init='xavier'"}
+    assert "norm='batch'" in by_id[V.run_id("bn", 4, V.BUDGETS["smoke"], 0)]["config"]["model_opt"]
+    assert "staged training ends with a lower training loss" in table and "| 4 | `staged` |" in table
+
+
+def test_vgg_depth_verdicts_follow_the_numbers():
+    from train.experiments.vgg_depth import CHANCE, make_verdicts
+
+    stall, trains = [CHANCE, CHANCE - 0.001, CHANCE + 0.001], [0.3, 0.35, 0.25]
+    d = {"11": {"xavier": {"train_loss": [1.0, 1.1, 0.9]}, "kaiming": {"train_loss": trains}},
+         "30": {"xavier": {"train_loss": stall}, "kaiming": {"train_loss": stall}, "bn": {"train_loss": trains},
+                "staged": {"train_loss": [2.0, 2.1, 1.9]}}}
+    by = {v.claim: v.verdict for v in make_verdicts(d, 11, 30)}
+    assert by == {"depth 30: Kaiming init ends with a lower training loss than Xavier init": "mixed",
+                  "depth 30: Xavier init stalls (final training loss above 0.95 ln 10)": "supported",
+                  "depth 30: Kaiming init trains (final training loss below 0.5 ln 10)": "not supported",
+                  "depth 30: BatchNorm trains (final training loss below 0.5 ln 10)": "supported",
+                  "depth 30: BatchNorm ends with a lower training loss than Xavier init without it": "supported",
+                  "depth 30: staged training ends with a lower training loss than Xavier init": "supported",
+                  "depth 11: Kaiming init ends with a lower training loss than Xavier init": "supported"}

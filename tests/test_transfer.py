@@ -280,3 +280,52 @@ def test_feature_cache_needs_linear_probe():
 
     with pytest.raises(ValueError, match="--feature-cache applies to --transfer linear-probe only"):
         validate(TrainConfig(arch="lenet5", init="x", transfer="finetune", feature_cache=True))
+
+
+# ------------------------------------------------------------------ partial loading (--init-match partial)
+def _vgg_vars(depth: int, classes: int, channels: int, fill: int) -> dict:
+    """``vgg_small`` variables with distinct random values per ``fill`` (abstract init, numpy leaves)."""
+    model = models.create("vgg_small", depth=depth, num_classes=classes, in_channels=channels)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, channels))))
+    rng = np.random.default_rng(fill)
+    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
+
+
+def test_load_pretrained_partial_copies_matching_leaves_and_keeps_the_rest_fresh():
+    # source: depth 3 (one conv per stage), RGB, 5 classes; target: depth 6 (two per stage), gray, 7 classes
+    src, dst = _vgg_vars(3, 5, 3, fill=1), _vgg_vars(6, 7, 1, fill=2)
+    out, notes = transfer.load_pretrained(dst, src, match="partial")
+    # written out by hand: conv0 + bn0 of stages 2 and 3 match; stage1/conv0 sees 1 vs 3 input channels, the head
+    # 7 vs 5 classes (shape mismatches); conv1/bn1 exist only in the target
+    copied = {f"stage{s}/{leaf}" for s in (2, 3) for leaf in ("conv0/kernel", "bn0/scale", "bn0/bias")}
+    copied |= {"stage1/bn0/scale", "stage1/bn0/bias"}
+    copied_stats = {f"stage{s}/bn0/{k}" for s in (1, 2, 3) for k in ("mean", "var")}
+    for collection, want in (("params", copied), ("batch_stats", copied_stats)):
+        got, s, d = (transfer.paths(t[collection]) for t in (out, src, dst))
+        assert set(got) == set(d)  # the target's tree, leaf for leaf
+        for path, leaf in got.items():
+            expected = s[path] if path in want else d[path]
+            assert np.array_equal(np.asarray(leaf), expected), (collection, path)
+        assert want <= set(s) and all(not np.array_equal(s[p], d[p]) for p in want if s[p].shape == d[p].shape)
+    got = transfer.paths(out["params"])
+    assert got["stage1/conv0/kernel"].shape == (3, 3, 1, 16) and got["head/kernel"].shape == (64, 7)
+    assert np.array_equal(got["stage1/conv1/kernel"], transfer.paths(dst["params"])["stage1/conv1/kernel"])
+    n_params = len(transfer.paths(dst["params"]))
+    assert notes[0] == (f"params: partial init: {len(copied)} of {n_params} leaves copied from the pretrained model, "
+                        f"{n_params - len(copied)} kept fresh (3 of them shape mismatches), 0 pretrained leaves unused")
+    assert notes[1].startswith(f"batch_stats: partial init: {len(copied_stats)} of 12 leaves copied")
+    # the same pair in strict mode still raises, naming a missing leaf and the shape mismatch
+    with pytest.raises(ValueError, match=r"missing .*stage1/conv1.*shape mismatches .*stage1/conv0/kernel"):
+        transfer.load_pretrained(dst, src)
+    with pytest.raises(ValueError, match="strict, partial"):
+        transfer.load_pretrained(dst, src, match="loose")
+    with pytest.raises(ValueError, match="no leaf"):  # nothing in common: surely the wrong checkpoint
+        transfer.load_pretrained(dst, {"params": {"other": {"kernel": np.zeros(3)}}}, match="partial")
+
+
+def test_init_match_partial_needs_a_cnnjax_init():
+    from train.config import TrainConfig, validate
+
+    for init in (None, "torchvision:resnet18"):
+        with pytest.raises(ValueError, match="--init-match partial needs --init"):
+            validate(TrainConfig(arch="resnet18", dataset="digits", init=init, init_match="partial"))

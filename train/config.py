@@ -206,6 +206,11 @@ class TrainConfig:
     init: str | None = option(None, "start from a cnnjax run directory/checkpoint or torchvision:ARCH[.WEIGHTS] "
                               "(WEIGHTS: a torchvision enum, e.g. IMAGENET1K_V2, or DEFAULT; default IMAGENET1K_V1)",
                               group="transfer learning", resumable=True)
+    init_match: str = option("strict", "how --init (a cnnjax run or checkpoint) fills the model: strict (every "
+                                       "leaf but the head must match) or partial (copy the leaves whose path and "
+                                       "shape match, keep the rest freshly initialised: a deep net from a shallow "
+                                       "one, as VGG trained its deeper nets)", choices=transfer.MATCH_MODES,
+                             group="transfer learning", resumable=True)
     transfer: str | None = option(None, "finetune | linear-probe | freeze:<regex> (freeze parameters whose path "
                                         "matches)", group="transfer learning", metavar="MODE")
     backbone_lr_mult: float = option(1.0, "finetune: learning rate multiplier for every parameter outside the "
@@ -415,6 +420,8 @@ def validate(cfg: TrainConfig) -> None:
         transfer.mode_predicate(cfg.transfer)  # raises on an unknown mode
         if cfg.init is None:
             raise ValueError("--transfer needs --init (a cnnjax run directory or torchvision:ARCH)")
+    if cfg.init_match != "strict" and (cfg.init is None or torchvision_init(cfg.init, cfg.arch) is not None):
+        raise ValueError(f"--init-match {cfg.init_match} needs --init with a cnnjax run directory or checkpoint")
     if cfg.backbone_lr_mult != 1.0 and cfg.transfer not in (None, "finetune"):
         raise ValueError("--backbone-lr-mult applies to --transfer finetune only")
     if cfg.schedule == "multistep" and not optim.parse_milestones(cfg.lr_milestones):

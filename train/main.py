@@ -46,9 +46,11 @@ def trainable_of(cfg: TrainConfig) -> transfer.Trainable:
     return None if cfg.transfer in (None, "finetune") else transfer.mode_predicate(cfg.transfer)
 
 
-def apply_init(spec: str, arch: str, fresh: dict) -> tuple[dict, list[str]]:
+def apply_init(spec: str, arch: str, fresh: dict, match: str = "strict") -> tuple[dict, list[str]]:
     """``fresh`` variables overlaid with pretrained ones from a cnnjax run directory / checkpoint or
-    ``torchvision:ARCH[.WEIGHTS]`` (strict; heads re-initialised when the class count differs)."""
+    ``torchvision:ARCH[.WEIGHTS]`` (strict; heads re-initialised when the class count differs). ``match``
+    (``--init-match``, cnnjax checkpoints only): ``"partial"`` copies the leaves whose path and shape match and
+    keeps the rest fresh (:func:`cnnjax.transfer.load_pretrained`)."""
     from cnnjax.weights.torchvision import head_modules
 
     record = torchvision_init(spec, arch)
@@ -56,7 +58,8 @@ def apply_init(spec: str, arch: str, fresh: dict) -> tuple[dict, list[str]]:
         from cnnjax import weights
 
         return weights.init_from_torchvision(arch, fresh, weights=record.name), []
-    return transfer.load_pretrained(fresh, checkpoint.restore(spec), tuple("/".join(h) for h in head_modules(arch)))
+    return transfer.load_pretrained(fresh, checkpoint.restore(spec), tuple("/".join(h) for h in head_modules(arch)),
+                                    match=match)
 
 
 def lr_schedule(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, lr: float | None = None
@@ -162,7 +165,7 @@ def initial_state(model, tx, cfg: TrainConfig, info: cdata.DatasetInfo, replicat
     """The run's fresh state from ``cfg.seed``, overlaid with ``init``'s pretrained variables if given."""
 
     def overlay(fresh: dict) -> dict:
-        variables, notes = apply_init(init, cfg.arch, fresh)
+        variables, notes = apply_init(init, cfg.arch, fresh, cfg.init_match)
         for note in notes:
             log(note)
         return variables

@@ -4,7 +4,8 @@
 runs under ``OUT/runs/``; the last three train nothing of their own: they use the ``degradation`` runs cached in
 the sibling folder ``OUT/../degradation/runs``, training them there first if needed). ``transfer`` keeps its
 own options (``python -m train.experiments transfer --help``; it takes ``--out`` and ``--seeds`` too, but no
-``--budget``).
+``--budget``). ``vgg-depth`` trains its deep ``staged`` net from its own shallow Kaiming runs (``--init-match
+partial``), so those run first.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from train.experiments import (
     reproducibility,
     shift,
     transfer,
+    vgg_depth,
 )
 from train.experiments import runner as R
 
 EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion,
                "landscape": landscape, "shift": shift, "inductive-bias": inductive_bias, "param-audit": param_audit,
                "augmentation": augmentation, "reproducibility": reproducibility,
-               "downsampling": downsampling, "activations": activations}
+               "downsampling": downsampling, "activations": activations, "vgg-depth": vgg_depth}
 
 
 def main(argv: list[str] | None = None) -> int:
