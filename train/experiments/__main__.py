@@ -16,6 +16,7 @@ import sys
 from train.experiments import (
     activations,
     augmentation,
+    aux_heads,
     degradation,
     downsampling,
     gradients,
@@ -32,7 +33,8 @@ from train.experiments import runner as R
 EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion,
                "landscape": landscape, "shift": shift, "inductive-bias": inductive_bias, "param-audit": param_audit,
                "augmentation": augmentation, "reproducibility": reproducibility,
-               "downsampling": downsampling, "activations": activations}
+               "downsampling": downsampling, "activations": activations,
+               "aux-heads": aux_heads}
 
 
 def main(argv: list[str] | None = None) -> int:
