@@ -53,9 +53,9 @@ class Budget:
 
 BUDGETS = {
     "smoke": Budget(0.125, 16, 64, 32, 4, (0,), batch_size=32, warmup_steps=1, lrs=(3e-3,)),
-    # sized for the 2-core CPU: 8 runs of 500 steps at 64x64 (31 steps an epoch, 17 evaluations), ~1.5-2 min each
+    # sized for the 2-core CPU: 8 runs of 400 steps at 64x64 (31 steps an epoch, 13 evaluations), ~1-2 min each
     # (about a minute of it compiling; seeds 1 and 2 reuse the compiled steps)
-    "default": Budget(0.25, 64, 2000, 500, 500, (0, 1, 2)),
+    "default": Budget(0.25, 64, 2000, 500, 400, (0, 1, 2)),
     "full": Budget(1.0, 96, 10000, 1000, 6000, (0, 1, 2, 3, 4), lrs=(3e-4, 1e-3, 3e-3)),
 }
 
