@@ -44,7 +44,8 @@ class Budget:
     seeds: tuple[int, ...]
     batch_size: int = 64
     warmup_steps: int = 30
-    lrs: tuple[float, ...] = (1e-3, 3e-3)  # AdamW rates swept per variant on the first seed
+    lrs: tuple[float, ...] = (1e-3, 3e-3)  # AdamW rates swept on the first seed
+    sweep_both: bool = True  # False: only `aux` is swept, `noaux` trains at its rate (the CPU budget)
 
     @property
     def dataset(self) -> str:
@@ -55,7 +56,7 @@ BUDGETS = {
     "smoke": Budget(0.125, 16, 64, 32, 4, (0,), batch_size=32, warmup_steps=1, lrs=(3e-3,)),
     # sized for the 2-core CPU: 8 runs of 400 steps at 64x64 (31 steps an epoch, 13 evaluations), ~1-2 min each
     # (about a minute of it compiling; seeds 1 and 2 reuse the compiled steps)
-    "default": Budget(0.25, 64, 2000, 500, 400, (0, 1, 2)),
+    "default": Budget(0.25, 64, 2000, 500, 400, (0, 1, 2), sweep_both=False),
     "full": Budget(1.0, 96, 10000, 1000, 6000, (0, 1, 2, 3, 4), lrs=(3e-4, 1e-3, 3e-3)),
 }
 
@@ -82,11 +83,12 @@ def run_id(variant: str, lr: float, budget: Budget, seed: int) -> str:
 
 
 def config(variant: str, budget: Budget, seed: int, lr: float) -> TrainConfig:
-    """The run: :func:`runner.step_config` (AdamW, warmup then cosine), evaluated after every epoch."""
+    """The run: :func:`runner.step_config` (AdamW, warmup then cosine), evaluated and checkpointed after every
+    epoch (an interrupted run resumes from its last epoch)."""
     cfg = R.step_config(ARCH, budget.dataset, budget.num_train, budget.steps, budget.batch_size, lr, seed,
                         budget.warmup_steps,
                         model_opt=(f"aux_logits={variant == 'aux'}", f"width_mult={budget.width_mult!r}"))
-    return dataclasses.replace(cfg, eval_every=1)
+    return dataclasses.replace(cfg, eval_every=1, checkpoint_every=max(1, budget.num_train // budget.batch_size))
 
 
 def main_loss(row: dict) -> float:
@@ -150,8 +152,12 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
     out = pathlib.Path(out)
     runner = R.Runner(out, log)
     with R.compile_cache(out / "jax-cache"):
-        trained = R.sweep_and_train(runner, VARIANTS, lambda v: config(v, budget, seeds[0], budget.lrs[0]),
-                                    lambda v: budget.lrs, lambda v, lr, seed: run_id(v, lr, budget, seed), seeds)
+        trained: dict = {}
+        for v in VARIANTS:
+            lrs = budget.lrs if budget.sweep_both or not trained else (trained["aux"]["lr"],)
+            trained |= R.sweep_and_train(runner, (v,), lambda v: config(v, budget, seeds[0], budget.lrs[0]),
+                                         lambda v, lrs=lrs: lrs, lambda v, lr, seed: run_id(v, lr, budget, seed),
+                                         seeds)
     per = {v: {"lr": t["lr"], "sweep": t["sweep"], "runs": [runner.record(rid) for rid in t["runs"]]}
            for v, t in trained.items()}
     summary = {v: summarize(d["runs"], budget.steps) for v, d in per.items()}
@@ -172,12 +178,15 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
              f"({'torchvision-exact widths' if budget.width_mult == 1 else 'every channel count scaled'}), "
              f"`aux_logits=True` (two aux heads, 0.3 x CE each, dropped at test time) or `False`; {budget.steps} "
              f"AdamW steps of batch {budget.batch_size} ({budget.num_train // budget.batch_size} an epoch), "
-             f"{budget.warmup_steps} warmup steps then cosine decay, evaluated after every epoch; learning rate "
-             f"per variant: best final val top-1 over {list(budget.lrs)} on seed {seeds[0]} (those runs are seed "
-             f"{seeds[0]}'s); seeds {list(seeds)}. Train loss = the epoch's mean over batches (training mode: "
-             "BatchNorm batch statistics, dropout) of the MAIN head's cross-entropy only (`train_loss_main`; the "
-             "optimised loss of the aux runs also holds 0.3 x the two aux losses). Parameters: all of the training "
-             "net's; the aux heads' are unused at test time, where both variants are the same net.")
+             f"{budget.warmup_steps} warmup steps then cosine decay, evaluated after every epoch; learning rate: "
+             + (f"per variant, best final val top-1 over {list(budget.lrs)} on seed {seeds[0]}" if budget.sweep_both
+                else f"best final val top-1 of `aux` over {list(budget.lrs)} on seed {seeds[0]}, and `noaux` at the "
+                "same rate (not swept, to fit the CPU budget: the two are the same net at test time)")
+             + f" (the sweep's runs are seed {seeds[0]}'s); seeds {list(seeds)}. Train loss = the epoch's mean over "
+             "batches (training mode: BatchNorm batch statistics, dropout) of the MAIN head's cross-entropy only "
+             "(`train_loss_main`; the optimised loss of the aux runs also holds 0.3 x the two aux losses). "
+             "Parameters: all of the training net's; the aux heads' are unused at test time, where both variants "
+             "are the same net.")
     notes = (f"Reproduce: `python -m train.experiments aux-heads --budget {budget_name}`. 'Early' is the evaluation "
              f"nearest {EARLY:.0%} of the steps (step {early_step}). The learning rate was chosen on seed "
              f"{seeds[0]}'s final val top-1, which flatters seed {seeds[0]} a little in both variants alike.")
