@@ -536,7 +536,7 @@ def test_activations_smoke(tmp_path):
 # ------------------------------------------------------------------------------------------- aux-heads
 
 
-@pytest.mark.slow  # ~2 min: 2 GoogLeNet runs of 4 steps, nearly all of it XLA compiling the two nets' steps on CPU
+@pytest.mark.slow  # ~160 s (over the 20 s target): 2 GoogLeNet runs of 4 steps, nearly all of it XLA compiling
 def test_aux_heads_smoke(tmp_path):
     from train.experiments import aux_heads as A
 
