@@ -346,9 +346,9 @@ def test_lecture_quotes_are_verbatim():
     if not path.exists():
         pytest.skip("the lecture text is not beside this checkout")
     lecture = path.read_text().replace("**", "").replace("(#)", "")
-    from train.experiments import degradation, gradients, inductive_bias, landscape, lesion, shift
+    from train.experiments import aux_heads, degradation, gradients, inductive_bias, landscape, lesion, shift
 
-    for module in (degradation, gradients, lesion, landscape, shift, inductive_bias):
+    for module in (degradation, gradients, lesion, landscape, shift, inductive_bias, aux_heads):
         claim = next(v for v in vars(module).values() if hasattr(v, "lecture_ru"))
         for part in claim.lecture_ru.split(" […] "):
             assert part in lecture, (module.__name__, part)
@@ -564,3 +564,43 @@ def test_vgg_depth_verdicts_follow_the_numbers():
                   "depth 30: BatchNorm ends with a lower training loss than Xavier init without it": "supported",
                   "depth 30: staged training ends with a lower training loss than Xavier init": "supported",
                   "depth 11: Kaiming init ends with a lower training loss than Xavier init": "supported"}
+
+
+# ------------------------------------------------------------------------------------------- aux-heads
+
+
+@pytest.mark.slow  # ~160 s (over the 20 s target): 2 GoogLeNet runs of 4 steps, nearly all of it XLA compiling
+def test_aux_heads_smoke(tmp_path):
+    from train.experiments import aux_heads as A
+
+    res = A.run(tmp_path, "smoke", log=lambda s: None)
+    res2, table = _check_outputs(tmp_path, "aux-heads", "aux-heads.png")
+    assert [r["config"]["model_opt"] for r in res2["runs"]] == [["aux_logits=True", "width_mult=0.125"],
+                                                                 ["aux_logits=False", "width_mult=0.125"]]
+    aux, noaux = res2["runs"]
+    # the aux run logs the main head's loss apart; its optimised loss adds 0.3 x the two aux heads' losses
+    for m in aux["metrics"]:
+        assert m["train_loss"] == pytest.approx(m["train_loss_main"] + 0.3 * m["train_loss_aux"], rel=1e-4)
+    assert all("train_loss_main" not in m for m in noaux["metrics"])
+    assert res["params"]["aux"] > res["params"]["noaux"]
+    assert res["summary"]["aux"]["early_train_loss_main"] == [A.main_loss(A.early_row(aux["metrics"], 4))]
+    assert "main-head train loss" in table
+
+
+def test_aux_heads_early_row_and_main_loss():
+    from train.experiments.aux_heads import early_row, main_loss
+
+    rows = [{"step": s, "val_top1": 0.1, "train_loss": 2.0} for s in (31, 62, 93, 124)]
+    assert early_row(rows, 400)["step"] == 93  # nearest to 100
+    assert early_row(rows, 124)["step"] == 31
+    assert main_loss({"train_loss": 2.0, "train_loss_main": 1.5}) == 1.5 and main_loss({"train_loss": 2.0}) == 2.0
+
+
+def test_aux_heads_verdicts_follow_the_numbers():
+    from train.experiments.aux_heads import make_verdicts
+
+    s = {"aux": {"final_val_top1": [0.9, 0.91, 0.9], "early_train_loss_main": [1.0, 1.1, 1.0],
+                 "early_val_top1": [0.5, 0.5, 0.52]},
+         "noaux": {"final_val_top1": [0.8, 0.81, 0.8], "early_train_loss_main": [0.5, 0.6, 0.5],
+                   "early_val_top1": [0.5, 0.52, 0.5]}}
+    assert [v.verdict for v in make_verdicts(s)] == ["supported", "not supported", "mixed"]

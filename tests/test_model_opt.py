@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -83,3 +84,31 @@ def test_evaluate_reads_the_runs_own_options(tmp_path):
     assert saved_model_opt(str(tmp_path)) == ("hidden=(7,)",)
     assert saved_model_opt(str(tmp_path / "checkpoints" / "12")) == ("hidden=(7,)",)
     assert saved_model_opt("torchvision:resnet18") == ()
+
+
+@pytest.mark.parametrize("text,expected", [("false", False), ("False", False), ("FALSE", False), ("true", True),
+                                           ("True", True)])
+def test_true_false_in_any_case_are_booleans(text, expected):
+    """A shell user's ``aux_logits=false`` must not become the (truthy) string ``'false'``."""
+    assert C.parse_model_opt(f"aux_logits={text}") == ("aux_logits", expected)
+    assert C.parse_model_opt("act=falsey") == ("act", "falsey")  # only the exact words
+
+
+def test_googlenet_aux_logits_false_through_the_config():
+    """``--model-opt aux_logits=false`` reaches GoogLeNet: no aux parameters, training returns plain logits;
+    the default has both heads."""
+    info = cdata.DatasetInfo(name="t", num_classes=4, image_size=32, channels=3, num_train=1, num_val=1,
+                             class_names=list("abcd"), mean=(0.0,) * 3, std=(1.0,) * 3)
+    cfg = parse(["--arch", "googlenet", "--model-opt", "aux_logits=false", "--model-opt", "width_mult=0.125"])
+    C.validate(cfg)
+    assert C.to_json(cfg)["model_opt"] == ["aux_logits=False", "width_mult=0.125"]
+    x = jnp.zeros((2, 32, 32, 3))
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    for model_opt, has_aux in ((cfg.model_opt, False), (("width_mult=0.125",), True)):
+        model = build_model(dataclasses.replace(cfg, model_opt=model_opt), info)
+        variables = jax.eval_shape(lambda m=model: m.init(rngs, x, False))
+        assert ("aux1" in variables["params"]) == has_aux
+        out = jax.eval_shape(lambda v, m=model: m.apply(v, x, True, mutable=["batch_stats"], rngs=rngs)[0],
+                             variables)
+        assert isinstance(out, tuple) == has_aux
+        assert jax.eval_shape(lambda v, m=model: m.apply(v, x, False), variables).shape == (2, 4)  # eval: main head

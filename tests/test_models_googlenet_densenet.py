@@ -146,3 +146,45 @@ def test_dense_layer_remat_same_values_and_gradients():
     g1 = jax.jit(jax.grad(loss(layer)))(variables["params"])
     g2 = jax.jit(jax.grad(loss(remat)))(variables["params"])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g1, g2)
+
+
+def test_googlenet_width_mult_scales_every_layer():
+    """``width_mult`` scales each channel count c to max(1, round(c * w)) (the aux heads' 128 and 1024 too);
+    1.0 leaves torchvision's net (its parameter count is the test above). Shapes from ``jax.eval_shape``."""
+    w = 0.25
+    c = lambda n: max(1, round(n * w))  # noqa: E731
+    model = create("googlenet", num_classes=6, width_mult=w)
+    p = _abstract_init(model, 64)["params"]
+    assert p["conv1"]["conv"]["kernel"].shape == (7, 7, 3, c(64))
+    assert p["conv3"]["conv"]["kernel"].shape == (3, 3, c(64), c(192))
+    i3a = p["inception3a"]
+    assert [i3a[b]["conv"]["kernel"].shape[-1] for b in ("branch1", "branch2_0", "branch2_1", "branch3_0",
+                                                         "branch3_1", "branch4_1")] == [c(k) for k in
+                                                                                        (64, 96, 128, 16, 32, 32)]
+    c4a = sum(c(k) for k in (192, 208, 48, 64))  # inception4a's output: the aux1 head's input
+    assert p["aux1"]["conv"]["conv"]["kernel"].shape == (1, 1, c4a, c(128))
+    assert p["aux1"]["fc1"]["kernel"].shape == (16 * c(128), c(1024))
+    assert p["aux1"]["fc2"]["kernel"].shape == (c(1024), 6)
+    c5b = sum(c(k) for k in (384, 384, 128, 128))
+    assert p["head"]["kernel"].shape == (c5b, 6)
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    feats = jax.eval_shape(lambda v, x: model.apply(v, x, method="features"), _abstract_init(model, 64), x)
+    assert feats.shape == (2, 2, 2, c5b)
+    assert create("googlenet", width_mult=1.0).ch(192) == 192 and create("googlenet", width_mult=0.001).ch(64) == 1
+
+
+@pytest.mark.parametrize("size", [15, 32, 64])
+def test_googlenet_small_inputs_train_mode_with_aux(size):
+    """From 15x15 up the aux heads work too (their adaptive pool makes 4x4 of inception4a's 1x1 .. 4x4 map)."""
+    model = create("googlenet", num_classes=6, width_mult=0.25)
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, True, mutable=["batch_stats"], rngs=RNGS)[0],
+                         _abstract_init(model, size), x)
+    assert isinstance(out, GoogLeNetOutputs) and [o.shape for o in out] == [(2, 6)] * 3
+
+
+@pytest.mark.parametrize("opts", [{"aux_logits": "false"}, {"transform_input": 1}, {"width_mult": 0},
+                                  {"width_mult": -0.5}])
+def test_googlenet_refuses_bad_options(opts):
+    with pytest.raises(ValueError, match="must be"):
+        create("googlenet", **opts)

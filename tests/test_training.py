@@ -8,6 +8,7 @@ import json
 import os
 import signal
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -239,3 +240,101 @@ def test_valid_defaults_pass_and_config_json_holds_saved_fields_only():
     saved = C.to_json(C.TrainConfig(), total_steps=5)
     assert saved["total_steps"] == 5 and "arch" in saved and "progress" in saved
     assert not {"benchmark", "coordinator", "process_id"} & set(saved)
+
+
+# ------------------------------------------------------------- auxiliary heads: the main head's loss apart
+
+
+def _np_cross_entropy(logits, labels):
+    """Mean cross-entropy by NumPy (float64 log-softmax), the independent reference."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def test_loss_terms_are_main_plus_weighted_aux_cross_entropies():
+    from cnnjax.training.step import AUX_WEIGHT, loss_terms
+
+    rng = np.random.default_rng(0)
+    main, a2, a1 = (rng.normal(size=(6, 4)).astype(np.float32) * s for s in (1.0, 2.0, 3.0))
+    labels = rng.integers(0, 4, 6)
+    targets = jax.nn.one_hot(labels, 4)
+    loss, parts = loss_terms(jnp.asarray(main), (jnp.asarray(a2), jnp.asarray(a1)), targets)
+    ce = [_np_cross_entropy(x, labels) for x in (main, a2, a1)]
+    assert float(parts["loss_main"]) == pytest.approx(ce[0], rel=1e-5)
+    assert float(parts["loss_aux"]) == pytest.approx(ce[1] + ce[2], rel=1e-5)
+    assert float(loss) == pytest.approx(ce[0] + AUX_WEIGHT * (ce[1] + ce[2]), rel=1e-5)
+    plain, none = loss_terms(jnp.asarray(main), (), targets)  # no aux heads: the main loss, no parts
+    assert none == {} and float(plain) == pytest.approx(ce[0], rel=1e-5)
+
+
+class _TwoHeads(nn.Module):
+    """A linear 'main head' and a linear 'aux head' on flattened (N, H, W, C) input; training mode returns both,
+    as GoogLeNet does."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = x.reshape(x.shape[0], -1)
+        logits = nn.Dense(3, name="head")(x)
+        aux = nn.Dense(3, name="aux1")(x)
+        return (logits, aux) if train else logits
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_train_step_logs_the_main_head_loss_apart(accum):
+    """The step's ``loss`` is the optimised total; ``loss_main`` is the main head's cross-entropy alone (NumPy on
+    the main logits of the pre-update parameters) and ``loss_aux`` the aux head's, with or without accumulation."""
+    import optax
+
+    from cnnjax.training.step import AUX_WEIGHT, make_train_step
+
+    model = _TwoHeads()
+    x = np.random.default_rng(1).normal(size=(4, 2, 2, 1)).astype(np.float32)
+    labels = np.array([0, 1, 2, 1], np.int32)
+    variables = model.init(jax.random.key(0), jnp.asarray(x))
+    tx = optax.sgd(0.1)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats={},
+                       opt_state=tx.init(variables["params"]), rng=jax.random.key_data(jax.random.key(1)))
+    step = jax.jit(make_train_step(model, tx, accum_steps=accum))
+    _, m = step(state, {"image": jnp.asarray(x), "label": jnp.asarray(labels), "mask": jnp.ones(4, bool)})
+    p = jax.device_get(variables["params"])
+    flat = x.reshape(4, -1)
+    logits = {k: flat @ p[k]["kernel"] + p[k]["bias"] for k in ("head", "aux1")}
+    halves = [slice(0, 4)] if accum == 1 else [slice(0, 2), slice(2, 4)]  # accumulation: mean of the halves' means
+    ce = {k: np.mean([_np_cross_entropy(v[h], labels[h]) for h in halves]) for k, v in logits.items()}
+    assert float(m["loss_main"]) == pytest.approx(ce["head"], rel=1e-5)
+    assert float(m["loss_aux"]) == pytest.approx(ce["aux1"], rel=1e-5)
+    assert float(m["loss"]) == pytest.approx(ce["head"] + AUX_WEIGHT * ce["aux1"], rel=1e-5)
+
+
+def test_loop_records_and_checkpoints_the_optional_means():
+    """A step that returns ``loss_main``: the epoch record has its mean as ``train_loss_main``; a mid-epoch
+    checkpoint keeps its running sum (``extra_sums``) and a resumed epoch reports the same mean."""
+    def step(state, batch):
+        new, m = fake_step(state, batch)
+        return new, {**m, "loss_main": m["loss"] * 0.5}
+
+    spe, total = 5, 10
+    batches, _ = fake_batches(spe)
+    full = H.Evaluate(1, lambda s: {})
+    Loop(fake_state(), step, batches, total_steps=total, steps_per_epoch=spe, batch_size=1, to_global=lambda b: b,
+         hooks=[full]).run()
+    assert full.last["train_loss_main"] == pytest.approx(0.5 * np.mean(range(5, 10)))
+    assert full.last["train_loss"] == pytest.approx(np.mean(range(5, 10)))
+    store = FakeStore()
+    batches, _ = fake_batches(spe)
+    Loop(fake_state(), step, batches, total_steps=7, steps_per_epoch=spe, batch_size=1, to_global=lambda b: b,
+         hooks=[H.Checkpoint(store, every=7)]).run()
+    meta = store.saved[-1][2]
+    assert meta["extra_sums"] == {"loss_main": pytest.approx(0.5 * (5 + 6))}
+    second = H.Evaluate(1, lambda s: {})
+    batches, _ = fake_batches(spe)
+    Loop(fake_state(7), step, batches, total_steps=total, steps_per_epoch=spe, batch_size=1, to_global=lambda b: b,
+         hooks=[second], sums=meta["sums"], extra_sums=meta["extra_sums"]).run()
+    assert second.last["train_loss_main"] == pytest.approx(full.last["train_loss_main"])
+    # a step without the optional metrics: no such keys, no extra_sums in the checkpoint
+    store = FakeStore()
+    loop, _ = make_loop(7, spe, [H.Checkpoint(store, every=7)])
+    loop.run()
+    assert "extra_sums" not in store.saved[-1][2] and "train_loss_main" not in loop.train_means()

@@ -406,17 +406,18 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
     check_free_space(workdir, state, cfg.keep)
     trainable = trainable_of(cfg)
     frozen_modules = None if trainable is None else transfer.frozen_module_predicate(state.params, trainable)
-    sums, step, data_state = None, 0, None
+    sums, extra_sums, step, data_state = None, None, 0, None
     if resuming:
         restored, position, step = store.restore(abstract_like(state.as_dict()))
         state, sums, data_state = TrainState.from_dict(restored), position.get("sums"), position.get("data")
+        extra_sums = position.get("extra_sums")
         expected = divmod(step, steps_per_epoch)
         if (position.get("epoch"), position.get("batch")) != expected:
             if not (position.get("batch") == 0 and position.get("epoch") == expected[0] + 1):  # old --max-steps end
                 raise ValueError(f"--resume: checkpoint {step} was written at epoch {position.get('epoch')}, batch "
                                  f"{position.get('batch')}, but with this data step {step} is epoch {expected[0]}, "
                                  f"batch {expected[1]}: the data differs from the saved run's")
-            sums = data_state = None
+            sums = extra_sums = data_state = None
         if history and history[-1].get("from_step") is None:
             history[-1]["from_step"] = step
         log(f"resumed from {workdir} at step {step} (epoch {expected[0]}, batch {expected[1]})")
@@ -477,7 +478,7 @@ def _train_on(cfg: TrainConfig, workdir: pathlib.Path, store: CheckpointStore, l
         loop = Loop(state, train_step, source_batches(source, cfg.batch_size, data_state), total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size,
                     to_global=lambda local: parallel.global_batch(local, batch_sharding), sums=sums,
-                    should_stop=stop,
+                    extra_sums=extra_sums, should_stop=stop,
                     hooks=[H.FetchMetrics(cfg.log_every), H.Progress(cfg.progress and is_main), *hooks, evaluation,
                            H.Checkpoint(store, cfg.checkpoint_every or steps_per_epoch,
                                         saved=[step] if resuming else [])])

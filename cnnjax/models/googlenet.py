@@ -1,7 +1,9 @@
 """GoogLeNet / Inception v1 (Szegedy et al. 2015), exactly as torchvision builds it.
 
 NHWC throughout: input (N, H, W, 3); at 224x224 the feature map after ``inception5b`` is (N, 7, 7, 1024).
-The smallest accepted input is 15x15 (as torchvision's ``min_size``).
+The smallest accepted input is 15x15 (as torchvision's ``min_size``). ``width_mult`` (not in torchvision; default
+1.0, torchvision's net exactly) scales every layer's channel count, the auxiliary heads' included, to
+``max(1, round(c * width_mult))``: a narrow GoogLeNet for small-budget experiments (``--model-opt width_mult=0.25``).
 
 Parameter tree (torchvision key in brackets; conv kernels are HWIO = torch (O, I, kh, kw) transposed to
 (kh, kw, I, O), linear kernels are torch (O, I) transposed; BN ``scale``/``bias`` = ``weight``/``bias``,
@@ -77,20 +79,23 @@ class Inception(nn.Module):
 
 class InceptionAux(nn.Module):
     """Auxiliary classifier: adaptive avg pool to 4x4 -> 1x1 conv 128 -> fc1 2048->1024 + ReLU -> dropout ->
-    fc2 1024->num_classes. (N, H, W, C) -> (N, num_classes)."""
+    fc2 1024->num_classes. (N, H, W, C) -> (N, num_classes). ``conv_ch`` / ``fc_ch``: the 128 and 1024 (scaled
+    by GoogLeNet's ``width_mult``)."""
 
     num_classes: int
     conv: ModuleDef
     norm: ModuleDef
     linear: ModuleDef
     dropout: float = 0.7
+    conv_ch: int = 128
+    fc_ch: int = 1024
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = cnn.adaptive_avg_pool2d(x, (4, 4))
-        x = ConvNormAct(128, 1, self.conv, self.norm, name="conv")(x)
+        x = ConvNormAct(self.conv_ch, 1, self.conv, self.norm, name="conv")(x)
         x = flatten_nchw(x)
-        x = nn.relu(self.linear(1024, name="fc1")(x))
+        x = nn.relu(self.linear(self.fc_ch, name="fc1")(x))
         x = cnn.Dropout(self.dropout)(x, deterministic=not train)
         return self.linear(self.num_classes, name="fc2")(x)
 
@@ -104,30 +109,49 @@ class GoogLeNet(ImageClassifier):
     for its pretrained weights). ``features`` returns (N, H/32, W/32, 1024) (ceil-mode pooling, so e.g. 7x7
     at 224). ``feature_maps`` (timm has no GoogLeNet; its Inception-v3's rule: the last map before each
     max-pool, then the last one): ``conv1`` (64 channels, reduction 2), ``conv3`` (192, 4), ``inception3b``
-    (480, 8), ``inception4e`` (832, 16), ``inception5b`` (1024, 32), the torchvision modules of those names.
+    (480, 8), ``inception4e`` (832, 16), ``inception5b`` (1024, 32), the torchvision modules of those names
+    (the channel counts times ``width_mult``, see the module docstring).
     """
 
     aux_logits: bool = True
     transform_input: bool = False
     dropout: float = 0.2
     dropout_aux: float = 0.7
+    width_mult: float = 1.0
+
+    def __post_init__(self):
+        for name in ("aux_logits", "transform_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not (isinstance(self.width_mult, (int, float)) and self.width_mult > 0):
+            raise ValueError(f"width_mult must be a positive number, got {self.width_mult!r}")
+        super().__post_init__()
+
+    def ch(self, c: int) -> int:
+        """A layer's channel count: torchvision's ``c`` scaled by ``width_mult``."""
+        return c if self.width_mult == 1 else max(1, round(c * self.width_mult))
 
     @nn.compact
     def forward(self, x: jax.Array, train: bool, features_only: bool):
         conv = self.conv_def(kernel_init=cnn.init.trunc_normal(0.01))
         norm = self.norm_def(train, epsilon=1e-3)
         linear = self.linear_def(kernel_init=cnn.init.trunc_normal(0.01))
-        inception = functools.partial(Inception, conv=conv, norm=norm)
-        aux = functools.partial(InceptionAux, self.num_classes, conv, norm, linear, self.dropout_aux)
+        c = self.ch
+
+        def inception(*chs: int, name: str) -> Inception:
+            return Inception(*(c(k) for k in chs), conv=conv, norm=norm, name=name)
+
+        aux = functools.partial(InceptionAux, self.num_classes, conv, norm, linear, self.dropout_aux, c(128),
+                                c(1024))
         # Aux heads run in training; at init they are built in any mode so the parameter tree is complete.
         run_aux = self.aux_logits and not features_only and (train or self.is_initializing())
 
         if self.transform_input:
             x = _transform_input(x)
-        x = ConvNormAct(64, 7, conv, norm, stride=2, padding=3, name="conv1")(x)
+        x = ConvNormAct(c(64), 7, conv, norm, stride=2, padding=3, name="conv1")(x)
         x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool1")(stage_end(x, "conv1", 2))
-        x = ConvNormAct(64, 1, conv, norm, name="conv2")(x)
-        x = ConvNormAct(192, 3, conv, norm, padding=1, name="conv3")(x)
+        x = ConvNormAct(c(64), 1, conv, norm, name="conv2")(x)
+        x = ConvNormAct(c(192), 3, conv, norm, padding=1, name="conv3")(x)
         x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool2")(stage_end(x, "conv3", 4))
 
         x = inception(64, 96, 128, 16, 32, 32, name="inception3a")(x)

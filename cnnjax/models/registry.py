@@ -253,7 +253,9 @@ def options(name: str) -> set[str]:
 def parse_option(item: str) -> tuple[str, Any]:
     """``"KEY=VALUE"`` (a ``--model-opt`` item) -> ``(KEY, value)``: VALUE through :func:`ast.literal_eval`
     (``0.2``, ``True``, ``(64, 32)``, ``'relu'``); a VALUE that is not a Python literal is the string itself
-    (``act=gelu``); a list becomes a tuple. ``ValueError`` unless KEY is an identifier (``-`` reads as ``_``)."""
+    (``act=gelu``); a list becomes a tuple; ``true`` / ``false`` in any case are the booleans (a shell user's
+    ``aux_logits=false`` must not become the truthy string ``'false'``). ``ValueError`` unless KEY is an
+    identifier (``-`` reads as ``_``)."""
     import ast
 
     key, sep, text = item.partition("=")
@@ -261,6 +263,8 @@ def parse_option(item: str) -> tuple[str, Any]:
     if not sep or not key.isidentifier():
         raise ValueError(f"--model-opt {item!r}: expected KEY=VALUE, e.g. --model-opt dropout=0.2")
     text = text.strip()
+    if text.lower() in ("true", "false"):
+        return key, text.lower() == "true"
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):

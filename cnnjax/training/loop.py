@@ -42,6 +42,12 @@ def due(step: int, every: int | None, total: int | None = None) -> bool:
     return bool(every) and step > 0 and step % every == 0
 
 
+#: Optional step metrics (present for some models only, e.g. GoogLeNet's ``loss_main`` / ``loss_aux`` with
+#: auxiliary heads, :func:`cnnjax.training.step.loss_terms`) whose epoch means the records also carry, as
+#: ``train_<key>``.
+OPTIONAL_MEANS = ("loss_main", "loss_aux")
+
+
 def zero_sums() -> list:
     """Running sums of an epoch's training metrics: ``[loss, top1, top5, steps]``."""
     return [0.0, 0.0, 0.0, 0]
@@ -79,14 +85,15 @@ class Loop:
     ``batches(epoch, start_batch)`` yields the epoch's host batches from ``start_batch`` on (dicts of
     process-local NumPy arrays); ``to_global`` turns one into global arrays (see
     :func:`cnnjax.training.parallel.global_batch`); ``train_step(state, batch) -> (state, metrics)`` is the
-    jitted step. ``sums`` are the running sums of the current epoch when starting mid-epoch (from a checkpoint).
+    jitted step. ``sums`` are the running sums of the current epoch when starting mid-epoch (from a checkpoint),
+    ``extra_sums`` those of the :data:`OPTIONAL_MEANS` the step returns (a checkpoint's ``extra_sums``).
     ``should_stop()`` is polled after every step (e.g. a signal flag): the loop then runs that step's hooks and
     the hooks' :meth:`Hook.end`, and returns with :attr:`stopped` set.
     """
 
     def __init__(self, state: TrainState, train_step: Callable, batches: Callable[[int, int], Iterable[dict]], *,
                  total_steps: int, steps_per_epoch: int, batch_size: int, to_global: Callable[[dict], Any],
-                 hooks: Sequence[Hook] = (), sums: Sequence | None = None,
+                 hooks: Sequence[Hook] = (), sums: Sequence | None = None, extra_sums: dict | None = None,
                  should_stop: Callable[[], bool] = lambda: False):
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
@@ -95,6 +102,7 @@ class Loop:
         self.hooks, self.should_stop = list(hooks), should_stop
         self.step = int(state.step)
         self.sums = list(sums) if sums is not None and self.batch_in_epoch else zero_sums()
+        self.extra_sums = dict(extra_sums) if extra_sums and self.batch_in_epoch else {}
         self.pending: list[dict] = []
         self.last_loss: float | None = None
         self.stopped = False
@@ -128,9 +136,12 @@ class Loop:
 
     def position(self) -> dict:
         """The data position after the last step, as a checkpoint's ``meta``: epoch and batch of the next step
-        and the running sums of the current epoch (zero at an epoch boundary)."""
+        and the running sums of the current epoch (zero at an epoch boundary; ``extra_sums``, those of the
+        :data:`OPTIONAL_MEANS`, only mid-epoch and when the step returns any)."""
         epoch, batch = divmod(self.step, self.steps_per_epoch)
         position = {"epoch": epoch, "batch": batch, "sums": list(self.sums) if batch else zero_sums()}
+        if batch and self.extra_sums:
+            position["extra_sums"] = dict(self.extra_sums)
         get_state = getattr(self._it, "get_state", None)
         if get_state is not None:  # a stateful pipeline (Grain): its iterator state, to restore exactly
             state = get_state()
@@ -139,10 +150,12 @@ class Loop:
         return position
 
     def train_means(self) -> dict:
-        """Means of the current epoch's training metrics so far (flushes first)."""
+        """Means of the current epoch's training metrics so far (flushes first): ``train_loss``, ``train_top1``,
+        ``train_top5`` and ``train_<key>`` of each :data:`OPTIONAL_MEANS` key the step returns."""
         self.flush()
         n = max(self.sums[3], 1)
-        return {"train_loss": self.sums[0] / n, "train_top1": self.sums[1] / n, "train_top5": self.sums[2] / n}
+        return {"train_loss": self.sums[0] / n, "train_top1": self.sums[1] / n, "train_top5": self.sums[2] / n,
+                **{f"train_{k}": v / n for k, v in self.extra_sums.items()}}
 
     def flush(self) -> None:
         """Fetch pending step metrics, add them to the epoch sums, raise :class:`NonFiniteLossError` if any step
@@ -154,6 +167,9 @@ class Loop:
         for i, m in enumerate(host):
             self.sums = [self.sums[0] + float(m["loss"]), self.sums[1] + float(m["top1"]),
                          self.sums[2] + float(m["top5"]), self.sums[3] + 1]
+            for key in OPTIONAL_MEANS:
+                if key in m:
+                    self.extra_sums[key] = self.extra_sums.get(key, 0.0) + float(m[key])
             for hook in self.hooks:
                 on_metrics = getattr(hook, "on_metrics", None)  # a duck-typed hook may not have it
                 if on_metrics is not None:
@@ -172,7 +188,7 @@ class Loop:
             epoch, batch = divmod(step, self.steps_per_epoch)
             if batch == 0 or self._it is None:
                 if batch == 0:
-                    self.sums = zero_sums()
+                    self.sums, self.extra_sums = zero_sums(), {}
                 self._it = iter(self.batches(epoch, batch))
                 self.epoch_seen, self.epoch_t0 = 0, time.perf_counter()
             self.state, metrics = self.train_step(self.state, self.to_global(next(self._it)))

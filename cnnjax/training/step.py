@@ -2,7 +2,8 @@
 
 ``train_step(state, batch) -> (state, metrics)`` and ``eval_step(state, batch) -> sums``; ``batch`` is a dict
 of global arrays ``image`` (B, H, W, C) float32, ``label`` (B,) int32 and ``mask`` (B,) bool. ``metrics`` are
-batch means (``loss``, ``top1``, ``top5``) and ``finite`` (loss and new parameters all finite); ``sums`` are
+batch means (``loss``, ``top1``, ``top5``; with auxiliary heads also ``loss_main`` and ``loss_aux``, see
+:func:`loss_terms`) and ``finite`` (loss and new parameters all finite); ``sums`` are
 masked sums (``loss``, ``top1``, ``top5``, ``count``) over the batch, and ``confusion``, the (K, K) int32 counts
 of (label, top-1 prediction) pairs of the unmasked rows.
 """
@@ -45,6 +46,22 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: f
     ``(1 - eps) * t + eps / K``."""
     logits = logits.astype(jnp.float32)
     return optax.softmax_cross_entropy(logits, optax.smooth_labels(targets.astype(jnp.float32), label_smoothing))
+
+
+def loss_terms(logits: jax.Array, aux: tuple[jax.Array, ...], targets: jax.Array, label_smoothing: float = 0.0
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The training loss of a batch and its parts. ``logits`` (B, K) of the main head, ``aux`` the auxiliary
+    heads' (B, K) logits (GoogLeNet: ``(aux2, aux1)``; empty for other models), ``targets`` (B, K) target
+    distributions. Loss = mean CE(main) + :data:`AUX_WEIGHT` * sum over heads of mean CE(aux head), as
+    torchvision's reference (``loss1 + 0.3 * aux_loss1 + 0.3 * aux_loss2``). With auxiliary heads the parts
+    are ``{"loss_main": mean CE(main), "loss_aux": sum of the aux heads' mean CEs}`` (so that a run with aux
+    heads can be compared with one without on the main head's loss); without them ``{}`` (``loss`` is then the
+    main head's)."""
+    main = soft_cross_entropy(logits, targets, label_smoothing).mean()
+    if not aux:
+        return main, {}
+    aux_sum = sum(soft_cross_entropy(a, targets, label_smoothing).mean() for a in aux)
+    return main + AUX_WEIGHT * aux_sum, {"loss_main": main, "loss_aux": aux_sum}
 
 
 #: ``fold_in`` tag of the on-device augmentation's key (beside dropout's ``fold_in(rng, step)``).
@@ -141,10 +158,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_sm
         logits, aux = split_outputs(out)
         if target is None:  # no augmentation: one-hot labels (the same numbers as cross_entropy)
             target = jax.nn.one_hot(label, logits.shape[-1])
-        loss = soft_cross_entropy(logits, target, label_smoothing).mean()
-        for a in aux:
-            loss = loss + AUX_WEIGHT * soft_cross_entropy(a, target, label_smoothing).mean()
-        return loss, (logits, updates.get("batch_stats", batch_stats))
+        loss, parts = loss_terms(logits, aux, target, label_smoothing)
+        return loss, (logits, updates.get("batch_stats", batch_stats), parts)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -158,8 +173,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_sm
         if augment is not None:
             image, target = augment(jax.random.fold_in(rng, TAG_AUGMENT), image, label)
         if accum_steps == 1:
-            (loss, (logits, batch_stats)), grads = grad_fn(train_part, frozen_part, state.batch_stats, image, label,
-                                                           target, rng)
+            (loss, (logits, batch_stats, parts)), grads = grad_fn(train_part, frozen_part, state.batch_stats, image,
+                                                                  label, target, rng)
             top1 = topk_correct(logits, label, 1).mean()
             top5 = topk_correct(logits, label, 5).mean()
         else:
@@ -170,16 +185,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_sm
             def body(carry, xs):
                 gsum, stats = carry
                 i, image, label, target = xs
-                (loss, (logits, stats)), g = grad_fn(train_part, frozen_part, stats, image, label, target,
-                                                     jax.random.fold_in(rng, i))
+                (loss, (logits, stats, parts)), g = grad_fn(train_part, frozen_part, stats, image, label, target,
+                                                            jax.random.fold_in(rng, i))
                 return (jax.tree.map(jnp.add, gsum, g), stats), (loss, topk_correct(logits, label, 1).mean(),
-                                                                 topk_correct(logits, label, 5).mean())
+                                                                 topk_correct(logits, label, 5).mean(), parts)
 
             zeros = jax.tree.map(jnp.zeros_like, train_part)
-            (gsum, batch_stats), (losses, top1s, top5s) = jax.lax.scan(
+            (gsum, batch_stats), (losses, top1s, top5s, parts) = jax.lax.scan(
                 body, (zeros, state.batch_stats), (jnp.arange(accum_steps), images, labels, targets))
             grads = jax.tree.map(lambda g: g / accum_steps, gsum)
             loss, top1, top5 = losses.mean(), top1s.mean(), top5s.mean()
+            parts = {k: v.mean() for k, v in parts.items()}
         updates, opt_state = tx.update(grads, state.opt_state, train_part)
         params = optax.apply_updates(train_part, updates)
         if trainable is not None:
@@ -187,7 +203,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, label_sm
         finite = jnp.isfinite(loss)
         for leaf in jax.tree.leaves(params):  # the new parameters too: a NaN state must never be checkpointed
             finite = finite & jnp.all(jnp.isfinite(leaf))
-        metrics = {"loss": loss, "top1": top1, "top5": top5, "finite": finite, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "top1": top1, "top5": top5, "finite": finite, "grad_norm": optax.tree.norm(grads),
+                   **parts}
         if lr_schedule is not None:
             metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)

@@ -17,6 +17,7 @@ import sys
 from train.experiments import (
     activations,
     augmentation,
+    aux_heads,
     degradation,
     downsampling,
     gradients,
@@ -34,7 +35,8 @@ from train.experiments import runner as R
 EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gradients, "lesion": lesion,
                "landscape": landscape, "shift": shift, "inductive-bias": inductive_bias, "param-audit": param_audit,
                "augmentation": augmentation, "reproducibility": reproducibility,
-               "downsampling": downsampling, "activations": activations, "vgg-depth": vgg_depth}
+               "downsampling": downsampling, "activations": activations, "vgg-depth": vgg_depth,
+               "aux-heads": aux_heads}
 
 
 def main(argv: list[str] | None = None) -> int:
