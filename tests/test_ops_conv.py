@@ -110,3 +110,21 @@ def test_depthwise_shift_add_equals_lax_conv(impl):
     if impl == "gemm":
         assert wide.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(wide), np.asarray(exact), rtol=1e-5, atol=1e-5)
+
+
+def test_lax_convolutions_makes_every_impl_one_lax_conv():
+    """Inside ``lax_convolutions()`` each impl traces to one ``conv_general_dilated`` (what the receptive-field
+    walker reads); outside, ``fast`` on a wide 3x3 layer (Winograd) has none — the negative case."""
+    from cnnjax.ops import lax_convolutions
+
+    x, w = jnp.ones((1, 16, 16, 64)), jnp.ones((3, 3, 64, 64))
+
+    def prims(impl):
+        eqns = jax.make_jaxpr(lambda x, w: conv2d(x, w, padding=1, impl=impl))(x, w).jaxpr.eqns
+        return [e.primitive.name for e in eqns]
+
+    assert "conv_general_dilated" not in prims("fast")
+    with lax_convolutions():
+        for impl in ("fast", "gemm", "winograd", "fft"):
+            assert prims(impl) == ["conv_general_dilated"], impl
+    assert "conv_general_dilated" not in prims("fast")  # the block ended

@@ -35,6 +35,8 @@ import numpy as np
 from jax import core as jcore
 from jax.extend import core as jex_core
 
+from cnnjax.ops.tracing import lax_convolutions
+
 INF = math.inf
 
 
@@ -360,7 +362,8 @@ def _trace(model: nn.Module, image_hw: tuple[int, int], method: str | Callable |
     def fn(v, x):
         return model.apply(v, x, False, method=method) if method else model.apply(v, x, False)
 
-    closed = jax.make_jaxpr(fn)(variables, x)
+    with lax_convolutions():  # also the convs of submodules built with their own impl (cnnjax.nn.Conv: fast)
+        closed = jax.make_jaxpr(fn)(variables, x)
     walker = _Walker()
     jaxpr = closed.jaxpr
     x_var = jaxpr.invars[-1]

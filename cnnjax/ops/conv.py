@@ -27,6 +27,7 @@ from cnnjax.ops.autotune import Algorithm
 from cnnjax.ops.fft import conv2d_fft
 from cnnjax.ops.gemm import conv2d_gemm
 from cnnjax.ops.geometry import IntPair, Padding, conv_output_size, normalize_padding, pair
+from cnnjax.ops.tracing import in_lax_convolutions
 from cnnjax.ops.winograd import conv2d_winograd
 
 __all__ = ["CONV_ALGORITHMS", "CONV_IMPLS", "IntPair", "Padding", "conv2d", "conv2d_xla", "conv_output_size",
@@ -103,7 +104,9 @@ def conv2d(
     if x.shape[-1] != w.shape[2] * groups:
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {w.shape[2]} x {groups} groups")
     stride, dilation, padding = pair(stride, "stride"), pair(dilation, "dilation"), normalize_padding(padding)
-    if impl == "fast":
+    if in_lax_convolutions():
+        impl = "xla"
+    elif impl == "fast":
         impl = autotune.fixed_choice(x.shape, w.shape, groups, stride=stride, dilation=dilation, dtype=x.dtype)
     elif impl == "auto":
         impl = autotune.choose(x.shape, w.shape, x.dtype, stride, padding, dilation, groups, precision,

@@ -29,3 +29,24 @@ def shape_only() -> Iterator[None]:
 def in_shape_only() -> bool:
     """Whether the caller runs inside a :func:`shape_only` block (of this thread / context)."""
     return _shape_only.get()
+
+
+_lax_convolutions = contextvars.ContextVar("cnnjax_lax_convolutions", default=False)
+
+
+@contextlib.contextmanager
+def lax_convolutions() -> Iterator[None]:
+    """Within this block every ``conv2d`` is one ``lax.conv_general_dilated``, whatever its ``impl`` (layers
+    default to ``fast``, whose products and Winograd transforms hide the convolution): for analyses that read
+    convolutions from the traced program, such as :func:`cnnjax.analysis.receptive_field`. Same values up to
+    floating-point rounding."""
+    token = _lax_convolutions.set(True)
+    try:
+        yield
+    finally:
+        _lax_convolutions.reset(token)
+
+
+def in_lax_convolutions() -> bool:
+    """Whether the caller runs inside a :func:`lax_convolutions` block (of this thread / context)."""
+    return _lax_convolutions.get()
