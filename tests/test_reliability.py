@@ -220,8 +220,9 @@ def _segment(args, workdir: pathlib.Path, kind: str, env) -> bool:
     newest = max(before, default=0)
     # no compilation cache (tests/conftest.py): the fixed delays are to land while the run compiles, and a kill
     # inside a cache write would leave a truncated entry for the later runs
-    env = {k: v for k, v in env.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    proc = subprocess.Popen([sys.executable, "-m", "train.main", *args, "--resume"], cwd=ROOT, env=env,
+    env = {k: v for k, v in env.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # and no cache of the CLI's own:
+    proc = subprocess.Popen([sys.executable, "-m", "train.main", *args, "--resume", "--no-compile-cache"], cwd=ROOT,
+                            env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0, deadline = time.time(), time.time() + 240
     while time.time() < deadline and proc.poll() is None:
