@@ -354,15 +354,12 @@ def _abstract_variables(model: nn.Module, image_hw: tuple[int, int], batch: int 
 
 def _trace(model: nn.Module, image_hw: tuple[int, int], method: str | Callable | None, variables=None,
            batch: int = 1):
-    if getattr(model, "conv_impl", "xla") != "xla":  # trace lax convolutions (same field, named records)
-        model = model.clone(conv_impl="xla")
-    abstract, x = _abstract_variables(model, image_hw, batch, method)
-    variables = abstract if variables is None else variables
-
     def fn(v, x):
         return model.apply(v, x, False, method=method) if method else model.apply(v, x, False)
 
-    with lax_convolutions():  # also the convs of submodules built with their own impl (cnnjax.nn.Conv: fast)
+    with lax_convolutions():  # every layer's conv as one lax conv (same field, named records), whatever its impl
+        abstract, x = _abstract_variables(model, image_hw, batch, method)
+        variables = abstract if variables is None else variables
         closed = jax.make_jaxpr(fn)(variables, x)
     walker = _Walker()
     jaxpr = closed.jaxpr
