@@ -22,6 +22,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import jax
 import torch  # torch before anything that could import TensorFlow (see tests/conftest.py); nothing here does
@@ -64,6 +65,23 @@ class TorchStep:
         return time.perf_counter() - t
 
 
+def alternate(steppers: dict[str, Callable[[], float]], warmup: int, repeats: int,
+              pause: float = 0.0) -> dict[str, list[float]]:
+    """Each stepper's step times (``step()`` returns seconds): ``warmup`` rounds untimed, then ``repeats`` rounds of
+    one step each, in an order rotated every round (torch's OpenMP threads keep spinning after its step and slow
+    whoever runs next), ``pause`` seconds after every step."""
+    for _ in range(warmup):
+        for step in steppers.values():
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    names = list(steppers)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(steppers[name]())
+            time.sleep(pause)
+    return times
+
+
 def compare(arch: str, precision: str, args: argparse.Namespace) -> list[dict]:
     """One row per ``--conv-impl``; all of them and torchvision alternate step by step in one loop."""
     ours, build_s = {}, {}
@@ -74,16 +92,7 @@ def compare(arch: str, precision: str, args: argparse.Namespace) -> list[dict]:
         ours[impl] = BenchmarkStep(cfg)
         build_s[impl] = time.perf_counter() - t0
     theirs = TorchStep(arch, args.batch_size, args.image_size, precision, args.torch_device, args.torch_compile)
-    steppers = {**ours, "torchvision": theirs}
-    for _ in range(args.warmup):
-        for step in steppers.values():
-            step()
-    times: dict[str, list[float]] = {k: [] for k in steppers}
-    names = list(steppers)
-    for r in range(args.repeats):  # rotate the order: torch's OpenMP threads keep spinning after its step and
-        for name in names[r % len(names):] + names[:r % len(names)]:  # slow whoever runs next
-            times[name].append(steppers[name]())
-            time.sleep(args.pause)
+    times = alternate({**ours, "torchvision": theirs}, args.warmup, args.repeats, args.pause)
     tv = statistics.median(times["torchvision"])
     return [{"arch": arch, "precision": precision, "batch_size": args.batch_size, "image_size": args.image_size,
              "conv_impl": impl, "cnnjax_img_s": args.batch_size / statistics.median(times[impl]),

@@ -138,7 +138,7 @@ def train_bf16(epochs: int) -> dict:
 
 
 def speed(batch: int, size: int, repeats: int, device: str) -> dict:
-    from benchmarks.compare_torchvision import TorchStep
+    from benchmarks.compare_torchvision import TorchStep, alternate
     from train.benchmark import BenchmarkStep
     from train.config import TrainConfig
 
@@ -147,15 +147,7 @@ def speed(batch: int, size: int, repeats: int, device: str) -> dict:
                       zero_init_residual="off", compile_cache="off")
     ours = BenchmarkStep(cfg)
     theirs = TorchStep("resnet50", batch, size, "bf16", device, False)
-    steppers = {"cnnjax": ours, "torchvision": theirs}
-    for _ in range(3):
-        for step in steppers.values():
-            step()
-    times: dict[str, list[float]] = {k: [] for k in steppers}
-    names = list(steppers)
-    for r in range(repeats):
-        for name in names[r % 2:] + names[:r % 2]:
-            times[name].append(steppers[name]())
+    times = alternate({"cnnjax": ours, "torchvision": theirs}, 3, repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     ips = {k: batch / v for k, v in med.items()}
     ratio = ips["cnnjax"] / ips["torchvision"]
