@@ -98,10 +98,7 @@ def speed_key(rec: dict) -> tuple[float, float]:
 
 def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = None,
         log: Callable[[str], None] = print) -> dict:
-    budget = BUDGETS[budget_name]
-    seeds = tuple(seeds or budget.seeds)
-    out = pathlib.Path(out)
-    runner = R.Runner(out, log)
+    budget, seeds, out, runner = R.start(BUDGETS, budget_name, out, seeds, log)
     per: dict = {}
     with R.compile_cache(out / "jax-cache"):
         for net in budget.nets:

@@ -147,10 +147,7 @@ def param_counts(budget: Budget, num_classes: int) -> dict[str, int]:
 
 def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = None,
         log: Callable[[str], None] = print) -> dict:
-    budget = BUDGETS[budget_name]
-    seeds = tuple(seeds or budget.seeds)
-    out = pathlib.Path(out)
-    runner = R.Runner(out, log)
+    budget, seeds, out, runner = R.start(BUDGETS, budget_name, out, seeds, log)
     with R.compile_cache(out / "jax-cache"):
         trained: dict = {}
         for v in VARIANTS:

@@ -127,10 +127,7 @@ def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = Non
     from cnnjax import checkpoint
     from cnnjax import data as cdata
 
-    budget = BUDGETS[budget_name]
-    seeds = tuple(seeds or budget.seeds)
-    out = pathlib.Path(out)
-    runner = R.Runner(out, log)
+    budget, seeds, out, runner = R.start(BUDGETS, budget_name, out, seeds, log)
     source = cdata.load(budget.dataset)
     batch = next(iter(source.plain_batches("val", source.info.num_val)))
     val = {"image": jnp.asarray(batch["image"]), "label": jnp.asarray(batch["label"])}

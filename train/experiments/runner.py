@@ -123,6 +123,15 @@ class Runner:
                 "metrics": read_jsonl(workdir / "metrics.jsonl"), **(self.done(run_id) or {})}
 
 
+def start(budgets: dict[str, Any], budget_name: str, out: str | pathlib.Path, seeds: Sequence[int] | None,
+          log: Callable[[str], None] = print) -> tuple[Any, tuple[int, ...], pathlib.Path, Runner]:
+    """What every experiment's ``run`` begins with: its budget, the seeds (the budget's unless given), ``out`` as a
+    path, and a :class:`Runner` caching under ``out/runs``."""
+    budget = budgets[budget_name]
+    out = pathlib.Path(out)
+    return budget, tuple(seeds or budget.seeds), out, Runner(out, log)
+
+
 def train_run(cfg: TrainConfig, log: Callable[[str], None]) -> dict:
     from train.main import train  # imported late: the CLI's --help needs no JAX
 

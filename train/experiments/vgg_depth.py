@@ -120,10 +120,7 @@ def config(variant: str, depth: int, budget: Budget, seed: int, init: str | None
 
 def run(out: pathlib.Path, budget_name: str, seeds: tuple[int, ...] | None = None,
         log: Callable[[str], None] = print) -> dict:
-    budget = BUDGETS[budget_name]
-    seeds = tuple(seeds or budget.seeds)
-    out = pathlib.Path(out)
-    runner = R.Runner(out, log)
+    budget, seeds, out, runner = R.start(BUDGETS, budget_name, out, seeds, log)
     shallow, deep = budget.depths
     ids: dict[str, dict[str, list[str]]] = {}
     with R.compile_cache(out / "jax-cache"):
