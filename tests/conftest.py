@@ -20,6 +20,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _jit_cache
     atexit.register(shutil.rmtree, _jit_cache, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# Every layer's default ``conv_impl='fast'`` is one ``lax.conv`` in the tests (and their subprocesses): on CPU the
+# rule (cnnjax.ops.autotune.fixed_choice) computes stems, 1x1 and small-map layers as im2col products and wide 3x3
+# ones by Winograd, whose extra operations cost compile time (the rule's choice measured 10 of the full suite's 41
+# minutes) and no coverage the algorithm tests lack: those check each algorithm, and ``fast`` under the rule
+# (``autotune.settings(fast_impl="rule")``), against lax.conv, values and gradients, in tests/test_ops_*.py.
+os.environ.setdefault("CNNJAX_FAST_IMPL", "xla")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 

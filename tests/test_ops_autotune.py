@@ -219,8 +219,33 @@ def test_fast_equals_lax_conv_on_every_branch_of_the_rule():
                for x, w, (g, s, p) in zip(xs, ws, conf)]
         return ours, ref
 
-    with jax.default_matmul_precision("float32"):
+    with jax.default_matmul_precision("float32"), autotune.settings(fast_impl="rule"):
         ours, ref = both([d[0] for d in data], [d[1] for d in data])
     for a, b in zip(ours, ref, strict=True):  # error relative to the output's scale (Winograd: ~1e-6 in fp32)
         a, b = np.asarray(a), np.asarray(b)
         assert a.shape == b.shape and np.abs(a - b).max() / np.abs(b).max() < 2e-5
+
+
+def test_fast_impl_follows_the_setting_then_the_environment_then_the_rule(monkeypatch):
+    """``fast`` is the rule unless ``configure(fast_impl=...)`` or ``$CNNJAX_FAST_IMPL`` names one algorithm (the
+    setting wins); an unknown name is refused, naming the valid choices. A wide 3x3 layer tells them apart: the
+    rule traces no ``lax.conv`` for it (Winograd), ``xla`` exactly one."""
+    x, w = jnp.ones((1, 16, 16, autotune.WIDE_CHANNELS)), jnp.ones((3, 3, autotune.WIDE_CHANNELS, 64))
+
+    def convs():
+        eqns = jax.make_jaxpr(lambda x, w: conv2d(x, w, padding=1, impl="fast"))(x, w).jaxpr.eqns
+        return sum(e.primitive.name == "conv_general_dilated" for e in eqns)
+
+    monkeypatch.delenv(autotune.FAST_IMPL_ENV, raising=False)
+    assert autotune.fast_impl(x.shape, w.shape, 1) == autotune.fixed_choice(x.shape, w.shape, 1)
+    assert convs() == 0  # the rule: winograd on CPU
+    monkeypatch.setenv(autotune.FAST_IMPL_ENV, "xla")
+    assert convs() == 1
+    with autotune.settings(fast_impl="rule"):
+        assert convs() == 0
+    assert convs() == 1  # the block ended
+    monkeypatch.setenv(autotune.FAST_IMPL_ENV, "cudnn")
+    with pytest.raises(ValueError, match="CNNJAX_FAST_IMPL='cudnn'; valid choices: rule, xla, gemm"):
+        convs()
+    with pytest.raises(ValueError, match="valid choices: rule, xla"):
+        autotune.configure(fast_impl="fastest")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from cnnjax.ops import CONV_IMPLS, conv2d
+from cnnjax.ops import CONV_IMPLS, autotune, conv2d
 
 conv_cases = st.tuples(
     st.integers(1, 2),          # batch
@@ -54,7 +54,8 @@ def test_algorithm_equals_lax_conv_with_gradients(impl, case):
             return (y, *vjp(cot))
         return [np.asarray(a) for a in run(x, w, cot)]
 
-    ours = value_and_grads(lambda x, w: conv2d(x, w, stride=s, padding=p, dilation=d, groups=g, impl=impl))
+    with autotune.settings(fast_impl="rule"):  # fast: the CPU rule, not the suite's lax.conv (tests/conftest.py)
+        ours = value_and_grads(lambda x, w: conv2d(x, w, stride=s, padding=p, dilation=d, groups=g, impl=impl))
     ref = value_and_grads(lambda x, w: _reference(x, w, s, p, d, g))
     assert ours[0].shape == ref_shape
     for a, b in zip(ours, ref, strict=True):  # output, d/dx, d/dw
@@ -92,7 +93,8 @@ def test_depthwise_shift_add_equals_lax_conv(impl):
 
     @jax.jit
     def ours(x, w):
-        return conv2d(x, w, stride=2, padding=pad, dilation=2, groups=6, impl=impl)
+        with autotune.settings(fast_impl="rule"):  # fast: the CPU rule (depthwise: gemm), not the suite's lax.conv
+            return conv2d(x, w, stride=2, padding=pad, dilation=2, groups=6, impl=impl)
 
     np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(ref(x, w)), rtol=1e-5, atol=1e-5)
     cot = jnp.asarray(rng.normal(size=ref(x, w).shape), jnp.float32)
@@ -120,7 +122,8 @@ def test_lax_convolutions_makes_every_impl_one_lax_conv():
     x, w = jnp.ones((1, 16, 16, 64)), jnp.ones((3, 3, 64, 64))
 
     def prims(impl):
-        eqns = jax.make_jaxpr(lambda x, w: conv2d(x, w, padding=1, impl=impl))(x, w).jaxpr.eqns
+        with autotune.settings(fast_impl="rule"):
+            eqns = jax.make_jaxpr(lambda x, w: conv2d(x, w, padding=1, impl=impl))(x, w).jaxpr.eqns
         return [e.primitive.name for e in eqns]
 
     assert "conv_general_dilated" not in prims("fast")

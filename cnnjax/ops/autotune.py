@@ -17,6 +17,9 @@ runs (and other processes) reuse, so a configuration is measured once per machin
 * Not tuned: traces inside :func:`shape_only` (input-size checks, batch-1 initialisation) and runs with several
   processes (each could choose differently); both use :func:`fixed_choice`. The cache key includes
   :data:`ALGORITHMS_VERSION` and the JAX version, so measurements of older code are not reused.
+* ``impl='fast'`` (the default of every layer) is the fixed rule :func:`fixed_choice`; ``$CNNJAX_FAST_IMPL``
+  (or ``configure(fast_impl=...)``) set to one algorithm name makes ``fast`` stand for that algorithm everywhere
+  in the process (the variable: also in the subprocesses it starts) — :func:`fast_impl`.
 * :func:`records` lists what was measured (milliseconds per algorithm and the winner), which
   ``benchmarks/conv_algorithms.py`` prints as a per-layer table.
 * The candidates are given, not imported: :func:`choose`, :func:`tune` and :func:`measure` take
@@ -61,16 +64,23 @@ ALGORITHMS_VERSION = 3
 
 _lock = threading.Lock()
 _memory: dict[str, dict] = {}
-_settings: dict[str, Any] = {"mode": None, "cache_path": None, "repeats": 3}
+_settings: dict[str, Any] = {"mode": None, "cache_path": None, "repeats": 3, "fast_impl": None}
+#: What ``impl='fast'`` may stand for (:func:`fast_impl`): the per-shape rule, or one algorithm everywhere.
+FAST_IMPLS = ("rule", *ALGORITHMS)
 
 
 def configure(mode: str | None = None, cache_path: str | os.PathLike | None = None,
-              repeats: int | None = None) -> dict:
-    """Set the mode (``benchmark``/``deterministic``), the JSON cache path and the timed runs per candidate
-    (the median is used). ``None`` leaves a setting as it is. Returns the previous settings."""
+              repeats: int | None = None, fast_impl: str | None = None) -> dict:
+    """Set the mode (``benchmark``/``deterministic``), the JSON cache path, the timed runs per candidate
+    (the median is used) and what ``impl='fast'`` stands for (:data:`FAST_IMPLS`; over ``$CNNJAX_FAST_IMPL``).
+    ``None`` leaves a setting as it is. Returns the previous settings."""
     if mode is not None and mode not in MODES:
         raise ValueError(f"unknown autotune mode {mode!r}; valid choices: {', '.join(MODES)}")
+    if fast_impl is not None and fast_impl not in FAST_IMPLS:
+        raise ValueError(f"unknown fast_impl {fast_impl!r}; valid choices: {', '.join(FAST_IMPLS)}")
     old = dict(_settings)
+    if fast_impl is not None:
+        _settings["fast_impl"] = fast_impl
     if mode is not None:
         _settings["mode"] = mode
     if cache_path is not None:
@@ -158,6 +168,25 @@ def fixed_choice(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int
         winograd = supports_winograd(tuple(w_shape[:2]), stride, dilation, groups) and min(x_shape[1:3]) >= 14
         return "winograd" if winograd else "gemm"
     return "xla"
+
+
+#: The environment variable that overrides what ``impl='fast'`` stands for (:func:`fast_impl`).
+FAST_IMPL_ENV = "CNNJAX_FAST_IMPL"
+
+
+def fast_impl(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int, *, stride: tuple[int, int] = (1, 1),
+              dilation: tuple[int, int] = (1, 1), dtype: Any = jnp.float32) -> str:
+    """The algorithm ``impl='fast'`` runs for this convolution: :func:`fixed_choice` (``rule``, the default),
+    or the one algorithm of :data:`ALGORITHMS` that ``configure(fast_impl=...)`` or else ``$CNNJAX_FAST_IMPL``
+    names. That is for whole runs that should not use the rule: ``xla`` computes every default layer as one
+    ``lax.conv``. The test suite sets it (tests/conftest.py) to spare its tiny models the compile time of the
+    products and Winograd transforms; the algorithm tests check those against ``lax.conv`` under the rule."""
+    choice = _settings["fast_impl"] or os.environ.get(FAST_IMPL_ENV) or "rule"
+    if choice == "rule":
+        return fixed_choice(x_shape, w_shape, groups, stride=stride, dilation=dilation, dtype=dtype)
+    if choice not in ALGORITHMS:
+        raise ValueError(f"{FAST_IMPL_ENV}={choice!r}; valid choices: {', '.join(FAST_IMPLS)}")
+    return choice  # every algorithm computes every configuration (winograd falls back to gemm where it cannot)
 
 
 def config_key(x_shape, w_shape, dtype, stride, padding, dilation, groups, precision, preferred) -> str:

@@ -78,7 +78,8 @@ CONV_ALGORITHMS: dict[str, Algorithm] = {
 #: Convolution algorithms ``conv2d`` accepts: those of :data:`CONV_ALGORITHMS`, and
 #: ``fast``: the fixed per-shape rule of :func:`cnnjax.ops.autotune.fixed_choice` (on CPU ``gemm`` for 1x1,
 #: depthwise and small-map convolutions, fp32 ``winograd`` for 3x3 stride-1 ones on maps >= 14x14, ``gemm`` for
-#: the other ungrouped fp32 ones, ``xla`` otherwise; ``xla`` on GPU/TPU): the default of every layer and model;
+#: the other ungrouped fp32 ones, ``xla`` otherwise; ``xla`` on GPU/TPU): the default of every layer and model
+#: (``$CNNJAX_FAST_IMPL=xla``, say, makes it one algorithm everywhere: :func:`cnnjax.ops.autotune.fast_impl`);
 #: ``auto``: the fastest per configuration, measured once and cached (:mod:`cnnjax.ops.autotune`).
 CONV_IMPLS = (*CONV_ALGORITHMS, "fast", "auto")
 
@@ -107,7 +108,7 @@ def conv2d(
     if in_lax_convolutions():
         impl = "xla"
     elif impl == "fast":
-        impl = autotune.fixed_choice(x.shape, w.shape, groups, stride=stride, dilation=dilation, dtype=x.dtype)
+        impl = autotune.fast_impl(x.shape, w.shape, groups, stride=stride, dilation=dilation, dtype=x.dtype)
     elif impl == "auto":
         impl = autotune.choose(x.shape, w.shape, x.dtype, stride, padding, dilation, groups, precision,
                                preferred_element_type, candidates=CONV_ALGORITHMS)
