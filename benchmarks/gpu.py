@@ -16,7 +16,7 @@ and the next one still runs:
    132 steps): the last epoch's train loss must be below the first's and below 2.0.
 4. ``speed``: the ResNet-50 train step, bf16, batch 256 (``--batch-size``), synthetic 224x224: cnnjax
    (``train.benchmark.BenchmarkStep``, ``--conv-impl xla``) vs torchvision eager channels_last with AMP
-   (``benchmarks.compare_torchvision.TorchStep``, ``cudnn.benchmark`` on), alternating, medians; targets
+   (``benchmarks.torch_step.TorchStep``, ``cudnn.benchmark`` on), alternating, medians; targets
    >= 1.0x torchvision and >= 6,000 img/s on an H200.
 """
 
@@ -138,7 +138,8 @@ def train_bf16(epochs: int) -> dict:
 
 
 def speed(batch: int, size: int, repeats: int, device: str) -> dict:
-    from benchmarks.compare_torchvision import TorchStep, alternate
+    from benchmarks.compare_torchvision import alternate
+    from benchmarks.torch_step import TorchStep
     from train.benchmark import BenchmarkStep
     from train.config import TrainConfig
 

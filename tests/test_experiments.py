@@ -449,6 +449,19 @@ def test_param_audit_smoke(tmp_path):
     assert "| vgg16 |" in table and "inception3a" in table
 
 
+def test_param_audit_reads_inception_widths_off_the_model():
+    """The branch widths come from the built block's rows, not a table: inception3a and 4a as in Szegedy et al.
+    2014, Table 1 (#1x1, #3x3, #5x5 — torchvision's 3x3 — and pool proj; 192 and 480 input channels)."""
+    from cnnjax import models, summary
+    from train.experiments.param_audit import block_branches
+
+    rows, _ = summary.summarize(models.create("googlenet", aux_logits=False), 224)
+    got = {b: block_branches([r for r in rows if r.path.startswith(f"{b}/")]) for b in ("inception3a", "inception4a")}
+    assert got == {
+        "inception3a": (192, {"branch1": (64, 1), "branch2": (128, 3), "branch3": (32, 3), "branch4": (32, 1)}),
+        "inception4a": (480, {"branch1": (192, 1), "branch2": (208, 3), "branch3": (48, 3), "branch4": (64, 1)})}
+
+
 @pytest.mark.slow  # ~15 s: 2 runs of 4 steps
 def test_augmentation_smoke(tmp_path):
     from train.experiments.__main__ import main

@@ -110,17 +110,34 @@ def kernel_cost(kernel: int, layers: int, channels: int = WIDTH) -> dict:
     return {"kernel": kernel, "layers": layers, "params": params, "per_c2": params / channels**2, "field": field}
 
 
+def block_branches(block: list) -> tuple[int, dict[str, tuple[int, int]]]:
+    """From an Inception block's summary rows: its input channels (the 4th branch's pool passes them through) and
+    each branch's last convolution as ``{branch: (output channels, kernel side)}`` (kernel side from the
+    bias-free conv's parameter count k*k*C_in*C_out, C_in the branch's previous conv's output)."""
+    cin = next(r.output_shape[-1] for r in block if r.kind == "MaxPool2d")
+    branches: dict[str, tuple[int, int]] = {}
+    prev: dict[str, int] = {}
+    for r in block:
+        if r.kind != "Conv":
+            continue
+        branch = r.path.split("/")[1].split("_")[0]
+        c_in, c_out = prev.get(branch, cin), r.output_shape[-1]
+        branches[branch] = (c_out, round(math.sqrt(r.params / (c_in * c_out))))
+        prev[branch] = c_out
+    return cin, branches
+
+
 def inception_saving(image: int = 28) -> dict:
     """inception3a as built (parameters and FLOPs from the GoogLeNet summary, 28x28 at a 224 input) against the
     same branches without the 1x1 reductions, the 3x3 and "5x5" convolutions on the 192 input channels (counted
-    from built modules; conv + BN parameters)."""
+    from built modules; conv + BN parameters; the widths and kernels read off the summary's rows)."""
     from cnnjax import models, summary
 
     model = models.create("googlenet", aux_logits=False)
     rows, _ = summary.summarize(model, 224)
     block = [r for r in rows if r.path.startswith("inception3a/")]
     built = {"params": sum(r.params for r in block), "flops": sum(r.flops for r in block)}
-    cin, branches = 192, {"branch1": (64, 1), "branch2": (128, 3), "branch3": (32, 3), "branch4": (32, 1)}
+    cin, branches = block_branches(block)
 
     def conv_bn(cout: int, k: int) -> tuple[int, int]:  # bias-free conv + BN (scale, bias), FLOPs at image^2
         return k * k * cin * cout + 2 * cout, 2 * image * image * cout * k * k * cin
