@@ -98,6 +98,7 @@ class _TinyNet(models.ImageClassifier):
         return cnn.Linear(self.num_classes, name="head")(x.reshape(x.shape[0], -1))
 
 
+@pytest.mark.slow  # ~3 s of training
 def test_quick_train_learns_and_checkpoints_round_trip(tmp_path):
     """The analysis trainer runs on the training core; its variables round-trip through the one (orbax)
     checkpoint format, which ``cnnjax.checkpoint.restore`` (what ``train.evaluate --init`` uses) also reads."""
@@ -152,6 +153,7 @@ def test_cli_help(tool, capsys):
     assert "--out" in out
 
 
+@pytest.mark.slow  # ~3.5 s: the CLI traces three models
 def test_cli_receptive_field_table_and_check(tmp_path, capsys):
     assert analyze.main(["receptive-field", "--arch", "lenet5", "--image-size", "32", "--check", "--check-all",
                          "--out", str(tmp_path)]) == 0

@@ -74,6 +74,7 @@ def test_cli_default_is_on_and_the_flag_turns_it_off():
     assert parser.parse_args(["--compile-cache", "/x"]).compile_cache == "/x"
 
 
+@pytest.mark.slow  # ~5 s: a benchmark run (the cache-hit test above stays in the fast tier)
 def test_benchmark_prints_one_json_line_and_caches_in_the_folder_given(hits, tmp_path, capsys):
     folder = tmp_path / "cli-jit"
     assert run_main(["--arch", "lenet5", "--benchmark", "--image-size", "32", "--batch-size", "8",

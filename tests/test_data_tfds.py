@@ -257,6 +257,7 @@ def test_arrayrecord_train_augmentation_determinism_and_shards(ar, ar_dir):
         np.testing.assert_array_equal(np.concatenate([a["image"], b["image"]]), w["image"])
 
 
+@pytest.mark.slow  # ~3.5 s
 def test_arrayrecord_resume_from_saved_state_bit_identical(ar_dir):
     """``get_state()`` mid-epoch (JSON, what a checkpoint keeps) restores in a NEW source the remaining batches bit
     for bit; in a source with 2 Grain worker processes (the records are pickled into them and reopened there)

@@ -235,7 +235,7 @@ def test_cli_linear_probe_from_torchvision_weights(tmp_path, monkeypatch, capsys
 
 
 # ------------------------------------------------------------------ linear-probe feature cache
-@pytest.mark.parametrize("arch", ["lenet5", "resnet20", "mlp"])
+@pytest.mark.parametrize("arch", [pytest.param("lenet5", marks=pytest.mark.slow), "resnet20", "mlp"])
 def test_head_on_cached_features_recomposes_the_model(arch):
     """head(head_inputs(x)) equals the full model's logits: the cache feeds the head exactly what it sees."""
     model = models.create(arch, num_classes=5, in_channels=3)

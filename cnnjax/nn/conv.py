@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 from cnnjax.nn import init as inits
+from cnnjax.nn.channelwise import add_bias
 from cnnjax.nn.errors import check_output_size
 from cnnjax.ops import conv2d
 from cnnjax.ops.geometry import IntPair, Padding, conv_output_size, normalize_padding, pair
@@ -57,10 +58,10 @@ class Conv(nn.Module):
         if self.use_bias:
             bias_init = self.bias_init or inits.torch_default_bias(fan_in)
             bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
-        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel = promote_dtype(x, kernel, dtype=self.dtype)  # the bias keeps param_dtype: add_bias casts it
         y = conv2d(x, kernel, stride=(sh, sw), padding=pad, dilation=(dh, dw), groups=self.groups,
                    impl=self.impl)
-        return y if bias is None else y + bias
+        return y if bias is None else add_bias(y, bias)  # a float32 bias gradient also for bf16 (channelwise.py)
 
     @property
     def path_name(self) -> str:
@@ -88,6 +89,6 @@ class Linear(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init or inits.torch_default_bias(fan_in), (self.features,),
                               self.param_dtype)
-        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
         y = jnp.dot(x, kernel)
-        return y if bias is None else y + bias
+        return y if bias is None else add_bias(y, bias)

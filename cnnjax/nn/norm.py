@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.nn import init as inits
+from cnnjax.nn.channelwise import scale_shift
 
 _FROZEN = contextvars.ContextVar("cnnjax_frozen_batchnorm", default=None)
 
@@ -78,7 +79,8 @@ class BatchNorm(nn.Module):
         if self.use_bias:
             shift = shift + self.param("bias", self.bias_init, (c,), self.param_dtype).astype(jnp.float32)
         dtype = self.dtype or jnp.result_type(x, self.param_dtype)
-        return (x.astype(dtype) * mult.astype(dtype) + shift.astype(dtype)).astype(dtype)
+        # the scale and shift gradients sum over N*H*W positions: in float32 also for bf16 x (channelwise.py)
+        return scale_shift(x.astype(dtype), mult, shift)
 
 
 #: ``torch.nn.LayerNorm`` over the channel axis (ConvNeXt's LayerNorm2d on NHWC is the same thing), eps 1e-6,

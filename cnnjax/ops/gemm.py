@@ -80,28 +80,3 @@ def conv2d_gemm(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding, di
     y = products.einsum("mgk,gko->mgo", p, k, precision=precision, preferred_element_type=preferred_element_type)
     return y.reshape(n, oh, ow, cout)
 
-
-def space_to_depth_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding
-                        ) -> tuple[jax.Array, jax.Array]:
-    """A strided, undilated, ungrouped convolution rewritten as a stride-1 one on a space-to-depth input.
-
-    With the kernel zero-padded to (KH, KW) = multiples of the stride (sh, sw), output (a, b) reads
-    ``xp[sh*a + sh*p + r, sw*b + sw*q + s]`` for p < KH/sh, r < sh (likewise q, s): the (sh x sw) blocks of the
-    padded input ``xp``, stacked on the channel axis, convolved with stride 1 by the kernel rearranged the same
-    way. Returns ``(S, W)``: S of shape (N, H'', W'', sh*sw*C), W of (KH/sh, KW/sw, sh*sw*C, O), whose stride-1
-    valid convolution equals the original exactly (the same products; the padded taps multiply zeros). MLPerf's
-    TPU ResNets compute the 7x7/2 stem on 3 channels as this 4x4/1 one on 12: each of the fewer, wider window
-    taps gathers 4x the channels."""
-    (sh, sw), ((pt, pb), (pl, pr)) = stride, padding
-    kh, kw, c, o = w.shape
-    n, h, wd, _ = x.shape
-    oh, ow = (h + pt + pb - kh) // sh + 1, (wd + pl + pr - kw) // sw + 1
-    big_h, big_w = -(-kh // sh) * sh, -(-kw // sw) * sw
-    need_h, need_w = (oh - 1) * sh + big_h, (ow - 1) * sw + big_w  # padded extent the blocks must cover
-    xp = jnp.pad(x, ((0, 0), (pt, max(0, need_h - h - pt)), (pl, max(0, need_w - wd - pl)), (0, 0)))
-    xp = xp[:, :need_h, :need_w]
-    s = xp.reshape(n, need_h // sh, sh, need_w // sw, sw, c).transpose(0, 1, 3, 2, 4, 5)
-    s = s.reshape(n, need_h // sh, need_w // sw, sh * sw * c)
-    wp = jnp.pad(w, ((0, big_h - kh), (0, big_w - kw), (0, 0), (0, 0)))
-    wp = wp.reshape(big_h // sh, sh, big_w // sw, sw, c, o).transpose(0, 2, 1, 3, 4, 5)
-    return s, wp.reshape(big_h // sh, big_w // sw, sh * sw * c, o)
