@@ -10,6 +10,8 @@ torchvision in eager mode with ``channels_last`` and the same optimizer (bf16: `
 cnnjax: bf16 compute with float32 parameters). After ``--warmup`` steps each, ``--repeats`` rounds run one step of
 every trainer in turn, so all see the same machine load, in an order rotated every round (PyTorch's OpenMP
 threads spin on after its step and slowed whichever trainer came next by up to 1.6x); medians are reported.
+``--isolate`` runs every trainer in its own process (``benchmarks/isolated.py``), still alternating: in one
+process the cnnjax step also ran slower after torchvision's than alone.
 Prints one JSON line per configuration and a markdown table at the end. Needs torch/torchvision
 (``pip install -e '.[torch]'``); no TensorFlow.
 """
@@ -28,8 +30,7 @@ import jax
 import torch  # torch before anything that could import TensorFlow (see tests/conftest.py); nothing here does
 import torchvision
 
-from benchmarks.torch_step import TorchStep
-from train.benchmark import BenchmarkStep
+from benchmarks.isolated import cnnjax_trainer, torch_trainer
 from train.config import TrainConfig
 
 
@@ -54,12 +55,13 @@ def compare(arch: str, precision: str, args: argparse.Namespace) -> list[dict]:
     """One row per ``--conv-impl``; all of them and torchvision alternate step by step in one loop."""
     ours, build_s = {}, {}
     for impl in args.conv_impl:
-        cfg = TrainConfig(arch=arch, batch_size=args.batch_size, image_size=args.image_size, precision=precision,
-                          conv_impl=impl, zero_init_residual="off")
+        fields = {"arch": arch, "batch_size": args.batch_size, "image_size": args.image_size,
+                  "precision": precision, "conv_impl": impl, "zero_init_residual": "off"}
         t0 = time.perf_counter()
-        ours[impl] = BenchmarkStep(cfg)
+        ours[impl] = cnnjax_trainer(fields, args.isolate)
         build_s[impl] = time.perf_counter() - t0
-    theirs = TorchStep(arch, args.batch_size, args.image_size, precision, args.torch_device, args.torch_compile)
+    torch_args = [arch, args.batch_size, args.image_size, precision, args.torch_device, args.torch_compile]
+    theirs = torch_trainer(torch_args, args.isolate)
     times = alternate({**ours, "torchvision": theirs}, args.warmup, args.repeats, args.pause)
     tv = statistics.median(times["torchvision"])
     return [{"arch": arch, "precision": precision, "batch_size": args.batch_size, "image_size": args.image_size,
@@ -83,6 +85,8 @@ def main() -> None:
     p.add_argument("--pause", type=float, default=0.1, help="seconds between steps (lets idle threads settle)")
     p.add_argument("--torch-device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--torch-compile", action="store_true", help="torch.compile the torchvision model")
+    p.add_argument("--isolate", action="store_true",
+                   help="each trainer in its own process, still alternating (benchmarks/isolated.py)")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),

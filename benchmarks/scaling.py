@@ -20,15 +20,14 @@ import statistics
 import torch  # before anything that could import TensorFlow (see tests/conftest.py)
 
 from benchmarks.compare_torchvision import alternate
-from benchmarks.torch_step import TorchStep
-from train.benchmark import BenchmarkStep
-from train.config import TrainConfig
+from benchmarks.isolated import cnnjax_trainer, torch_trainer
 
 
-def row(arch: str, batch: int, size: int, precision: str, warmup: int, repeats: int) -> dict:
-    ours = BenchmarkStep(TrainConfig(arch=arch, batch_size=batch, image_size=size, precision=precision,
-                                     zero_init_residual="off"))
-    theirs = TorchStep(arch, batch, size, precision, "cpu", False)
+def row(arch: str, batch: int, size: int, precision: str, warmup: int, repeats: int, isolate: bool = False) -> dict:
+    fields = {"arch": arch, "batch_size": batch, "image_size": size, "precision": precision,
+              "zero_init_residual": "off"}
+    torch_args = [arch, batch, size, precision, "cpu", False]
+    ours, theirs = cnnjax_trainer(fields, isolate), torch_trainer(torch_args, isolate)
     times = alternate({"cnnjax": ours, "torchvision": theirs}, warmup, repeats, pause=0.1)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"arch": arch, "batch_size": batch, "image_size": size, "precision": precision,
@@ -47,6 +46,8 @@ def main() -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--isolate", action="store_true",
+                   help="each trainer in its own process, still alternating (benchmarks/isolated.py)")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     top = max(args.sizes)
@@ -54,7 +55,7 @@ def main() -> None:
                                                 if (args.size_batch, s) not in [(b, top) for b in args.batches]]
     rows = []
     for batch, size in cases:
-        rows.append(row(args.arch, batch, size, args.precision, args.warmup, args.repeats))
+        rows.append(row(args.arch, batch, size, args.precision, args.warmup, args.repeats, args.isolate))
         print(json.dumps(rows[-1]), flush=True)
     base = {k: rows[0][f"{k}_step_s"] / (rows[0]["batch_size"] * rows[0]["image_size"] ** 2)
             for k in ("cnnjax", "torchvision")}

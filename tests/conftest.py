@@ -37,6 +37,10 @@ try:  # noqa: SIM105
 except ImportError:  # torch is an optional extra: parity tests skip without it
     pass
 
-settings.register_profile("ci", max_examples=25, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile("ci")
+# ``ci`` (the default): the same examples on every run (derandomize), so a red CI names a reproducible case rather
+# than a random draw (a clean-clone CI once aborted inside XLA on one FFT example no rerun found again);
+# ``HYPOTHESIS_PROFILE=explore`` searches new random examples, more of them, to look for such cases on purpose.
+_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=_HEALTH)
+settings.register_profile("explore", max_examples=100, deadline=None, suppress_health_check=_HEALTH)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -38,7 +38,7 @@ def digits():
 def test_unknown_spec_lists_choices():
     with pytest.raises(ValueError) as e:
         data.load("mnist")
-    for choice in ("digits", "shapes", "synthetic", "tfds:NAME[/CONFIG]", "folder:PATH"):
+    for choice in ("digits", "mnist5k", "shapes", "synthetic", "tfds:NAME[/CONFIG]", "folder:PATH"):
         assert choice in str(e.value)
 
 
@@ -89,6 +89,29 @@ def test_digits_split_is_stratified_and_fixed():
     assert np.all(np.abs(frac - 0.2) < 0.01)
     # independent of the run seed
     assert data.load("digits", seed=5).info == data.load("digits", seed=0).info
+
+
+def test_mnist5k_is_a_stratified_split_of_the_bundled_mnist_subset():
+    """``mnist5k``: 5,000 MNIST digits (500 per class, 0..255), a fixed stratified 4,000 / 1,000 split; val images
+    are the raw 28x28 pixels / 255 resized to 32x32 and normalised; ``classes``/``per_class`` as for digits."""
+    from cnnjax.data.digits import _raw
+    from cnnjax.data.mnist5k import MNIST5K
+
+    images, labels = _raw(MNIST5K)
+    assert images.shape == (5000, 28, 28) and images.max() == 255 and (np.bincount(labels) == 500).all()
+    train, val = split_indices(MNIST5K)
+    assert len(np.intersect1d(train, val)) == 0 and (np.bincount(labels[val]) == 100).all()
+    src = data.load("mnist5k")
+    i = src.info
+    assert (i.name, i.num_train, i.num_val, i.image_size, i.channels) == ("mnist5k", 4000, 1000, 32, 1)
+    b = next(iter(src.plain_batches("val", 1000)))
+    expected = (base.resize_images(images[val, :, :, None] / np.float32(255), 32) - i.mean[0]) / i.std[0]
+    np.testing.assert_allclose(b["image"], expected, atol=1e-5)
+    np.testing.assert_array_equal(b["label"], labels[val])
+    sub = data.load("mnist5k:classes=7+3,per_class=20")
+    assert sub.info.num_train == 40 and sub.info.num_val == 200 and sub.info.class_names == ["7", "3"]
+    with pytest.raises(ValueError, match="mnist5k: classes must be distinct digits"):
+        data.load("mnist5k:classes=3+3")
 
 
 def test_digits_batch_format(digits):

@@ -326,15 +326,41 @@ def test_inductive_bias_configs_are_an_equal_budget():
     assert ib.run_id(digits, ib.ALL, ib.LENET, 1e-3, budget, 2) == "digits-all-lenet5_modern-lr0.001-t150-b30-s2"
 
 
-def test_cli_transfer_keeps_its_options(capsys):
+@pytest.mark.slow  # ~30 s: a 3-step pretraining, a 3-step linear probe and LP-FT from it
+def test_transfer_smoke(tmp_path):
     from train.experiments.__main__ import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["transfer", "--help"])
-    assert e.value.code == 0 and "--per-class" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:
-        main(["--budget", "smoke", "transfer"])
-    assert e.value.code == 2
+    assert main(["transfer", "--budget", "smoke", "--out", str(tmp_path)]) == 0
+    res, table = _check_outputs(tmp_path, "transfer", "transfer.png")
+    assert res["pretrain"]["config"]["dataset"] == "mnist5k" and res["pretrain"]["config"]["max_steps"] == 3
+    runs = res["runs"]["5"]
+    assert set(runs) == {"probe", "lpft"}
+    cfg = {m: runs[m]["runs"][0]["config"] for m in runs}
+    assert cfg["probe"]["transfer"] == "linear-probe"
+    assert cfg["probe"]["init"].endswith(res["pretrain"]["run_id"])
+    assert cfg["lpft"]["init"].endswith(runs["probe"]["runs"][0]["run_id"]) and cfg["lpft"]["transfer"] == "finetune"
+    for m in runs.values():
+        r = m["runs"][0]
+        assert r["config"]["dataset"] == "digits:classes=5+6+7+8+9,per_class=5"
+        assert all(0 <= r[k] <= 1 for k in ("val_top1", "shifted_top1", "noisy_top1", "train_top1"))
+        # the experiment's own val top-1 on the restored weights is the training core's final evaluation
+        assert r["val_top1"] == pytest.approx(r["final"]["val_top1"], abs=1e-6)
+    assert "LP-FT" in table and "largest train − val gap" in table
+
+
+def test_transfer_ood_sets_shift_with_zero_fill_and_add_clipped_noise():
+    from train.experiments.transfer import ood_sets
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 1, (3, 8, 8, 1)).astype(np.float32)
+    mean, std = 0.3, 0.4
+    sets = ood_sets((raw - mean) / std, mean, std, shift=2, noise=0.5)
+    moved = sets["shifted"] * std + mean
+    np.testing.assert_allclose(moved[:, 2:, 2:], raw[:, :6, :6], atol=1e-6)
+    np.testing.assert_allclose(moved[:, :2], 0, atol=1e-6)
+    np.testing.assert_allclose(moved[:, :, :2], 0, atol=1e-6)
+    noisy = sets["noisy"] * std + mean
+    assert noisy.min() >= -1e-6 and noisy.max() <= 1 + 1e-6 and 0.2 < np.abs(noisy - raw).mean() < 0.5
 
 
 def test_lecture_quotes_are_verbatim():
@@ -346,9 +372,9 @@ def test_lecture_quotes_are_verbatim():
     if not path.exists():
         pytest.skip("the lecture text is not beside this checkout")
     lecture = path.read_text().replace("**", "").replace("(#)", "")
-    from train.experiments import aux_heads, degradation, gradients, inductive_bias, landscape, lesion, shift
+    from train.experiments import aux_heads, degradation, gradients, inductive_bias, landscape, lesion, shift, transfer
 
-    for module in (degradation, gradients, lesion, landscape, shift, inductive_bias, aux_heads):
+    for module in (degradation, gradients, lesion, landscape, shift, inductive_bias, aux_heads, transfer):
         claim = next(v for v in vars(module).values() if hasattr(v, "lecture_ru"))
         for part in claim.lecture_ru.split(" […] "):
             assert part in lecture, (module.__name__, part)

@@ -264,7 +264,10 @@ def test_sigkill_at_every_moment_then_resume_is_bit_identical(tmp_path):
     moments = ["after:0.5", "committed", "writing", "evaluated", "after:4"]
     kills = [m for m in moments if _segment(args, workdir, m, env)]
     assert kills == moments, kills  # every phase was hit before the run finished
-    assert rows(workdir) and max(r["step"] for r in rows(workdir)) < 44  # killed before the end
+    # killed before the end. No row need be left: the "evaluated" kill lands on the epoch-1 row (step 22) past
+    # the newest checkpoint (20), the resume drops it, and a slow machine may still be compiling at the last kill
+    steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert steps and max(steps) < 44 and max((r["step"] for r in rows(workdir)), default=0) < 44
     done = run_cli([*args, "--resume"])
     assert done.returncode == 0, done.stderr
     for a, b in zip(leaves(ref), leaves(workdir), strict=True):

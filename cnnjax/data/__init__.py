@@ -3,6 +3,8 @@
 Specs (``DATASETS``):
 
 * ``digits`` (the default): UCI handwritten digits, bundled; 8x8 gray upsampled to 32x32x1 (``digits.py``);
+* ``mnist5k``: 5,000 MNIST digits, bundled; 28x28 gray resized to 32x32x1, the options of ``digits``
+  (``mnist5k.py``);
 * ``shapes[:key=value,...]``: procedurally generated shapes with region control (``shapes.py``);
 * ``synthetic[:key=value,...]``: random images and labels made on the fly (``synthetic.py``);
 * ``tfds:NAME[/CONFIG]``: a TFDS dataset already prepared under ``data_dir`` / ``$TFDS_DATA_DIR`` (``tfds.py``):
@@ -32,7 +34,7 @@ from typing import Any
 from cnnjax.data.base import DatasetInfo, DataSource, TrainView
 from cnnjax.data.preprocess import Preprocess
 
-DATASETS = ("digits", "shapes", "synthetic", "tfds:NAME[/CONFIG]", "folder:PATH")
+DATASETS = ("digits", "mnist5k", "shapes", "synthetic", "tfds:NAME[/CONFIG]", "folder:PATH")
 DEFAULT = "digits"
 PREPROCESS_KINDS = ("tfds", "folder")  # the datasets that take eval_preprocess
 
@@ -102,6 +104,10 @@ def _load(spec: str, *, data_dir, image_size, seed, eval_preprocess, channels, w
         from cnnjax.data.digits import load_digits
 
         return load_digits(rest, image_size=image_size, seed=seed, **view)
+    if kind == "mnist5k":
+        from cnnjax.data.mnist5k import load_mnist5k
+
+        return load_mnist5k(rest, image_size=image_size, seed=seed, **view)
     if kind == "shapes":
         from cnnjax.data.shapes import load_shapes
 

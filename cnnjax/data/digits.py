@@ -20,6 +20,7 @@ Spec options: ``digits:channels=3,image_size=64,classes=0+1+2+3+4,per_class=10,p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -42,22 +43,42 @@ SPLIT_SEED = 1797  # fixed: the split must not change with the run seed
 DEFAULT_SIZE = 32
 
 
-@functools.lru_cache(maxsize=1)
-def load_raw() -> tuple[np.ndarray, np.ndarray]:
-    """The bundled arrays: images uint8 ``(1797, 8, 8)`` in 0..16 and labels int64 ``(1797,)`` in 0..9."""
-    with np.load(ASSET) as z:
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A bundled grayscale digit set: ``asset`` holds ``images`` uint8 ``(num, side, side)`` with values
+    ``0..levels`` and ``labels`` uint8 ``(num,)`` in 0..9; raw pixels are ``value / levels`` in ``[0, 1]``."""
+
+    name: str
+    asset: Path
+    num: int
+    side: int
+    levels: int
+    split_seed: int  # fixed: the split must not change with the run seed
+
+
+DIGITS = Bundle("digits", ASSET, NUM_EXAMPLES, 8, 16, SPLIT_SEED)
+
+
+@functools.lru_cache(maxsize=4)
+def _raw(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(bundle.asset) as z:
         images, labels = z["images"], z["labels"].astype(np.int64)
-    if images.shape != (NUM_EXAMPLES, 8, 8) or labels.shape != (NUM_EXAMPLES,):
-        raise RuntimeError(f"corrupt digits asset {ASSET}: shapes {images.shape}, {labels.shape}")
+    if images.shape != (bundle.num, bundle.side, bundle.side) or labels.shape != (bundle.num,):
+        raise RuntimeError(f"corrupt {bundle.name} asset {bundle.asset}: shapes {images.shape}, {labels.shape}")
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
 
 
-def split_indices() -> tuple[np.ndarray, np.ndarray]:
+def load_raw() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled arrays: images uint8 ``(1797, 8, 8)`` in 0..16 and labels int64 ``(1797,)`` in 0..9."""
+    return _raw(DIGITS)
+
+
+def split_indices(bundle: Bundle = DIGITS) -> tuple[np.ndarray, np.ndarray]:
     """Sorted int64 (train, val) indices: per class, ``round(0.2 * n_class)`` examples go to val."""
-    _, labels = load_raw()
-    rng = np.random.default_rng(SPLIT_SEED)
+    _, labels = _raw(bundle)
+    rng = np.random.default_rng(bundle.split_seed)
     val = []
     for c in range(10):
         members = np.flatnonzero(labels == c)
@@ -70,16 +91,25 @@ def split_indices() -> tuple[np.ndarray, np.ndarray]:
 def load_digits(options: str = "", *, image_size: int | None = None, seed: int = 0,
                 train_view: TrainView = TrainView()) -> ArraySource:
     """Build the ``digits`` source; ``options`` is the text after ``digits:`` (see the module docstring)."""
-    opts = parse_options("digits", options, {"channels": int, "image_size": int, "classes": _class_list,
-                                             "per_class": int, "pad": int})
+    return load_bundle(DIGITS, options, image_size=image_size, seed=seed, train_view=train_view)
+
+
+def load_bundle(bundle: Bundle, options: str = "", *, image_size: int | None = None, seed: int = 0,
+                train_view: TrainView = TrainView()) -> ArraySource:
+    """Build the source of a bundled digit set (``digits``, ``mnist5k``) from its spec ``options``: channels,
+    image_size, classes, per_class, pad (see the module docstring)."""
+    name = bundle.name
+    opts = parse_options(name, options, {"channels": int, "image_size": int,
+                                         "classes": functools.partial(_class_list, name=name),
+                                         "per_class": int, "pad": int})
     channels = opts.get("channels", 1)
     if channels not in (1, 3):
-        raise ValueError(f"digits: channels must be 1 or 3, got {channels}")
-    size = resolve_image_size("digits", opts.get("image_size"), image_size, DEFAULT_SIZE)
-    images, labels = load_raw()
-    stored = images[..., None]  # (N, 8, 8, 1) uint8 counts; raw = counts / 16 in [0, 1]
-    train_idx, val_idx = split_indices()
-    mean, std = channel_stats(resize_images(stored[train_idx] / np.float32(16.0), DEFAULT_SIZE))
+        raise ValueError(f"{name}: channels must be 1 or 3, got {channels}")
+    size = resolve_image_size(name, opts.get("image_size"), image_size, DEFAULT_SIZE)
+    images, labels = _raw(bundle)
+    stored = images[..., None]  # (N, side, side, 1) uint8; raw = value / levels in [0, 1]
+    train_idx, val_idx = split_indices(bundle)
+    mean, std = channel_stats(resize_images(stored[train_idx] / np.float32(bundle.levels), DEFAULT_SIZE))
     if channels == 3:
         stored = np.repeat(stored, 3, axis=-1)
         mean, std = mean * 3, std * 3
@@ -90,25 +120,25 @@ def load_digits(options: str = "", *, image_size: int | None = None, seed: int =
     train_idx, val_idx = train_idx[labels[train_idx] >= 0], val_idx[labels[val_idx] >= 0]
     if "per_class" in opts:
         if opts["per_class"] < 1:
-            raise ValueError(f"digits: per_class must be >= 1, got {opts['per_class']}")
+            raise ValueError(f"{name}: per_class must be >= 1, got {opts['per_class']}")
         train_idx = np.sort(np.concatenate([train_idx[labels[train_idx] == c][: opts["per_class"]]
                                             for c in range(len(classes))]))
     pad = opts.get("pad", max(1, size // 16))
     if pad < 0:
-        raise ValueError(f"digits: pad must be >= 0, got {pad}")
-    info = DatasetInfo(name="digits", num_classes=len(classes), image_size=size, channels=channels,
+        raise ValueError(f"{name}: pad must be >= 0, got {pad}")
+    info = DatasetInfo(name=name, num_classes=len(classes), image_size=size, channels=channels,
                        num_train=len(train_idx), num_val=len(val_idx), class_names=[str(d) for d in classes],
                        mean=mean, std=std, orientation_sensitive=True)
     return ArraySource(info, stored[train_idx], labels[train_idx], stored[val_idx], labels[val_idx],
-                       pad=pad, seed=seed, scale=1 / 16, train_view=train_view)
+                       pad=pad, seed=seed, scale=1 / bundle.levels, train_view=train_view)
 
 
-def _class_list(text: str) -> list[int]:
+def _class_list(text: str, name: str = "digits") -> list[int]:
     """``'5+6+7'`` -> ``[5, 6, 7]`` (distinct digits 0..9)."""
     try:
         classes = [int(t) for t in text.split("+")]
     except ValueError:
-        raise ValueError(f"digits: classes must look like 0+1+2, got {text!r}") from None
+        raise ValueError(f"{name}: classes must look like 0+1+2, got {text!r}") from None
     if not classes or len(set(classes)) != len(classes) or not all(0 <= c <= 9 for c in classes):
-        raise ValueError(f"digits: classes must be distinct digits 0..9 joined by '+', got {text!r}")
+        raise ValueError(f"{name}: classes must be distinct digits 0..9 joined by '+', got {text!r}")
     return classes

@@ -1,11 +1,10 @@
 """``python -m train.experiments NAME [--budget smoke|default|full] [--seeds ...] [--out DIR]``.
 
-``degradation``, ``gradients``, ``lesion`` and ``landscape`` run on :mod:`train.experiments.runner` (cached
-runs under ``OUT/runs/``; the last three train nothing of their own: they use the ``degradation`` runs cached in
-the sibling folder ``OUT/../degradation/runs``, training them there first if needed). ``transfer`` keeps its
-own options (``python -m train.experiments transfer --help``; it takes ``--out`` and ``--seeds`` too, but no
-``--budget``). ``vgg-depth`` trains its deep ``staged`` net from its own shallow Kaiming runs (``--init-match
-partial``), so those run first.
+``degradation``, ``gradients``, ``lesion`` and ``landscape`` run on :mod:`train.experiments.runner` (cached runs
+under ``OUT/runs/``; the last three train nothing of their own: they use the ``degradation`` runs cached in the
+sibling folder ``OUT/../degradation/runs``, training them there first if needed). ``transfer`` pretrains once on
+``mnist5k`` and starts its LP-FT runs from its own linear-probe runs. ``vgg-depth`` trains its deep ``staged`` net
+from its own shallow Kaiming runs (``--init-match partial``), so those run first.
 """
 
 from __future__ import annotations
@@ -41,8 +40,6 @@ EXPERIMENTS = {"transfer": transfer, "degradation": degradation, "gradients": gr
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["transfer"]:  # its own options (--out, --seeds, --arch, --epochs ...) and its own --help
-        return transfer.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m train.experiments", description=__doc__.split("\n\n")[0])
     p.add_argument("name", choices=sorted(EXPERIMENTS))
     p.add_argument("--budget", choices=R.BUDGETS, default="default",
@@ -50,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", help="default: the budget's (3 at default)")
     p.add_argument("--out", help="output directory (default experiments_out/NAME; runs are cached in OUT/runs)")
     args, rest = p.parse_known_args(argv)
-    if args.name == "transfer":
-        p.error("transfer takes its own options after its name: python -m train.experiments transfer [--out ...]")
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     out = pathlib.Path(args.out) if args.out else R.default_out(args.name)
