@@ -149,7 +149,7 @@ def test_nonfinite_loss_stops_with_exit_code_and_keeps_good_checkpoint(tmp_path,
 
 @pytest.mark.parametrize("args,expected", [
     (["--arch", "resnet51"], "valid choices"),
-    (["--arch", "lenet5", "--dataset", "mnist"], "valid choices are digits, shapes, synthetic"),
+    (["--arch", "lenet5", "--dataset", "mnist"], "valid choices are digits, mnist5k, shapes, synthetic"),
     (["--arch", "lenet5", "--optimizer", "lamb"], "invalid choice"),
     (["--arch", "lenet5", "--precision", "fp8"], "invalid choice"),
     (["--arch", "alexnet"], "at least 63x63, got 32x32"),

@@ -35,6 +35,7 @@ NAME = "transfer"
 ARCH = "resnet20"
 SOURCE = "mnist5k"
 TARGET = "digits:classes=5+6+7+8+9"
+TARGET_CLASSES = 5
 NUM_SOURCE_TRAIN = 4000
 
 
@@ -117,9 +118,9 @@ def pretrain_config(budget: Budget) -> TrainConfig:
 
 def config(mode: Mode, size: int, lr: float, budget: Budget, seed: int, init: pathlib.Path | None) -> TrainConfig:
     """The target run of ``mode``: ``init`` is the run directory it starts from (None: from scratch)."""
-    return R.step_config(ARCH, f"{TARGET},per_class={size}", 5 * size, budget.steps, budget.batch_size, lr, seed,
-                         budget.warmup_steps, init=None if init is None else str(init), transfer=mode.transfer,
-                         backbone_lr_mult=mode.backbone_lr_mult)
+    return R.step_config(ARCH, f"{TARGET},per_class={size}", TARGET_CLASSES * size, budget.steps, budget.batch_size,
+                         lr, seed, budget.warmup_steps, init=None if init is None else str(init),
+                         transfer=mode.transfer, backbone_lr_mult=mode.backbone_lr_mult)
 
 
 def train_all(runner: R.Runner, budget: Budget, seeds: tuple[int, ...]) -> dict:
@@ -205,7 +206,7 @@ def evaluate(variables: dict, sets: dict) -> dict:
     """Top-1 (fraction) of ``variables`` on each set of :func:`eval_sets`."""
     import jax.numpy as jnp
 
-    logits = _logits_fn(5)
+    logits = _logits_fn(TARGET_CLASSES)
     return {f"{k}_top1": float(jnp.mean(jnp.argmax(logits(variables, jnp.asarray(x)), -1) == jnp.asarray(y)))
             for k, (x, y) in sets.items()}
 
