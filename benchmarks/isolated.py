@@ -56,42 +56,38 @@ class Isolated:
 
 def cnnjax_trainer(fields: dict, isolate: bool = False):
     """``BenchmarkStep(TrainConfig(**fields))`` here, or the same in a child process when ``isolate``."""
-    if isolate:
-        return Isolated({"kind": "cnnjax", "cfg": fields})
-    return _build({"kind": "cnnjax", "cfg": fields})[0]
+    spec = {"kind": "cnnjax", "cfg": fields}
+    return Isolated(spec) if isolate else _build(spec)
 
 
 def torch_trainer(args: list, isolate: bool = False):
     """``TorchStep(*args)`` here, or the same in a child process when ``isolate``."""
-    if isolate:
-        return Isolated({"kind": "torchvision", "args": args})
-    from benchmarks.torch_step import TorchStep
-
-    return TorchStep(*args)
+    spec = {"kind": "torchvision", "args": args}
+    return Isolated(spec) if isolate else _build(spec)
 
 
 def _build(spec: dict):
+    """The stepper of ``spec``, built in this process (torch: on every CPU thread)."""
     if spec["kind"] == "torchvision":
         import torch
 
         from benchmarks.torch_step import TorchStep
 
         torch.set_num_threads(os.cpu_count() or 1)
-        step = TorchStep(*spec["args"])
-        return step, step()
+        return TorchStep(*spec["args"])
     if spec["kind"] == "cnnjax":
         from train.benchmark import BenchmarkStep
         from train.config import TrainConfig
 
-        step = BenchmarkStep(TrainConfig(**spec["cfg"]))
-        return step, step.first_step_s
+        return BenchmarkStep(TrainConfig(**spec["cfg"]))
     raise ValueError(f"unknown trainer kind {spec['kind']!r}; valid: cnnjax, torchvision")
 
 
 def serve(spec: dict) -> None:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # everything else the child prints goes to stderr
-    step, first = _build(spec)
+    step = _build(spec)
+    first = step.first_step_s if hasattr(step, "first_step_s") else step()  # torch: its first step, timed here
     protocol.write(f"ready {first}\n")
     for line in sys.stdin:
         if line.strip() == "step":
