@@ -7,7 +7,9 @@
 * :mod:`~cnnjax.training.parallel`: JAX's multi-host runtime, the 1-D ``data`` mesh, global batches;
 * :mod:`~cnnjax.training.loop`: the step-indexed :class:`Loop`, the one cadence rule :func:`due`,
   :class:`Hook`, and :func:`evaluate`;
-* :mod:`~cnnjax.training.hooks`: metrics fetch, progress, evaluation, checkpoints.
+* :mod:`~cnnjax.training.hooks`: metrics fetch, progress, evaluation, checkpoints;
+* :mod:`~cnnjax.training.host_memory`: :func:`compile_ahead` (compile a step before it runs, then give the
+  compiler's freed heap back: a lower peak resident memory).
 
 ``train.main`` (the CLI), ``train.experiments`` and :mod:`cnnjax.analysis.training` all train through it.
 """

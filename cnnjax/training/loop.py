@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from cnnjax.data import DataSource
 from cnnjax.training import parallel
+from cnnjax.training.host_memory import compile_ahead
 from cnnjax.training.state import TrainState
 from cnnjax.training.step import jit_eval_step
 
@@ -184,14 +185,18 @@ class Loop:
         for hook in self.hooks:
             hook.begin(self)
         self._it = None
-        for step in range(self.step, self.total_steps):
+        start = self.step
+        for step in range(start, self.total_steps):
             epoch, batch = divmod(step, self.steps_per_epoch)
             if batch == 0 or self._it is None:
                 if batch == 0:
                     self.sums, self.extra_sums = zero_sums(), {}
                 self._it = iter(self.batches(epoch, batch))
                 self.epoch_seen, self.epoch_t0 = 0, time.perf_counter()
-            self.state, metrics = self.train_step(self.state, self.to_global(next(self._it)))
+            inputs = self.to_global(next(self._it))
+            if step == start:  # compiled before it runs: the compiler's freed heap goes back first
+                compile_ahead(self.train_step, self.state, inputs)
+            self.state, metrics = self.train_step(self.state, inputs)
             self.step, self.epoch_seen = step + 1, self.epoch_seen + self.batch_size
             self.pending.append(metrics)
             stop = self.should_stop()
@@ -238,7 +243,10 @@ def evaluate(state: TrainState, eval_step: Callable, source: DataSource, batch_s
     for local in tqdm(source.batches("val", batch_size, process_index=jax.process_index(),
                                      process_count=jax.process_count()),
                       total=source.num_batches("val", batch_size), desc="eval", leave=False, disable=not progress):
-        out = eval_step(state, parallel.global_batch(local, batch_sharding))
+        batch = parallel.global_batch(local, batch_sharding)
+        if sums is None:
+            compile_ahead(eval_step, state, batch)
+        out = eval_step(state, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     if sums is None:
         raise ValueError(f"the validation split of {source.info.name} is empty: nothing to evaluate")
