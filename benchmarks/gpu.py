@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -180,10 +181,20 @@ def main() -> None:
     for name, fn in plan.items():
         if name not in args.skip:
             section(results, name, fn)
-    results["ok"] = all(v.get("ok", True) for k, v in results.items() if isinstance(v, dict) and k != "env")
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+            write(results, args.out)  # after every section: a run cut off by gpu.sh's timeout keeps what it did
+    write(results, args.out, done=True)
     print(f"wrote {args.out}; all checks ok: {results['ok']}")
+
+
+def write(results: dict, path: str, done: bool = False) -> None:
+    """``results`` to ``path`` atomically (a temporary file, then ``os.replace``), with ``ok`` over the
+    sections so far and ``complete``: whether every planned section ran."""
+    results["ok"] = all(v.get("ok", True) for k, v in results.items() if isinstance(v, dict) and k != "env")
+    results["complete"] = done
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
