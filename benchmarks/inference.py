@@ -18,20 +18,28 @@ import numpy as np
 from benchmarks.timing import median_ms
 
 
+def cnnjax_forward(arch: str, precision: str = "fp32", conv_impl: str | None = None):
+    """``(model, variables, apply)``: ``models.create(arch)`` (``conv_impl`` if given, else the library's default)
+    on random weights from ``jax.random.key(0)``, and the jitted eval-mode ``apply(variables, x)`` — bf16: the model
+    cloned with ``dtype=bfloat16``, float32 parameters. Also what ``benchmarks.profile_step --inference`` traces."""
+    from cnnjax import models
+
+    model = models.create(arch, **({"conv_impl": conv_impl} if conv_impl else {}))
+    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+    run_model = model.clone(dtype=jnp.bfloat16) if precision == "bf16" else model
+    return model, variables, jax.jit(lambda v, x: run_model.apply(v, x, False))
+
+
 def _frameworks(arch: str, x: np.ndarray, precision: str = "fp32", conv_impl: str | None = None,
                 onnx: bool = True):
     """``{name: fn()}`` for one architecture and input ``x`` (NHWC float32): the same random weights in each."""
     import torch
     import torchvision
 
-    from cnnjax import models, weights
+    from cnnjax import weights
 
     bf16 = precision == "bf16"
-    kw = {"conv_impl": conv_impl} if conv_impl else {}
-    model = models.create(arch, **kw)
-    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
-    run_model = model.clone(dtype=jnp.bfloat16) if bf16 else model
-    apply = jax.jit(lambda v, x: run_model.apply(v, x, False))
+    model, variables, apply = cnnjax_forward(arch, precision, conv_impl)
     tv = getattr(torchvision.models, arch)().eval()
     state = {k: torch.from_numpy(np.asarray(v)) for k, v in
              weights.to_torchvision(arch, jax.device_get(variables)).items()}

@@ -28,17 +28,13 @@ from train.config import TrainConfig
 
 
 def _forward(arch: str, batch: int, size: int, precision: str, conv_impl: str):
-    """The eval-mode forward of ``benchmarks.inference``: ``jax.jit(model.apply)`` on random weights, as a
-    zero-argument function that runs it to completion."""
-    import jax.numpy as jnp
+    """:func:`benchmarks.inference.cnnjax_forward` on a random (batch, size, size, 3) input, as a zero-argument
+    function that runs it to completion."""
     import numpy as np
 
-    from cnnjax import models
+    from benchmarks.inference import cnnjax_forward
 
-    model = models.create(arch, conv_impl=conv_impl)
-    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
-    run_model = model.clone(dtype=jnp.bfloat16) if precision == "bf16" else model
-    apply = jax.jit(lambda v, x: run_model.apply(v, x, False))
+    _, variables, apply = cnnjax_forward(arch, precision, conv_impl)
     x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
     return lambda: jax.block_until_ready(apply(variables, x))
 
