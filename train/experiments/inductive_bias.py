@@ -99,7 +99,8 @@ BUDGETS = {
                     batch_size=20, warmup_steps=1),
     # measured on the 2-core CPU at 32x32, batch 30: LeNet 0.03 s/step, MLP-1M 0.02, MLP-10M 0.05 (digits) /
     # 0.085 (shapes), ResNet-8 0.06-0.1. Shapes' models need ~400 steps to leave chance (1/6) at "all"; a run
-    # costs the same at every size (steps, not epochs), so the shapes grid is 2/3 of the experiment's ~14 minutes
+    # costs the same at every size (steps, not epochs), so the shapes grid is about 2/3 of the experiment
+    # (11.4 min measured)
     "default": Budget(models=(MLP_10M, MLP_1M, LENET, RESNET8),
                       data=(Data("digits", (10, 50, ALL), 150, (3e-4, 1e-3, 3e-3)),
                             Data("shapes", (10, 50, ALL), 400, (1e-3, 3e-3))),
